@@ -1,0 +1,73 @@
+"""Plain dataclass configs shared by the library, the entry points and the tests.
+
+Only the entry points know about absl flags; they build these objects and pass
+them down, so every function here can be called from Python or a test directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how they are sized."""
+
+    dataset: str = "elpv"  # "elpv", "cassava" or "folder:PATH"
+    image_size: int = 64  # every image is resized (squashed) to image_size x image_size
+    unlabeled_dir: Optional[str] = None  # extra unlabelled images for pretraining
+    tfds_data_dir: Optional[str] = None  # where TFDS keeps cassava
+    val_fraction: float = 0.2  # carved from train when a source has no validation split
+    max_images_per_split: Optional[int] = None  # a stratified subset, for smoke runs
+    max_cache_gb: Optional[float] = None  # decoded images kept in memory; None = half the RAM
+    near_duplicate_bits: int = 4  # dHash Hamming distance that counts as a duplicate
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneConfig:
+    """A ResNet encoder."""
+
+    name: str = "resnet18"  # "resnet18" or "resnet50"
+    small_stem: Optional[bool] = None  # None: on for images of 32 px and less
+    synchronized_bn: bool = False  # BN statistics over the global batch across replicas
+    width: int = 64  # channels of the first stage; 64 is the standard ResNet
+
+    def resolved_small_stem(self, image_size: int) -> bool:
+        return image_size <= 32 if self.small_stem is None else self.small_stem
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """SimCLR view augmentation; defaults are the paper's `SimCLR_Original` (spec §3.2)."""
+
+    crop_scale_min: float = 0.08
+    crop_ratio_min: float = 3.0 / 4.0
+    crop_ratio_max: float = 4.0 / 3.0
+    color_jitter_strength: float = 0.8  # brightness/contrast/saturation; hue = strength / 4
+    color_jitter_prob: float = 0.4
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.5
+    blur_sigma_min: float = 0.1
+    blur_sigma_max: float = 2.0
+    horizontal_flip: bool = False  # the paper's Original has no flip
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One pretraining run."""
+
+    pretext: str = "simclr"
+    model_dir: str = "runs/simclr"
+    export_dir: str = "savedmodels"
+    export_name: Optional[str] = None  # default: <pretext>_<backbone>_<dataset>
+    epochs: int = 10
+    batch_size: int = 64  # global batch, split over replicas
+    steps_per_epoch: Optional[int] = None  # None: one pass over the pretraining pool
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5  # coupled L2, as PyTorch's Adam(weight_decay=...)
+    seed: int = 0
+    strategy: str = "auto"  # auto | one_device | mirrored | multiworker
+    jit_compile: bool = False
+    checkpoints_to_keep: int = 3
+    verbose: int = 1

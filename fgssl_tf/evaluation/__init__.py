@@ -1,0 +1,213 @@
+"""One honest protocol for every encoder: fixed splits, selection on validation,
+a single report on test, several seeds (each seed draws the label subset and
+initialises the classifier).
+
+`evaluate(EvalConfig)` returns the report and writes `report.json` and
+`report.md`; `tools/evaluate.py` is the command-line front end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fgssl_tf import export as export_lib
+from fgssl_tf.config import BackboneConfig, DataConfig
+from fgssl_tf.data import Splits, label_fraction_subset, load_splits
+from fgssl_tf.errors import FgsslError
+from fgssl_tf.evaluation import protocols
+from fgssl_tf.evaluation.metrics import METRIC_NAMES, classification_metrics, majority_class_rate
+from fgssl_tf.models import build_resnet
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("linear", "knn", "finetune")
+BASELINES = ("random_init", "supervised")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    encoder: Optional[str] = None  # an export version directory, savedmodels/NAME/VERSION
+    baseline: Optional[str] = None  # random_init | supervised (instead of an encoder)
+    dataset: str = "elpv"
+    protocol: str = "linear"
+    label_fraction: float = 1.0
+    seeds: tuple = (0,)
+    output_dir: Optional[str] = None
+    image_size: Optional[int] = None  # default: the encoder's; needed for baselines
+    backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)  # for baselines
+    selection_metric: str = "accuracy"
+    finetune_epochs: int = 10
+    finetune_learning_rate: float = 1e-4
+    batch_size: int = 64
+    max_images_per_split: Optional[int] = None
+    tfds_data_dir: Optional[str] = None
+
+
+def _validate(config: EvalConfig) -> None:
+    if config.protocol not in PROTOCOLS:
+        raise FgsslError(f"unknown --protocol={config.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if (config.encoder is None) == (config.baseline is None):
+        raise FgsslError("pass exactly one of --encoder=savedmodels/NAME/VERSION or --baseline=random_init|supervised")
+    if config.baseline is not None and config.baseline not in BASELINES:
+        raise FgsslError(f"unknown --baseline={config.baseline!r}; choose one of {', '.join(BASELINES)}")
+    if config.baseline == "supervised" and config.protocol != "finetune":
+        raise FgsslError("--baseline=supervised trains the backbone on the labels: use it with --protocol=finetune")
+    if config.baseline is not None and not config.image_size:
+        raise FgsslError("a baseline needs --image_size (an encoder's export records its own)")
+    if config.selection_metric not in METRIC_NAMES:
+        raise FgsslError(f"unknown --selection_metric={config.selection_metric!r}; choose one of {', '.join(METRIC_NAMES)}")
+    if not config.seeds:
+        raise FgsslError("--seeds needs at least one seed")
+    if not 0.0 < config.label_fraction <= 1.0:
+        raise FgsslError(f"--label_fraction={config.label_fraction} must be in (0, 1]")
+
+
+def default_output_dir(config: EvalConfig, image_size: int) -> str:
+    labels = f"labels{int(round(config.label_fraction * 100))}"
+    dataset = config.dataset.split(":", 1)[0]
+    if config.encoder:
+        version_dir = os.path.normpath(config.encoder)
+        model_root, version = os.path.split(version_dir)
+        # Non-numeric folders beside the versions are ignored by TF Serving.
+        return os.path.join(model_root, "evaluations", f"v{version}-{dataset}-{config.protocol}-{labels}")
+    return os.path.join("reports", f"{config.baseline}-{config.backbone.name}-{image_size}px-{dataset}-{config.protocol}-{labels}")
+
+
+def _random_encoder(config: EvalConfig, image_size: int, seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return build_resnet(config.backbone, image_size)
+
+
+def _keras_features(encoder: keras.Model, images: np.ndarray, image_size: int, batch_size: int) -> np.ndarray:
+    @tf.function
+    def embed(batch):
+        return encoder(export_lib.preprocess(batch, image_size), training=False)  # BN statistics untouched
+
+    return np.concatenate([embed(tf.constant(images[i : i + batch_size])).numpy() for i in range(0, len(images), batch_size)])
+
+
+def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
+    _validate(config)
+    serving = export_lib.ServingEncoder(config.encoder) if config.encoder else None
+    image_size = config.image_size or (serving.image_size if serving else None)
+    if not image_size:
+        raise FgsslError(f"{config.encoder} records no image size; pass --image_size")
+    if splits is None:
+        splits = load_splits(
+            DataConfig(
+                dataset=config.dataset,
+                image_size=image_size,
+                max_images_per_split=config.max_images_per_split,
+                tfds_data_dir=config.tfds_data_dir,
+            )
+        )
+    num_classes = splits.num_classes
+    train_images, train_labels = splits.split("train")
+    val_images, val_labels = splits.split("val")
+    test_images, test_labels = splits.split("test")
+
+    features = None
+    if config.protocol in ("linear", "knn"):
+        if serving is not None:
+            features = {name: serving.embed(splits.split(name)[0], config.batch_size) for name in ("train", "val", "test")}
+        else:
+            encoder = _random_encoder(config, image_size, config.seeds[0])
+            features = {name: _keras_features(encoder, splits.split(name)[0], image_size, config.batch_size) for name in ("train", "val", "test")}
+
+    per_seed = []
+    for seed in config.seeds:
+        subset = label_fraction_subset(train_labels, config.label_fraction, seed)
+        if config.protocol == "finetune":
+            encoder = export_lib.load_keras_encoder(config.encoder) if config.encoder else _random_encoder(config, image_size, seed)
+            result = protocols.finetune(
+                encoder,
+                lambda x: export_lib.preprocess(x, image_size),
+                (train_images[subset], train_labels[subset]),
+                (val_images, val_labels),
+                (test_images, test_labels),
+                num_classes,
+                seed,
+                config.selection_metric,
+                config.finetune_epochs,
+                config.finetune_learning_rate,
+                config.batch_size,
+            )
+        else:
+            run = protocols.linear_probe if config.protocol == "linear" else protocols.knn
+            result = run(
+                (features["train"][subset], train_labels[subset]),
+                (features["val"], val_labels),
+                (features["test"], test_labels),
+                num_classes,
+                seed,
+                config.selection_metric,
+            )
+        scores = classification_metrics(test_labels, result.test_predictions, num_classes)
+        per_seed.append({"seed": seed, "train_images": int(len(subset)), f"val_{config.selection_metric}": result.val_score, "selected": result.selected, **scores})
+        log.info("seed %d: test accuracy %.4f, balanced %.4f, macro-F1 %.4f (selected %s)", seed, scores["accuracy"], scores["balanced_accuracy"], scores["macro_f1"], result.selected)
+
+    report = {
+        "encoder": config.encoder,
+        "baseline": config.baseline,
+        "dataset": config.dataset,
+        "protocol": config.protocol,
+        "label_fraction": config.label_fraction,
+        "seeds": list(config.seeds),
+        "selection": f"best val {config.selection_metric}; reported once on test",
+        "image_size": image_size,
+        "class_names": list(splits.class_names),
+        "split_sizes": splits.stats["split_sizes"],
+        "split_fingerprint": splits.stats["split_fingerprint"],
+        "majority_class_rate": majority_class_rate(train_labels, test_labels),
+        "encoder_metadata": serving.metadata if serving else {"backbone": dataclasses.asdict(config.backbone)},
+        "config": dataclasses.asdict(config),
+    }
+    for name in METRIC_NAMES:
+        values = [s[name] for s in per_seed]
+        report[name] = float(np.mean(values))
+        report[f"{name}_std"] = float(np.std(values))
+    report["per_class_recall"] = np.mean([s["per_class_recall"] for s in per_seed], axis=0).tolist()
+    report["confusion_matrix"] = np.sum([s["confusion_matrix"] for s in per_seed], axis=0).tolist()
+    report["per_seed"] = per_seed
+
+    output_dir = config.output_dir or default_output_dir(config, image_size)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    with open(os.path.join(output_dir, "report.md"), "w") as f:
+        f.write(markdown_report(report))
+    report["output_dir"] = output_dir
+    return report
+
+
+def markdown_report(report: dict) -> str:
+    subject = report["encoder"] or f"baseline: {report['baseline']}"
+    lines = [
+        f"# Evaluation of {subject}",
+        "",
+        f"- dataset `{report['dataset']}` (split fingerprint `{report['split_fingerprint']}`, sizes {report['split_sizes']}), {report['image_size']} px",
+        f"- protocol `{report['protocol']}`, label fraction {report['label_fraction']}, seeds {report['seeds']}",
+        f"- selection: {report['selection']}",
+        f"- majority-class rate on test: {report['majority_class_rate']:.4f}",
+        "",
+        "| metric | mean | std |",
+        "|---|---|---|",
+    ]
+    for name in METRIC_NAMES:
+        lines.append(f"| {name} | {report[name]:.4f} | {report[name + '_std']:.4f} |")
+    lines += ["", "| class | recall |", "|---|---|"]
+    lines += [f"| {c} | {r:.4f} |" for c, r in zip(report["class_names"], report["per_class_recall"])]
+    lines += ["", "Confusion matrix (rows: true, columns: predicted, summed over seeds):", ""]
+    lines.append("| | " + " | ".join(report["class_names"]) + " |")
+    lines.append("|---" * (len(report["class_names"]) + 1) + "|")
+    for name, row in zip(report["class_names"], report["confusion_matrix"]):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"

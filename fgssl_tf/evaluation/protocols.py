@@ -1,0 +1,123 @@
+"""The evaluation protocols. Each trains on `train`, selects on `val`, predicts `test`.
+
+- linear: frozen features, a logistic regression; L2 strength chosen on val.
+- knn: frozen L2-normalised features, cosine k-NN; k chosen on val.
+- finetune: the whole encoder plus a linear head, trained end to end; the epoch
+  with the best val score is kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from fgssl_tf.evaluation.metrics import classification_metrics
+
+LINEAR_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+KNN_K_GRID = (1, 5, 10, 20, 50)
+
+
+@dataclasses.dataclass
+class ProtocolResult:
+    test_predictions: np.ndarray
+    val_score: float
+    selected: dict
+
+
+def _score(metric: str, y_true, y_pred, num_classes: int) -> float:
+    return classification_metrics(y_true, y_pred, num_classes)[metric]
+
+
+def linear_probe(train, val, test, num_classes: int, seed: int, metric: str) -> ProtocolResult:
+    """train/val/test: (features, labels)."""
+    best = None
+    for c in LINEAR_C_GRID:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
+        model.fit(*train)
+        score = _score(metric, val[1], model.predict(val[0]), num_classes)
+        if best is None or score > best[0]:
+            best = (score, c, model)
+    score, c, model = best
+    return ProtocolResult(model.predict(test[0]), score, {"C": c})
+
+
+def knn(train, val, test, num_classes: int, seed: int, metric: str) -> ProtocolResult:
+    def normalise(x):
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    best = None
+    for k in KNN_K_GRID:
+        if k > len(train[1]):
+            break
+        model = KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance")
+        model.fit(normalise(train[0]), train[1])
+        score = _score(metric, val[1], model.predict(normalise(val[0])), num_classes)
+        if best is None or score > best[0]:
+            best = (score, k, model)
+    score, k, model = best
+    return ProtocolResult(model.predict(normalise(test[0])), score, {"k": k})
+
+
+class _KeepBest(keras.callbacks.Callback):
+    """Scores val after each epoch and restores the best epoch's weights at the end."""
+
+    def __init__(self, predict_val, val_labels, num_classes, metric):
+        super().__init__()
+        self.predict_val, self.val_labels = predict_val, val_labels
+        self.num_classes, self.metric = num_classes, metric
+        self.best_score, self.best_epoch, self.best_weights = -1.0, -1, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = _score(self.metric, self.val_labels, self.predict_val(), self.num_classes)
+        if logs is not None:
+            logs[f"val_{self.metric}"] = score
+        if score > self.best_score:
+            self.best_score, self.best_epoch = score, epoch
+            self.best_weights = self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+def finetune(
+    encoder: keras.Model,
+    preprocess,
+    train,
+    val,
+    test,
+    num_classes: int,
+    seed: int,
+    metric: str,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+) -> ProtocolResult:
+    """train/val/test: (uint8 images, labels). `preprocess` maps uint8 batches to encoder input."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=train[0].shape[1:], dtype="uint8", name="images")
+    x = keras.layers.Lambda(preprocess, name="preprocess")(inputs)
+    x = keras.layers.RandomFlip("horizontal", seed=seed, name="flip")(x)
+    logits = keras.layers.Dense(num_classes, name="classifier")(encoder(x))
+    model = keras.Model(inputs, logits)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+
+    def predict(images):
+        return np.argmax(model.predict(images, batch_size=batch_size, verbose=0), axis=1)
+
+    keep_best = _KeepBest(lambda: predict(val[0]), val[1], num_classes, metric)
+    order = np.random.RandomState(seed).permutation(len(train[1]))
+    dataset = tf.data.Dataset.from_tensor_slices((train[0][order], train[1][order]))
+    dataset = dataset.shuffle(len(order), seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    model.fit(dataset, epochs=epochs, callbacks=[keep_best], verbose=0)
+    return ProtocolResult(predict(test[0]), keep_best.best_score, {"epoch": keep_best.best_epoch + 1})

@@ -1,0 +1,105 @@
+"""absl flag definitions shared by the entry points, and their conversion to configs.
+
+Only entry points import this module; the library never reads flags.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from fgssl_tf.config import AugmentConfig, BackboneConfig, DataConfig, TrainConfig
+from fgssl_tf.distribute import STRATEGIES
+from fgssl_tf.models import BACKBONES
+
+FLAGS = flags.FLAGS
+
+
+def define_data_flags() -> None:
+    flags.DEFINE_string("dataset", "elpv", "elpv (offline default), cassava (TFDS) or folder:PATH (PATH/<label>/*.jpg).")
+    flags.DEFINE_integer("image_size", 64, "Images are squash-resized to this many pixels a side.", lower_bound=8)
+    flags.DEFINE_string("unlabeled_dir", None, "Folder of extra unlabelled images for pretraining (val/test duplicates dropped).")
+    flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).")
+    flags.DEFINE_float("val_fraction", 0.2, "Share carved out of train for validation when a folder has no val split.", lower_bound=0.01, upper_bound=0.45)
+    flags.DEFINE_integer("max_images_per_split", None, "Use a stratified subset of at most this many images per split (smoke runs).", lower_bound=2)
+    flags.DEFINE_float("max_cache_gb", None, "Memory allowed for decoded images; default half the RAM.", lower_bound=0.01)
+
+
+def define_backbone_flags() -> None:
+    flags.DEFINE_enum("backbone", "resnet18", list(BACKBONES), "Encoder architecture.")
+    flags.DEFINE_enum("small_stem", "auto", ["auto", "true", "false"], "3x3 stem without max-pool; auto: on for images of 32 px and less.")
+    flags.DEFINE_integer("width", 64, "Channels of the first ResNet stage (64 = standard).", lower_bound=4)
+    flags.DEFINE_boolean("sync_bn", False, "Synchronize batch-norm statistics across replicas.")
+
+
+def data_config() -> DataConfig:
+    return DataConfig(
+        dataset=FLAGS.dataset,
+        image_size=FLAGS.image_size,
+        unlabeled_dir=FLAGS.unlabeled_dir,
+        tfds_data_dir=FLAGS.tfds_data_dir,
+        val_fraction=FLAGS.val_fraction,
+        max_images_per_split=FLAGS.max_images_per_split,
+        max_cache_gb=FLAGS.max_cache_gb,
+    )
+
+
+def backbone_config() -> BackboneConfig:
+    small_stem = {"auto": None, "true": True, "false": False}[FLAGS.small_stem]
+    return BackboneConfig(name=FLAGS.backbone, small_stem=small_stem, synchronized_bn=FLAGS.sync_bn, width=FLAGS.width)
+
+
+def define_train_flags() -> None:
+    flags.DEFINE_string("pretext", "simclr", "Pretext task: simclr (jigsaw, srgan, pmg are planned).")
+    flags.DEFINE_string("model_dir", None, "Checkpoints and TensorBoard logs; default runs/<pretext>_<dataset>.")
+    flags.DEFINE_string("export_dir", "savedmodels", "Where encoders are exported (NAME/VERSION).")
+    flags.DEFINE_string("export_name", None, "Export name; default <pretext>_<backbone>_<dataset>.")
+    flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 64, "Global batch size (split over replicas).", lower_bound=2)
+    flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch; default one pass over the pretraining pool.", lower_bound=1)
+    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (the paper's 1e-3, constant).", lower_bound=0.0)
+    flags.DEFINE_float("weight_decay", 1e-5, "Coupled L2 weight decay, as PyTorch Adam.", lower_bound=0.0)
+    flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and initialisation.")
+    flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy; auto = mirrored over several GPUs.")
+    flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step (measure first: it can be slower on CPU).")
+    flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 progress bar, 2 a line per epoch.", lower_bound=0, upper_bound=2)
+    # SimCLR
+    flags.DEFINE_float("temperature", 0.5, "NT-Xent temperature.", lower_bound=1e-3)
+    flags.DEFINE_integer("projection_dim", 512, "Output size of the projection head.", lower_bound=1)
+    flags.DEFINE_integer("projection_hidden_dim", 512, "Hidden size of the projection head.", lower_bound=1)
+    # Augmentation strengths (defaults: the paper's SimCLR_Original).
+    flags.DEFINE_float("crop_scale_min", 0.08, "Smallest area share of the random resized crop.", lower_bound=0.01, upper_bound=1.0)
+    flags.DEFINE_float("color_jitter_strength", 0.8, "Brightness/contrast/saturation strength; hue = strength/4.", lower_bound=0.0)
+    flags.DEFINE_float("color_jitter_prob", 0.4, "Probability of colour jitter.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("grayscale_prob", 0.2, "Probability of grayscale.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("blur_prob", 0.5, "Probability of Gaussian blur (kernel ~ image_size/10).", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_boolean("horizontal_flip", False, "Random horizontal flip (off in the paper's Original).")
+
+
+def train_config() -> TrainConfig:
+    dataset = FLAGS.dataset.split(":", 1)[0]
+    return TrainConfig(
+        pretext=FLAGS.pretext,
+        model_dir=FLAGS.model_dir or f"runs/{FLAGS.pretext}_{dataset}",
+        export_dir=FLAGS.export_dir,
+        export_name=FLAGS.export_name,
+        epochs=FLAGS.epochs,
+        batch_size=FLAGS.batch_size,
+        steps_per_epoch=FLAGS.steps_per_epoch,
+        learning_rate=FLAGS.learning_rate,
+        weight_decay=FLAGS.weight_decay,
+        seed=FLAGS.seed,
+        strategy=FLAGS.strategy,
+        jit_compile=FLAGS.jit_compile,
+        verbose=FLAGS.verbose,
+    )
+
+
+def augment_config() -> AugmentConfig:
+    return AugmentConfig(
+        crop_scale_min=FLAGS.crop_scale_min,
+        color_jitter_strength=FLAGS.color_jitter_strength,
+        color_jitter_prob=FLAGS.color_jitter_prob,
+        grayscale_prob=FLAGS.grayscale_prob,
+        blur_prob=FLAGS.blur_prob,
+        horizontal_flip=FLAGS.horizontal_flip,
+    )

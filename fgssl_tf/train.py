@@ -1,0 +1,49 @@
+"""Pretrain an encoder: `python -m fgssl_tf.train --pretext=simclr --dataset=elpv`.
+
+Re-running the same command with the same --model_dir resumes from the last
+epoch's checkpoint. At the end the encoder is exported to --export_dir.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from fgssl_tf import cli  # noqa: E402
+from fgssl_tf import flags as fgssl_flags  # noqa: E402
+from fgssl_tf.pretext import check_pretext, simclr  # noqa: E402
+
+FLAGS = flags.FLAGS
+fgssl_flags.define_data_flags()
+fgssl_flags.define_backbone_flags()
+fgssl_flags.define_train_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    check_pretext(FLAGS.pretext)  # before any data is loaded
+    from fgssl_tf import trainer  # TensorFlow imports only after flags are valid
+
+    pretext_config = simclr.SimCLRConfig(
+        projection_dim=FLAGS.projection_dim,
+        hidden_dim=FLAGS.projection_hidden_dim,
+        temperature=FLAGS.temperature,
+        augment=fgssl_flags.augment_config(),
+    )
+    result = trainer.pretrain(
+        fgssl_flags.train_config(), fgssl_flags.data_config(), fgssl_flags.backbone_config(), pretext_config
+    )
+    for name, path in result.exports.items():
+        print(f"exported {name}: {path}")
+
+
+def run():
+    app.run(lambda argv: cli.run_main(main, argv))
+
+
+if __name__ == "__main__":
+    run()

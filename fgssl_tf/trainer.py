@@ -1,0 +1,223 @@
+"""Pretraining a pretext task end to end: data, strategy, checkpoints, logs, export.
+
+`pretrain(...)` is what `python -m fgssl_tf.train` calls after parsing flags; it
+takes dataclass configs so tests and notebooks can call it directly.
+
+Resuming: the model, optimizer and epoch live in a `tf.train.Checkpoint` under
+`model_dir/checkpoints` (TensorFlow writes the files, then the index, so a crash
+mid-write leaves the previous checkpoint usable). Batches are a function of
+(seed, epoch) and augmentation of (seed, step), so a resumed run continues with
+exactly the data an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fgssl_tf import export as export_lib
+from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
+from fgssl_tf.data import Splits, load_splits, pipeline
+from fgssl_tf.distribute import is_chief, make_strategy
+from fgssl_tf.errors import FgsslError
+from fgssl_tf.models import build_resnet
+from fgssl_tf.pretext import check_pretext, simclr
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG_FILE = "run_config.json"
+# Settings that must match to resume from a model_dir's checkpoint.
+_RESUME_KEYS = ("pretext", "backbone", "image_size", "batch_size", "seed", "dataset")
+
+
+@dataclasses.dataclass
+class PretrainResult:
+    model: keras.Model
+    history: dict
+    exports: dict  # encoder name -> export directory
+    initial_epoch: int
+    splits: Splits
+
+
+def _summary(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, pretext_config) -> dict:
+    return {
+        "pretext": train.pretext,
+        "backbone": backbone.name,
+        "image_size": data.image_size,
+        "batch_size": train.batch_size,
+        "seed": train.seed,
+        "dataset": data.dataset,
+        "train": dataclasses.asdict(train),
+        "data": dataclasses.asdict(data),
+        "backbone_config": dataclasses.asdict(backbone),
+        "pretext_config": dataclasses.asdict(pretext_config),
+    }
+
+
+def _check_resumable(model_dir: str, summary: dict) -> None:
+    path = os.path.join(model_dir, RUN_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        previous = json.load(f)
+    changed = [k for k in _RESUME_KEYS if previous.get(k) != summary[k]]
+    if changed:
+        details = ", ".join(f"{k}: {previous.get(k)!r} -> {summary[k]!r}" for k in changed)
+        raise FgsslError(
+            f"--model_dir={model_dir} holds a run with other settings ({details}); "
+            "use a new --model_dir, or the same settings to resume"
+        )
+
+
+def build_pretext_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, pretext_config) -> keras.Model:
+    """The pretext model, compiled, with optimizer variables created (so restore is exact)."""
+    check_pretext(train.pretext)
+    keras.utils.set_random_seed(train.seed)
+    encoder = build_resnet(backbone, data.image_size)
+    model = simclr.build(encoder, data.image_size, pretext_config, seed=train.seed, weight_decay=train.weight_decay)
+    model.compile(optimizer=keras.optimizers.Adam(train.learning_rate), jit_compile=train.jit_compile)
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    """Saves model, optimizer and the number of finished epochs at each epoch end."""
+
+    def __init__(self, manager: tf.train.CheckpointManager, epoch: tf.Variable, write: bool):
+        super().__init__()
+        self.manager, self.epoch, self.write = manager, epoch, write
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.assign(epoch + 1)
+        if self.write:
+            self.manager.save(checkpoint_number=epoch + 1)
+
+
+class _ViewGrid(keras.callbacks.Callback):
+    """At the start of training: a grid of (original | view 1 | view 2) rows to TensorBoard."""
+
+    def __init__(self, images: np.ndarray, log_dir: str, seed: int):
+        super().__init__()
+        self.images, self.log_dir, self.seed = images, log_dir, seed
+
+    def on_train_begin(self, logs=None):
+        if not hasattr(self.model, "views"):
+            return
+        grid = view_grid(self.model, self.images, self.seed)
+        with tf.summary.create_file_writer(os.path.join(self.log_dir, "views")).as_default():
+            tf.summary.image("augmented_view_pairs", grid[None], step=0)
+
+
+def view_grid(model: keras.Model, images: np.ndarray, seed: int) -> np.ndarray:
+    """uint8 grid: one row per image, columns original | view 1 | view 2."""
+    size = model.image_size
+    view1, view2 = model.views(tf.constant(images), tf.constant([seed, 0], tf.int64))
+    original = export_lib.preprocess(tf.constant(images), size)
+    rows = tf.concat([original, view1, view2], axis=2)  # [n, S, 3S, 3]
+    grid = tf.reshape(rows, [-1, 3 * size, 3])
+    return tf.cast(tf.round(grid * 255.0), tf.uint8).numpy()
+
+
+def default_export_name(train: TrainConfig, data: DataConfig, backbone: BackboneConfig) -> str:
+    dataset = data.dataset.split(":", 1)[0]
+    return train.export_name or f"{train.pretext}_{backbone.name}_{dataset}"
+
+
+def pretrain(
+    train: TrainConfig,
+    data: DataConfig,
+    backbone: BackboneConfig | None = None,
+    pretext_config=None,
+    splits: Splits | None = None,
+) -> PretrainResult:
+    """Train `train.pretext` on `data`, resume from `train.model_dir` if it holds a checkpoint, export."""
+    backbone = backbone or BackboneConfig()
+    pretext_config = pretext_config or simclr.SimCLRConfig()
+    check_pretext(train.pretext)
+    if train.epochs < 1 or train.batch_size < 2:
+        raise FgsslError("--epochs must be at least 1 and --batch_size at least 2")
+    summary = _summary(train, data, backbone, pretext_config)
+    _check_resumable(train.model_dir, summary)
+
+    strategy = make_strategy(train.strategy)
+    if train.batch_size % strategy.num_replicas_in_sync:
+        raise FgsslError(
+            f"--batch_size={train.batch_size} does not split evenly over {strategy.num_replicas_in_sync} replicas"
+        )
+    chief = is_chief(strategy)
+    splits = splits or load_splits(data)
+    pool = splits.pretraining_pool()
+    if len(pool) < train.batch_size:
+        raise FgsslError(f"the pretraining pool has {len(pool)} images, fewer than --batch_size={train.batch_size}")
+    steps = train.steps_per_epoch or len(pool) // train.batch_size
+
+    with strategy.scope():
+        model = build_pretext_model(train, data, backbone, pretext_config)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(train.model_dir, "checkpoints"), max_to_keep=train.checkpoints_to_keep
+    )
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log.info("resumed from %s (epoch %d)", manager.latest_checkpoint, int(epoch.numpy()))
+    initial_epoch = int(epoch.numpy())
+    if chief:
+        os.makedirs(train.model_dir, exist_ok=True)
+        with open(os.path.join(train.model_dir, RUN_CONFIG_FILE), "w") as f:
+            json.dump({**summary, "data_stats": splits.stats}, f, indent=2, default=str)
+
+    history: dict = {}
+    if initial_epoch < train.epochs:
+        dataset = pipeline.epoch_batches(
+            pool, np.full(len(pool), -1), train.batch_size, train.seed, initial_epoch, train.epochs, steps
+        )
+        validation = None
+        val_images, val_labels = splits.split("val")
+        if len(val_images) >= train.batch_size:
+            count = len(val_images) // train.batch_size * train.batch_size
+            validation = pipeline.ordered_batches(val_images[:count], val_labels[:count], train.batch_size)
+        log_dir = os.path.join(train.model_dir, "logs")
+        callbacks = [
+            _EpochCheckpoint(manager, epoch, write=chief),
+            keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"),
+        ]
+        if initial_epoch == 0 and chief:
+            callbacks.append(_ViewGrid(pool[:8], log_dir, train.seed))
+        started = time.time()
+        fit = model.fit(
+            dataset,
+            epochs=train.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
+            validation_data=validation,
+            callbacks=callbacks,
+            verbose=train.verbose,
+        )
+        history = fit.history
+        log.info("trained epochs %d..%d in %.1f s", initial_epoch + 1, train.epochs, time.time() - started)
+
+    exports = {}
+    if chief:
+        name = default_export_name(train, data, backbone)
+        metadata = {
+            "pretext": train.pretext,
+            "backbone": dataclasses.asdict(backbone),
+            "epochs_trained": train.epochs,
+            "seed": train.seed,
+            "dataset": data.dataset,
+            "split_fingerprint": splits.stats.get("split_fingerprint"),
+            "run_config": summary,
+        }
+        for suffix, encoder in model.exportable_encoders().items():
+            full_name = f"{name}_{suffix}" if suffix else name
+            exports[full_name] = export_lib.export_encoder(encoder, train.export_dir, full_name, data.image_size, metadata)
+            log.info("exported %s to %s", full_name, exports[full_name])
+    return PretrainResult(model, history, exports, initial_epoch, splits)

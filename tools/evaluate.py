@@ -1,0 +1,79 @@
+"""Evaluate an exported encoder (or a baseline) on one honest protocol.
+
+    python tools/evaluate.py --encoder=savedmodels/NAME/VERSION --dataset=elpv --protocol=linear
+    python tools/evaluate.py --encoder=... --protocol=knn --label_fraction=0.1 --seeds=0,1,2
+    python tools/evaluate.py --baseline=supervised --protocol=finetune --image_size=64
+
+Writes <output_dir>/report.json and report.md (default: beside the encoder, in
+savedmodels/NAME/evaluations/).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+from fgssl_tf import cli  # noqa: E402
+from fgssl_tf import flags as fgssl_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("encoder", None, "Exported encoder: a version directory savedmodels/NAME/VERSION.")
+flags.DEFINE_enum("baseline", None, ["random_init", "supervised"], "Evaluate a reference instead of an encoder.")
+flags.DEFINE_string("dataset", "elpv", "elpv, cassava or folder:PATH.")
+flags.DEFINE_enum("protocol", "linear", ["linear", "knn", "finetune"], "Evaluation protocol.")
+flags.DEFINE_float("label_fraction", 1.0, "Share of training labels used (stratified, drawn per seed).", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_list("seeds", ["0"], "Comma-separated seeds; mean and std are reported.")
+flags.DEFINE_string("output_dir", None, "Where report.json and report.md go.")
+flags.DEFINE_integer("image_size", None, "Image size (baselines; an encoder's export records its own).", lower_bound=8)
+flags.DEFINE_enum("selection_metric", "accuracy", ["accuracy", "balanced_accuracy", "macro_f1"], "Chosen on validation.")
+flags.DEFINE_integer("finetune_epochs", 10, "Epochs of fine-tuning.", lower_bound=1)
+flags.DEFINE_float("finetune_learning_rate", 1e-4, "Adam learning rate for fine-tuning.", lower_bound=0.0)
+flags.DEFINE_integer("batch_size", 64, "Batch size for features and fine-tuning.", lower_bound=1)
+flags.DEFINE_integer("max_images_per_split", None, "Stratified subset per split (quick checks).", lower_bound=2)
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).")
+fgssl_flags.define_backbone_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from fgssl_tf.errors import FgsslError
+    from fgssl_tf.evaluation import EvalConfig, evaluate
+
+    try:
+        seeds = tuple(int(s) for s in FLAGS.seeds)
+    except ValueError as err:
+        raise FgsslError(f"--seeds must be comma-separated integers, got {','.join(FLAGS.seeds)}") from err
+    report = evaluate(
+        EvalConfig(
+            encoder=FLAGS.encoder,
+            baseline=FLAGS.baseline,
+            dataset=FLAGS.dataset,
+            protocol=FLAGS.protocol,
+            label_fraction=FLAGS.label_fraction,
+            seeds=seeds,
+            output_dir=FLAGS.output_dir,
+            image_size=FLAGS.image_size,
+            backbone=fgssl_flags.backbone_config(),
+            selection_metric=FLAGS.selection_metric,
+            finetune_epochs=FLAGS.finetune_epochs,
+            finetune_learning_rate=FLAGS.finetune_learning_rate,
+            batch_size=FLAGS.batch_size,
+            max_images_per_split=FLAGS.max_images_per_split,
+            tfds_data_dir=FLAGS.tfds_data_dir,
+        )
+    )
+    print(
+        f"test accuracy {report['accuracy']:.4f} ± {report['accuracy_std']:.4f}, "
+        f"balanced {report['balanced_accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
+        f"(majority class {report['majority_class_rate']:.4f}); report: {report['output_dir']}/report.json"
+    )
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: cli.run_main(main, argv))
