@@ -1,0 +1,78 @@
+"""Shared fixtures. Two logical CPU devices are configured before TensorFlow starts,
+so tests can run two replicas of MirroredStrategy on one CPU."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig  # noqa: E402
+from fgssl_tf.data import load_splits  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE_SIZE = 32
+TINY_BACKBONE = BackboneConfig(name="resnet18", width=8, small_stem=False)
+
+
+@pytest.fixture(scope="session")
+def elpv_splits():
+    """Real elpv images at 32 px (all 2,624), loaded once."""
+    return load_splits(DataConfig(dataset="elpv", image_size=IMAGE_SIZE))
+
+
+@pytest.fixture(scope="session")
+def elpv_small(elpv_splits):
+    """A stratified 400/300/300 subset of elpv, for training tests."""
+    from fgssl_tf.data import Splits, label_fraction_subset
+
+    parts = {}
+    for name, limit in (("train", 400), ("val", 300), ("test", 300)):
+        images, labels = elpv_splits.split(name)
+        idx = label_fraction_subset(labels, limit / len(labels), 0)
+        parts[name] = (images[idx], labels[idx])
+    return Splits(
+        *parts["train"], *parts["val"], *parts["test"],
+        class_names=elpv_splits.class_names,
+        unlabeled_images=elpv_splits.unlabeled_images,
+        stats={**elpv_splits.stats, "split_sizes": {k: len(v[1]) for k, v in parts.items()}},
+    )
+
+
+def tiny_train_config(tmp_path, **overrides) -> TrainConfig:
+    values = dict(
+        model_dir=str(tmp_path / "run"),
+        export_dir=str(tmp_path / "savedmodels"),
+        export_name="tiny",
+        epochs=2,
+        batch_size=32,
+        steps_per_epoch=3,
+        seed=0,
+        verbose=0,
+        strategy="one_device",
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def trained_encoder(tmp_path_factory, elpv_small):
+    """A briefly pretrained SimCLR encoder, exported once for the export and evaluation tests."""
+    from fgssl_tf import trainer
+
+    tmp_path = tmp_path_factory.mktemp("pretrained")
+    config = tiny_train_config(tmp_path, epochs=2, steps_per_epoch=6)
+    result = trainer.pretrain(config, DataConfig(image_size=IMAGE_SIZE), TINY_BACKBONE, splits=elpv_small)
+    return result, result.exports["tiny"]
+
+
+def write_image(path, array, fmt=None, **save_options):
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.asarray(array)).save(path, format=fmt, **save_options)

@@ -1,0 +1,48 @@
+"""ResNet backbones: torchvision's parameter counts, stems, names, config."""
+
+import numpy as np
+import pytest
+
+from fgssl_tf.config import BackboneConfig
+from fgssl_tf.errors import FgsslError
+from fgssl_tf.models import build_resnet
+
+
+def trainable_count(model):
+    return sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+
+
+@pytest.mark.parametrize("name,params,features", [("resnet18", 11_176_512, 512), ("resnet50", 23_508_032, 2048)])
+def test_parameter_counts_match_torchvision_without_fc(name, params, features):
+    model = build_resnet(BackboneConfig(name=name), 224)
+    assert trainable_count(model) == params  # torchvision resnet minus its fc layer
+    assert model.output_shape == (None, features)
+
+
+def test_stems_and_spatial_sizes():
+    standard = build_resnet(BackboneConfig(), 64)
+    small = build_resnet(BackboneConfig(), 32)  # auto: small stem at 32 px
+    assert standard.get_layer("stem_conv").kernel_size == (7, 7)
+    assert small.get_layer("stem_conv").kernel_size == (3, 3)
+    assert "stem_pool" not in [layer.name for layer in small.layers]
+    x = np.zeros((2, 32, 32, 3), np.float32)
+    # 32 px: the small stem keeps 4x4 at block4, the standard stem would reach 1x1.
+    assert small.get_layer("block4_unit2_out").output.shape[1] is None  # any input size
+    from keras import Model
+
+    block4 = Model(small.input, small.get_layer("block4_unit2_out").output)
+    assert block4(x).shape[1:3] == (4, 4)
+    assert small(x).shape == (2, 512)
+
+
+def test_synchronized_bn_and_width_options():
+    model = build_resnet(BackboneConfig(width=16, synchronized_bn=True), 32)
+    bn = model.get_layer("stem_bn")
+    assert bn.synchronized and bn.epsilon == 1e-5 and bn.momentum == 0.9
+    assert model.output_shape == (None, 128)
+    assert {f"block{i}_unit1_conv1" for i in range(1, 5)} <= {layer.name for layer in model.layers}
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(FgsslError, match="resnet18"):
+        build_resnet(BackboneConfig(name="vgg"), 32)
