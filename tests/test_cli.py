@@ -1,0 +1,48 @@
+"""The commands users type: the smoke run end to end, and one-line errors for bad input."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def run(args, cwd, timeout=300):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path):
+    flagfile = os.path.join(REPO, "flags", "smoke.cfg")
+    result = run(["-m", "fgssl_tf.train", f"--flagfile={flagfile}", "--pretext=simclr"], cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "exported smoke: savedmodels/smoke/1" in result.stdout
+    assert os.path.isfile(tmp_path / "savedmodels" / "smoke" / "1" / "saved_model.pb")
+    checkpoints = os.listdir(tmp_path / "runs" / "smoke" / "checkpoints")
+    assert "checkpoint" in checkpoints and any(name.startswith("ckpt-2") for name in checkpoints)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--pretext=rotnet"], "unknown --pretext='rotnet'"),
+        (["--dataset=imagenet"], "unknown --dataset='imagenet'"),
+        (["--dataset=folder:/no/such/folder"], "does not exist"),
+        (["--dataset=folder:EMPTY"], "class folder"),
+    ],
+)
+def test_train_bad_input_is_one_clear_line(tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("EMPTY", str(tmp_path / "empty")) for a in args]
+    result = run(["-m", "fgssl_tf.train", f"--model_dir={tmp_path / 'run'}", *args], cwd=str(tmp_path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+
+
+def test_evaluate_bad_encoder_is_one_clear_line(tmp_path):
+    result = run([os.path.join(REPO, "tools", "evaluate.py"), f"--encoder={tmp_path}"], cwd=str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "saved_model.pb" in result.stderr.strip().splitlines()[-1]

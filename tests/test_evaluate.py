@@ -1,0 +1,120 @@
+"""The evaluation tool: protocols, seeds, reports, baselines and bad flags."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_BACKBONE
+from fgssl_tf.errors import FgsslError
+from fgssl_tf.evaluation import EvalConfig, evaluate, markdown_report
+from fgssl_tf.evaluation.metrics import classification_metrics
+
+REPORT_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "per_class_recall", "confusion_matrix", "per_seed"}
+
+
+def test_linear_probe_cli_beats_majority_and_reports_seeds(trained_encoder, tmp_path):
+    _, path = trained_encoder
+    out = tmp_path / "linear"
+    subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "evaluate.py"), f"--encoder={path}", "--dataset=elpv",
+         "--protocol=linear", "--seeds=0,1", "--label_fraction=0.5", f"--output_dir={out}"],
+        check=True, cwd=str(tmp_path),
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= set(report)
+    assert report["accuracy"] > report["majority_class_rate"] + 0.02
+    assert [s["seed"] for s in report["per_seed"]] == [0, 1]
+    per_seed = [s["accuracy"] for s in report["per_seed"]]
+    assert report["accuracy"] == pytest.approx(np.mean(per_seed))
+    assert report["accuracy_std"] == pytest.approx(np.std(per_seed))
+    assert np.sum(report["confusion_matrix"]) == 2 * report["split_sizes"]["test"]
+    assert "| accuracy |" in (out / "report.md").read_text()
+
+
+def test_knn_and_default_output_dir_beside_the_encoder(trained_encoder, elpv_small):
+    _, path = trained_encoder
+    report = evaluate(EvalConfig(encoder=path, protocol="knn"), splits=elpv_small)
+    assert report["output_dir"].startswith(os.path.join(os.path.dirname(path), "evaluations"))
+    assert report["per_seed"][0]["selected"]["k"] in (1, 5, 10, 20, 50)
+    assert 0.0 <= report["balanced_accuracy"] <= 1.0
+
+
+def test_finetune_trains_the_encoder_and_keeps_the_best_val_epoch(trained_encoder, elpv_small, monkeypatch):
+    from fgssl_tf import export
+    from fgssl_tf.evaluation import protocols
+
+    _, path = trained_encoder
+    encoder = export.load_keras_encoder(path)
+    before = [w.numpy().copy() for w in encoder.trainable_weights]
+    val_scores = []
+    original = protocols._KeepBest.on_epoch_end
+
+    def record(self, epoch, logs=None):
+        original(self, epoch, logs)
+        val_scores.append(logs["val_accuracy"])
+
+    monkeypatch.setattr(protocols._KeepBest, "on_epoch_end", record)
+    result = protocols.finetune(
+        encoder, lambda x: export.preprocess(x, 32), elpv_small.split("train"), elpv_small.split("val"),
+        elpv_small.split("test"), 4, seed=0, metric="accuracy", epochs=3, learning_rate=1e-3, batch_size=64,
+    )
+    changed = [not np.allclose(a, w.numpy()) for a, w in zip(before, encoder.trainable_weights)]
+    assert all(changed)  # every encoder weight was trained, not only the head
+    assert result.val_score == max(val_scores)
+    assert result.selected["epoch"] == int(np.argmax(val_scores)) + 1
+    assert result.test_predictions.shape == (len(elpv_small.test_labels),)
+
+
+def test_finetune_report(trained_encoder, elpv_small, tmp_path):
+    _, path = trained_encoder
+    report = evaluate(EvalConfig(encoder=path, protocol="finetune", finetune_epochs=1, output_dir=str(tmp_path)), splits=elpv_small)
+    assert REPORT_KEYS <= set(report) and report["protocol"] == "finetune"
+
+
+def test_baselines(elpv_small, tmp_path):
+    random_init = evaluate(
+        EvalConfig(baseline="random_init", protocol="linear", image_size=32, backbone=TINY_BACKBONE, output_dir=str(tmp_path / "r")),
+        splits=elpv_small,
+    )
+    assert random_init["encoder_metadata"]["backbone"]["width"] == 8
+    supervised = evaluate(
+        EvalConfig(baseline="supervised", protocol="finetune", image_size=32, backbone=TINY_BACKBONE,
+                   finetune_epochs=2, finetune_learning_rate=1e-3, output_dir=str(tmp_path / "s")),
+        splits=elpv_small,
+    )
+    assert REPORT_KEYS <= set(supervised)
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        (EvalConfig(encoder="x", protocol="svm"), "unknown --protocol"),
+        (EvalConfig(), "exactly one of"),
+        (EvalConfig(encoder="x", baseline="random_init"), "exactly one of"),
+        (EvalConfig(baseline="supervised", protocol="linear", image_size=32), "finetune"),
+        (EvalConfig(baseline="random_init"), "--image_size"),
+        (EvalConfig(encoder="/nonexistent/1"), "saved_model.pb"),
+    ],
+)
+def test_bad_settings_fail_clearly(config, message):
+    with pytest.raises(FgsslError, match=message):
+        evaluate(config)
+
+
+def test_metrics_on_an_imbalanced_example():
+    y_true = np.array([0, 0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 0, 0, 0, 0, 1, 0])
+    scores = classification_metrics(y_true, y_pred, 3)
+    assert scores["accuracy"] == pytest.approx(5 / 7)
+    assert scores["balanced_accuracy"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert scores["per_class_recall"] == pytest.approx([1.0, 0.5, 0.0])
+    assert scores["confusion_matrix"][0] == [4, 0, 0]
+    report = {"encoder": "e", "dataset": "d", "split_fingerprint": "f", "split_sizes": {}, "image_size": 8,
+              "protocol": "linear", "label_fraction": 1.0, "seeds": [0], "selection": "s", "majority_class_rate": 0.5,
+              "class_names": ["a", "b", "c"], **{k: 0.1 for k in ("accuracy", "balanced_accuracy", "macro_f1")},
+              **{f"{k}_std": 0.0 for k in ("accuracy", "balanced_accuracy", "macro_f1")}, **scores}
+    assert "| a | 4 | 0 | 0 |" in markdown_report(report)
