@@ -95,15 +95,26 @@ def export_encoder(encoder: keras.Model, export_dir: str, name: str, image_size:
     return final
 
 
+def resolve_version_dir(path: str) -> str:
+    """A version directory as given, or the newest version under savedmodels/NAME (as TF Serving)."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+    for version in sorted(versions, reverse=True):
+        candidate = os.path.join(path, str(version))
+        if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
+            return candidate
+    raise FgsslError(
+        f"{path!r} is not an exported encoder (no saved_model.pb in it or in a numbered version under it); "
+        "pass savedmodels/NAME/VERSION or savedmodels/NAME"
+    )
+
+
 class ServingEncoder:
     """A loaded export: call it on uint8 images, get embeddings. Checks input first."""
 
     def __init__(self, path: str):
-        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-            raise FgsslError(
-                f"{path!r} is not an exported encoder (no saved_model.pb); "
-                "pass a version directory such as savedmodels/NAME/1"
-            )
+        path = resolve_version_dir(path)
         self.path = path
         self.metadata = read_metadata(path)
         self.image_size = int(self.metadata.get("image_size", 0)) or None

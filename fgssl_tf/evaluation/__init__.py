@@ -96,6 +96,8 @@ def _keras_features(encoder: keras.Model, images: np.ndarray, image_size: int, b
 
 def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
     _validate(config)
+    if config.encoder:
+        config = dataclasses.replace(config, encoder=export_lib.resolve_version_dir(config.encoder))
     serving = export_lib.ServingEncoder(config.encoder) if config.encoder else None
     image_size = config.image_size or (serving.image_size if serving else None)
     if not image_size:

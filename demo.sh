@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up (once) and run the main job on the offline default data (elpv):
+# a short SimCLR pretraining, the export for TF Serving, and a linear probe.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON_BIN=${PYTHON:-$(command -v python3.11 || command -v python3)}
+[ -x .venv/bin/python ] || "$PYTHON_BIN" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test,elpv]"
+.venv/bin/python -m fgssl_tf.train --flagfile=flags/simclr_demo.cfg "$@"
+.venv/bin/python tools/evaluate.py --encoder=savedmodels/simclr_demo --dataset=elpv --protocol=linear --seeds=0,1,2 --label_fraction=1.0
