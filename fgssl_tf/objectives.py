@@ -12,9 +12,15 @@ import tensorflow as tf
 _MASKED = -1e9  # self-similarity logit; finite so the softmax stays NaN-free
 
 
-def replica_info() -> tuple[tf.distribute.ReplicaContext, int, tf.Tensor]:
-    """(context, number of replicas, this replica's index as an int32 tensor)."""
+def replica_info() -> tuple[tf.distribute.ReplicaContext | None, int, tf.Tensor]:
+    """(context, number of replicas, this replica's index as an int32 tensor).
+
+    In a cross-replica context (e.g. a callback inside `strategy.scope()`) the
+    caller holds the whole batch: one replica.
+    """
     context = tf.distribute.get_replica_context()
+    if context is None:
+        return None, 1, tf.constant(0, tf.int32)
     return context, context.num_replicas_in_sync, tf.cast(context.replica_id_in_sync_group, tf.int32)
 
 

@@ -76,7 +76,15 @@ def test_wrong_input_gives_a_clear_error(trained_encoder):
     with pytest.raises(tf.errors.InvalidArgumentError, match="uint8"):
         signature(images=tf.zeros((1, 8, 8, 3), tf.float32))
     with pytest.raises(FgsslError, match="saved_model.pb"):
-        export.ServingEncoder(os.path.dirname(path))
+        export.ServingEncoder(os.path.dirname(os.path.dirname(path)))
+
+
+def test_model_root_resolves_to_the_newest_version(trained_encoder, tmp_path):
+    result, path = trained_encoder
+    root = os.path.dirname(path)
+    assert export.resolve_version_dir(root) == path
+    newer = export.export_encoder(result.model.encoder, os.path.dirname(root), os.path.basename(root), 32, {})
+    assert os.path.basename(newer) == "2" and export.resolve_version_dir(root) == newer
 
 
 def test_failed_export_leaves_no_version_behind(tmp_path, trained_encoder, monkeypatch):

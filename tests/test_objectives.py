@@ -58,7 +58,7 @@ def _replicated_loss_and_grads(strategy, z1, z2, temperature):
 def test_two_replicas_equal_one_replica():
     rng = np.random.RandomState(1)
     z1, z2 = rng.randn(8, 6).astype(np.float32), rng.randn(8, 6).astype(np.float32)
-    one = _replicated_loss_and_grads(tf.distribute.OneDeviceStrategy("/cpu:0"), z1, z2, 0.5)
+    one = _replicated_loss_and_grads(make_strategy("one_device"), z1, z2, 0.5)
     two_replicas = make_strategy("mirrored")
     assert two_replicas.num_replicas_in_sync == 2
     two = _replicated_loss_and_grads(two_replicas, z1, z2, 0.5)
