@@ -70,4 +70,5 @@ class TrainConfig:
     strategy: str = "auto"  # auto | one_device | mirrored | multiworker
     jit_compile: bool = False
     checkpoints_to_keep: int = 3
+    validate: bool = True  # the pretext loss on the validation split after each epoch
     verbose: int = 1

@@ -60,6 +60,7 @@ def define_train_flags() -> None:
     flags.DEFINE_float("weight_decay", 1e-5, "Coupled L2 weight decay, as PyTorch Adam.", lower_bound=0.0)
     flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and initialisation.")
     flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy; auto = mirrored over several GPUs.")
+    flags.DEFINE_boolean("validate", True, "Compute the pretext loss on the validation split after each epoch.")
     flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step (measure first: it can be slower on CPU).")
     flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 progress bar, 2 a line per epoch.", lower_bound=0, upper_bound=2)
     # SimCLR
@@ -90,6 +91,7 @@ def train_config() -> TrainConfig:
         seed=FLAGS.seed,
         strategy=FLAGS.strategy,
         jit_compile=FLAGS.jit_compile,
+        validate=FLAGS.validate,
         verbose=FLAGS.verbose,
     )
 
@@ -103,3 +105,17 @@ def augment_config() -> AugmentConfig:
         blur_prob=FLAGS.blur_prob,
         horizontal_flip=FLAGS.horizontal_flip,
     )
+
+
+def pretext_config():
+    """The dataclass config of --pretext, from its flags."""
+    if FLAGS.pretext == "simclr":
+        from fgssl_tf.pretext import simclr
+
+        return simclr.SimCLRConfig(
+            projection_dim=FLAGS.projection_dim,
+            hidden_dim=FLAGS.projection_hidden_dim,
+            temperature=FLAGS.temperature,
+            augment=augment_config(),
+        )
+    return None  # the pretext's defaults

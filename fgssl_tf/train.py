@@ -14,7 +14,7 @@ from absl import app, flags  # noqa: E402
 
 from fgssl_tf import cli  # noqa: E402
 from fgssl_tf import flags as fgssl_flags  # noqa: E402
-from fgssl_tf.pretext import check_pretext, simclr  # noqa: E402
+from fgssl_tf.pretext import check_pretext  # noqa: E402
 
 FLAGS = flags.FLAGS
 fgssl_flags.define_data_flags()
@@ -28,14 +28,8 @@ def main(argv):
     check_pretext(FLAGS.pretext)  # before any data is loaded
     from fgssl_tf import trainer  # TensorFlow imports only after flags are valid
 
-    pretext_config = simclr.SimCLRConfig(
-        projection_dim=FLAGS.projection_dim,
-        hidden_dim=FLAGS.projection_hidden_dim,
-        temperature=FLAGS.temperature,
-        augment=fgssl_flags.augment_config(),
-    )
     result = trainer.pretrain(
-        fgssl_flags.train_config(), fgssl_flags.data_config(), fgssl_flags.backbone_config(), pretext_config
+        fgssl_flags.train_config(), fgssl_flags.data_config(), fgssl_flags.backbone_config(), fgssl_flags.pretext_config()
     )
     for name, path in result.exports.items():
         print(f"exported {name}: {path}")

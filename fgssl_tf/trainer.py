@@ -27,8 +27,7 @@ from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.data import Splits, load_splits, pipeline
 from fgssl_tf.distribute import is_chief, make_strategy
 from fgssl_tf.errors import FgsslError
-from fgssl_tf.models import build_resnet
-from fgssl_tf.pretext import check_pretext, simclr
+from fgssl_tf.pretext import get_pretext
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +75,11 @@ def _check_resumable(model_dir: str, summary: dict) -> None:
         )
 
 
-def build_pretext_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, pretext_config) -> keras.Model:
+def build_pretext_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, pretext_config=None) -> keras.Model:
     """The pretext model, compiled, with optimizer variables created (so restore is exact)."""
-    check_pretext(train.pretext)
+    module = get_pretext(train.pretext)
     keras.utils.set_random_seed(train.seed)
-    encoder = build_resnet(backbone, data.image_size)
-    model = simclr.build(encoder, data.image_size, pretext_config, seed=train.seed, weight_decay=train.weight_decay)
-    model.compile(optimizer=keras.optimizers.Adam(train.learning_rate), jit_compile=train.jit_compile)
+    model = module.build_model(train, data, backbone, pretext_config or module.Config())
     model.optimizer.build(model.trainable_variables)
     return model
 
@@ -100,29 +97,19 @@ class _EpochCheckpoint(keras.callbacks.Callback):
             self.manager.save(checkpoint_number=epoch + 1)
 
 
-class _ViewGrid(keras.callbacks.Callback):
-    """At the start of training: a grid of (original | view 1 | view 2) rows to TensorBoard."""
+class _SummaryImages(keras.callbacks.Callback):
+    """At the start of training: the pretext's pictures of its inputs (view pairs, puzzles) to TensorBoard."""
 
     def __init__(self, images: np.ndarray, log_dir: str, seed: int):
         super().__init__()
         self.images, self.log_dir, self.seed = images, log_dir, seed
 
     def on_train_begin(self, logs=None):
-        if not hasattr(self.model, "views"):
+        if not hasattr(self.model, "summary_images"):
             return
-        grid = view_grid(self.model, self.images, self.seed)
-        with tf.summary.create_file_writer(os.path.join(self.log_dir, "views")).as_default():
-            tf.summary.image("augmented_view_pairs", grid[None], step=0)
-
-
-def view_grid(model: keras.Model, images: np.ndarray, seed: int) -> np.ndarray:
-    """uint8 grid: one row per image, columns original | view 1 | view 2."""
-    size = model.image_size
-    view1, view2 = model.views(tf.constant(images), tf.constant([seed, 0], tf.int64))
-    original = export_lib.preprocess(tf.constant(images), size)
-    rows = tf.concat([original, view1, view2], axis=2)  # [n, S, 3S, 3]
-    grid = tf.reshape(rows, [-1, 3 * size, 3])
-    return tf.cast(tf.round(grid * 255.0), tf.uint8).numpy()
+        with tf.summary.create_file_writer(os.path.join(self.log_dir, "inputs")).as_default():
+            for tag, grid in self.model.summary_images(self.images, self.seed).items():
+                tf.summary.image(tag, grid[None], step=0)
 
 
 def default_export_name(train: TrainConfig, data: DataConfig, backbone: BackboneConfig) -> str:
@@ -139,8 +126,7 @@ def pretrain(
 ) -> PretrainResult:
     """Train `train.pretext` on `data`, resume from `train.model_dir` if it holds a checkpoint, export."""
     backbone = backbone or BackboneConfig()
-    pretext_config = pretext_config or simclr.SimCLRConfig()
-    check_pretext(train.pretext)
+    pretext_config = pretext_config or get_pretext(train.pretext).Config()
     if train.epochs < 1 or train.batch_size < 2:
         raise FgsslError("--epochs must be at least 1 and --batch_size at least 2")
     summary = _summary(train, data, backbone, pretext_config)
@@ -181,7 +167,7 @@ def pretrain(
         )
         validation = None
         val_images, val_labels = splits.split("val")
-        if len(val_images) >= train.batch_size:
+        if train.validate and len(val_images) >= train.batch_size:
             count = len(val_images) // train.batch_size * train.batch_size
             validation = pipeline.ordered_batches(val_images[:count], val_labels[:count], train.batch_size)
         log_dir = os.path.join(train.model_dir, "logs")
@@ -190,7 +176,7 @@ def pretrain(
             keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"),
         ]
         if initial_epoch == 0 and chief:
-            callbacks.append(_ViewGrid(pool[:8], log_dir, train.seed))
+            callbacks.append(_SummaryImages(pool[:8], log_dir, train.seed))
         started = time.time()
         fit = model.fit(
             dataset,

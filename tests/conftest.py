@@ -55,6 +55,7 @@ def tiny_train_config(tmp_path, **overrides) -> TrainConfig:
         seed=0,
         verbose=0,
         strategy="one_device",
+        validate=False,
     )
     values.update(overrides)
     return TrainConfig(**values)

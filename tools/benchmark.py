@@ -92,6 +92,7 @@ def main(argv):
     from fgssl_tf import trainer
     from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
     from fgssl_tf.data import load_splits, pipeline
+    from fgssl_tf.models import build_resnet
     from fgssl_tf.pretext import simclr
 
     size, batch = FLAGS.image_size, FLAGS.batch_size
@@ -117,7 +118,7 @@ def main(argv):
             return images, images
 
     premade_model = PremadeViews(
-        trainer.build_resnet(backbone, size), size, simclr.SimCLRConfig(), seed=0, weight_decay=train.weight_decay
+        build_resnet(backbone, size), size, simclr.SimCLRConfig(), seed=0, weight_decay=train.weight_decay
     )
     premade_model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=FLAGS.jit_compile)
     views = tf.random.uniform([batch, size, size, 3])

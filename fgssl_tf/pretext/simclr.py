@@ -18,7 +18,8 @@ import keras
 import tensorflow as tf
 
 from fgssl_tf.augment import SimCLRAugmentation
-from fgssl_tf.config import AugmentConfig
+from fgssl_tf.config import AugmentConfig, BackboneConfig, DataConfig, TrainConfig
+from fgssl_tf.models import build_resnet
 from fgssl_tf.objectives import nt_xent, replica_info
 
 # A seed stream for validation views that never meets a training step's.
@@ -112,6 +113,24 @@ class SimCLRModel(keras.Model):
     def call(self, images, training=False):
         return self.projector(self.encoder(images, training=training), training=training)
 
+    def summary_images(self, images, seed: int):
+        """For TensorBoard: one row per image, original | view 1 | view 2, uint8."""
+        view1, view2 = self.views(tf.constant(images), tf.constant([seed, 0], tf.int64))
+        original = tf.image.resize(tf.image.convert_image_dtype(images, tf.float32), [self.image_size, self.image_size])
+        rows = tf.concat([original, view1, view2], axis=2)
+        grid = tf.reshape(rows, [-1, 3 * self.image_size, 3])
+        return {"augmented_view_pairs": tf.cast(tf.round(grid * 255.0), tf.uint8).numpy()}
+
 
 def build(encoder: keras.Model, image_size: int, config: SimCLRConfig, seed: int, weight_decay: float) -> SimCLRModel:
     return SimCLRModel(encoder, image_size, config, seed=seed, weight_decay=weight_decay, name="simclr")
+
+
+def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, config: SimCLRConfig) -> SimCLRModel:
+    """The compiled pretext model (Adam, constant learning rate, as the paper trained)."""
+    model = build(build_resnet(backbone, data.image_size), data.image_size, config, train.seed, train.weight_decay)
+    model.compile(optimizer=keras.optimizers.Adam(train.learning_rate), jit_compile=train.jit_compile)
+    return model
+
+
+Config = SimCLRConfig
