@@ -4,10 +4,7 @@
 # export beside the same probe of the same backbone at random init.
 set -euo pipefail
 cd "$(dirname "$0")"
-PYTHON_BIN=${PYTHON:-$(command -v python3.11 || command -v python3)}
-[ -x .venv/bin/python ] || "$PYTHON_BIN" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test,elpv]"
+scripts/bootstrap.sh
 .venv/bin/python -m fgssl_tf.train --flagfile=flags/simclr_demo.cfg "$@"
 .venv/bin/python tools/evaluate.py --encoder=savedmodels/simclr_demo --dataset=elpv --protocol=linear
 .venv/bin/python tools/evaluate.py --baseline=random_init --dataset=elpv --protocol=linear \
