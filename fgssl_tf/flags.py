@@ -61,7 +61,7 @@ def define_train_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and initialisation.")
     flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy; auto = mirrored over several GPUs.")
     flags.DEFINE_boolean("validate", True, "Compute the pretext loss on the validation split after each epoch.")
-    flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step (measure first: it can be slower on CPU).")
+    flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step (not yet for simclr: its augmentation has no XLA kernel).")
     flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 progress bar, 2 a line per epoch.", lower_bound=0, upper_bound=2)
     # SimCLR
     flags.DEFINE_float("temperature", 0.5, "NT-Xent temperature.", lower_bound=1e-3)

@@ -30,6 +30,7 @@ def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path):
         (["--dataset=imagenet"], "unknown --dataset='imagenet'"),
         (["--dataset=folder:/no/such/folder"], "does not exist"),
         (["--dataset=folder:EMPTY"], "class folder"),
+        (["--jit_compile", "--max_images_per_split=64", "--batch_size=8"], "CropAndResize"),
     ],
 )
 def test_train_bad_input_is_one_clear_line(tmp_path, args, message):

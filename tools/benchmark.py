@@ -29,7 +29,7 @@ flags.DEFINE_integer("image_size", 64, "Image size.", lower_bound=8)
 flags.DEFINE_integer("batch_size", 64, "Global batch size.", lower_bound=2)
 flags.DEFINE_integer("steps", 12, "Timed steps per measurement (after warm-up).", lower_bound=2)
 flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocation).", lower_bound=1)
-flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step.")
+flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step (SimCLR refuses it for now).")
 flags.DEFINE_string("dataset", "elpv", "Images for the real-pipeline measurement.")
 
 

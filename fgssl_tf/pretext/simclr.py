@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from fgssl_tf.augment import SimCLRAugmentation
 from fgssl_tf.config import AugmentConfig, BackboneConfig, DataConfig, TrainConfig
+from fgssl_tf.errors import FgsslError
 from fgssl_tf.models import build_resnet
 from fgssl_tf.objectives import nt_xent, replica_info
 
@@ -128,8 +129,13 @@ def build(encoder: keras.Model, image_size: int, config: SimCLRConfig, seed: int
 
 def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, config: SimCLRConfig) -> SimCLRModel:
     """The compiled pretext model (Adam, constant learning rate, as the paper trained)."""
+    if train.jit_compile:
+        raise FgsslError(
+            "--jit_compile does not work with --pretext=simclr yet: its on-device augmentation uses "
+            "CropAndResize, which XLA cannot compile; leave --jit_compile off"
+        )
     model = build(build_resnet(backbone, data.image_size), data.image_size, config, train.seed, train.weight_decay)
-    model.compile(optimizer=keras.optimizers.Adam(train.learning_rate), jit_compile=train.jit_compile)
+    model.compile(optimizer=keras.optimizers.Adam(train.learning_rate), jit_compile=False)
     return model
 
 
