@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fgssl_tf.data.images import to_rgb
 from fgssl_tf.errors import FgsslError
 
 METADATA_FILE = "fgssl_metadata.json"
@@ -58,8 +59,7 @@ def _check_and_convert(images: tf.Tensor) -> tf.Tensor:
     )
     with tf.control_dependencies([channel_check]):
         images = tf.identity(images)
-    rgb = tf.cond(channels < 3, lambda: tf.repeat(images[..., :1], 3, axis=-1), lambda: images[..., :3])
-    return tf.ensure_shape(rgb, [None, None, None, 3])
+    return tf.ensure_shape(to_rgb(images), [None, None, None, 3])
 
 
 def next_version(model_root: str) -> int:

@@ -20,6 +20,7 @@ import tensorflow as tf
 from fgssl_tf.augment import SimCLRAugmentation
 from fgssl_tf.config import AugmentConfig, BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.errors import FgsslError
+from fgssl_tf.export import preprocess
 from fgssl_tf.models import build_resnet
 from fgssl_tf.objectives import nt_xent, replica_info
 
@@ -117,7 +118,7 @@ class SimCLRModel(keras.Model):
     def summary_images(self, images, seed: int):
         """For TensorBoard: one row per image, original | view 1 | view 2, uint8."""
         view1, view2 = self.views(tf.constant(images), tf.constant([seed, 0], tf.int64))
-        original = tf.image.resize(tf.image.convert_image_dtype(images, tf.float32), [self.image_size, self.image_size])
+        original = preprocess(tf.constant(images), self.image_size)
         rows = tf.concat([original, view1, view2], axis=2)
         grid = tf.reshape(rows, [-1, 3 * self.image_size, 3])
         return {"augmented_view_pairs": tf.cast(tf.round(grid * 255.0), tf.uint8).numpy()}
