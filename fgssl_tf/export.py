@@ -62,9 +62,13 @@ def _check_and_convert(images: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(to_rgb(images), [None, None, None, 3])
 
 
+def _versions(model_root: str) -> list[int]:
+    """The numbered version folders under savedmodels/NAME (the ones TF Serving considers)."""
+    return [int(d) for d in os.listdir(model_root) if d.isdigit()] if os.path.isdir(model_root) else []
+
+
 def next_version(model_root: str) -> int:
-    versions = [int(d) for d in os.listdir(model_root) if d.isdigit()] if os.path.isdir(model_root) else []
-    return max(versions, default=0) + 1
+    return max(_versions(model_root), default=0) + 1
 
 
 def export_encoder(encoder: keras.Model, export_dir: str, name: str, image_size: int, metadata: dict) -> str:
@@ -99,8 +103,7 @@ def resolve_version_dir(path: str) -> str:
     """A version directory as given, or the newest version under savedmodels/NAME (as TF Serving)."""
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
-    versions = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
-    for version in sorted(versions, reverse=True):
+    for version in sorted(_versions(path), reverse=True):
         candidate = os.path.join(path, str(version))
         if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
             return candidate

@@ -138,14 +138,14 @@ def pretrain(
             f"--batch_size={train.batch_size} does not split evenly over {strategy.num_replicas_in_sync} replicas"
         )
     chief = is_chief(strategy)
+    with strategy.scope():  # before the data: a setting the model refuses fails fast
+        model = build_pretext_model(train, data, backbone, pretext_config)
     splits = splits or load_splits(data)
     pool = splits.pretraining_pool()
     if len(pool) < train.batch_size:
         raise FgsslError(f"the pretraining pool has {len(pool)} images, fewer than --batch_size={train.batch_size}")
     steps = train.steps_per_epoch or len(pool) // train.batch_size
 
-    with strategy.scope():
-        model = build_pretext_model(train, data, backbone, pretext_config)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
     manager = tf.train.CheckpointManager(
