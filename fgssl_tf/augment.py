@@ -21,6 +21,13 @@ import tensorflow as tf
 from fgssl_tf.config import AugmentConfig
 
 _CROP_TRIES = 10
+# A seed stream for validation inputs that never meets a training step's.
+VALIDATION_STREAM = 2**31 - 1
+
+
+def step_seed(run_seed: int, stream) -> tf.Tensor:
+    """The [2] stateless seed of one step: (run seed, optimizer step or VALIDATION_STREAM)."""
+    return tf.stack([tf.constant(run_seed, tf.int64), tf.cast(stream, tf.int64)])
 
 
 def _uniform(seed, shape, low=0.0, high=1.0):

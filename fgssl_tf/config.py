@@ -64,8 +64,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64  # global batch, split over replicas
     steps_per_epoch: Optional[int] = None  # None: one pass over the pretraining pool
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-5  # coupled L2, as PyTorch's Adam(weight_decay=...)
+    learning_rate: Optional[float] = None  # None: the pretext's default (simclr 1e-3, jigsaw 1e-2)
+    weight_decay: Optional[float] = None  # coupled L2, as PyTorch; None: the pretext's default
     seed: int = 0
     strategy: str = "auto"  # auto | one_device | mirrored | multiworker
     jit_compile: bool = False

@@ -26,7 +26,7 @@ def define_data_flags() -> None:
 
 def define_backbone_flags() -> None:
     flags.DEFINE_enum("backbone", "resnet18", list(BACKBONES), "Encoder architecture.")
-    flags.DEFINE_enum("small_stem", "auto", ["auto", "true", "false"], "3x3 stem without max-pool; auto: on for images of 32 px and less.")
+    flags.DEFINE_enum("small_stem", "auto", ["auto", "true", "false"], "3x3 stem without max-pool; auto: on for encoder inputs of 32 px and less (images; jigsaw: tile crops).")
     flags.DEFINE_integer("width", 64, "Channels of the first ResNet stage (64 = standard).", lower_bound=4)
     flags.DEFINE_boolean("sync_bn", False, "Synchronize batch-norm statistics across replicas.")
 
@@ -49,15 +49,15 @@ def backbone_config() -> BackboneConfig:
 
 
 def define_train_flags() -> None:
-    flags.DEFINE_string("pretext", "simclr", "Pretext task: simclr (jigsaw, srgan, pmg are planned).")
+    flags.DEFINE_string("pretext", "simclr", "Pretext task: simclr or jigsaw (srgan, pmg are planned).")
     flags.DEFINE_string("model_dir", None, "Checkpoints and TensorBoard logs; default runs/<pretext>_<dataset>.")
     flags.DEFINE_string("export_dir", "savedmodels", "Where encoders are exported (NAME/VERSION).")
     flags.DEFINE_string("export_name", None, "Export name; default <pretext>_<backbone>_<dataset>.")
     flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
     flags.DEFINE_integer("batch_size", 64, "Global batch size (split over replicas).", lower_bound=2)
     flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch; default one pass over the pretraining pool.", lower_bound=1)
-    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (the paper's 1e-3, constant).", lower_bound=0.0)
-    flags.DEFINE_float("weight_decay", 1e-5, "Coupled L2 weight decay, as PyTorch Adam.", lower_bound=0.0)
+    flags.DEFINE_float("learning_rate", None, "Initial learning rate; default the paper's for the pretext (simclr: Adam 1e-3, jigsaw: SGD 1e-2).", lower_bound=0.0)
+    flags.DEFINE_float("weight_decay", None, "Coupled L2 weight decay, as PyTorch; default the paper's (simclr 1e-5, jigsaw 5e-4).", lower_bound=0.0)
     flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and initialisation.")
     flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy; auto = mirrored over several GPUs.")
     flags.DEFINE_boolean("validate", True, "Compute the pretext loss on the validation split after each epoch.")
@@ -67,6 +67,15 @@ def define_train_flags() -> None:
     flags.DEFINE_float("temperature", 0.5, "NT-Xent temperature.", lower_bound=1e-3)
     flags.DEFINE_integer("projection_dim", 512, "Output size of the projection head.", lower_bound=1)
     flags.DEFINE_integer("projection_hidden_dim", 512, "Hidden size of the projection head.", lower_bound=1)
+    # Jigsaw
+    flags.DEFINE_enum("jigsaw_permutations", "maxhamming", ["maxhamming", "paper"], "Permutation set: greedy max-min Hamming, or the paper's random fully-different pairs.")
+    flags.DEFINE_integer("jigsaw_num_permutations", 100, "Number of permutations (classes); the paper used 100.", lower_bound=2, upper_bound=362879)
+    flags.DEFINE_float("jigsaw_brightness", 0.5, "Per-tile brightness factor drawn from [1-b, 1+b].", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_boolean("jigsaw_normalize_tiles", False, "Normalise each tile to zero mean, unit variance per channel (off in the paper).")
+    flags.DEFINE_float("jigsaw_dropout", 0.5, "Dropout before the permutation classifier (training only).", lower_bound=0.0, upper_bound=0.99)
+    flags.DEFINE_integer("jigsaw_pool_grid", 2, "Average-pool the last stage to a g x g grid (the paper: 2); 1 = global pooling.", lower_bound=1, upper_bound=8)
+    flags.DEFINE_float("clip_norm", 4.0, "Global gradient-norm clipping (jigsaw).", lower_bound=1e-6)
+    flags.DEFINE_integer("plateau_patience", 2, "Epochs without improvement before the learning rate drops 10x (jigsaw).", lower_bound=1)
     # Augmentation strengths (defaults: the paper's SimCLR_Original).
     flags.DEFINE_float("crop_scale_min", 0.08, "Smallest area share of the random resized crop.", lower_bound=0.01, upper_bound=1.0)
     flags.DEFINE_float("color_jitter_strength", 0.8, "Brightness/contrast/saturation strength; hue = strength/4.", lower_bound=0.0)
@@ -117,5 +126,18 @@ def pretext_config():
             hidden_dim=FLAGS.projection_hidden_dim,
             temperature=FLAGS.temperature,
             augment=augment_config(),
+        )
+    if FLAGS.pretext == "jigsaw":
+        from fgssl_tf.pretext import jigsaw
+
+        return jigsaw.JigsawConfig(
+            permutations=FLAGS.jigsaw_permutations,
+            num_permutations=FLAGS.jigsaw_num_permutations,
+            brightness=FLAGS.jigsaw_brightness,
+            normalize_tiles=FLAGS.jigsaw_normalize_tiles,
+            dropout=FLAGS.jigsaw_dropout,
+            pool_grid=FLAGS.jigsaw_pool_grid,
+            clip_norm=FLAGS.clip_norm,
+            plateau_patience=FLAGS.plateau_patience,
         )
     return None  # the pretext's defaults

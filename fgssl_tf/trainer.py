@@ -27,7 +27,7 @@ from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.data import Splits, load_splits, pipeline
 from fgssl_tf.distribute import is_chief, make_strategy
 from fgssl_tf.errors import FgsslError
-from fgssl_tf.pretext import get_pretext
+from fgssl_tf.pretext import get_pretext, resolve_backbone, with_pretext_defaults
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def build_pretext_model(train: TrainConfig, data: DataConfig, backbone: Backbone
     """The pretext model, compiled, with optimizer variables created (so restore is exact)."""
     module = get_pretext(train.pretext)
     keras.utils.set_random_seed(train.seed)
-    model = module.build_model(train, data, backbone, pretext_config or module.Config())
+    model = module.build_model(with_pretext_defaults(train), data, backbone, pretext_config or module.Config())
     model.optimizer.build(model.trainable_variables)
     return model
 
@@ -126,7 +126,9 @@ def pretrain(
 ) -> PretrainResult:
     """Train `train.pretext` on `data`, resume from `train.model_dir` if it holds a checkpoint, export."""
     backbone = backbone or BackboneConfig()
+    train = with_pretext_defaults(train)
     pretext_config = pretext_config or get_pretext(train.pretext).Config()
+    backbone = resolve_backbone(train.pretext, backbone, data, pretext_config)
     if train.epochs < 1 or train.batch_size < 2:
         raise FgsslError("--epochs must be at least 1 and --batch_size at least 2")
     summary = _summary(train, data, backbone, pretext_config)
@@ -171,7 +173,9 @@ def pretrain(
             count = len(val_images) // train.batch_size * train.batch_size
             validation = pipeline.ordered_batches(val_images[:count], val_labels[:count], train.batch_size)
         log_dir = os.path.join(train.model_dir, "logs")
-        callbacks = [
+        # The pretext's schedule first, so the checkpoint holds the learning rate it set.
+        callbacks = model.training_callbacks("val_loss" if validation is not None else "loss") if hasattr(model, "training_callbacks") else []
+        callbacks += [
             _EpochCheckpoint(manager, epoch, write=chief),
             keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"),
         ]

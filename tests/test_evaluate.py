@@ -69,6 +69,40 @@ def test_finetune_trains_the_encoder_and_keeps_the_best_val_epoch(trained_encode
     assert result.test_predictions.shape == (len(elpv_small.test_labels),)
 
 
+def test_finetune_from_block4_trains_only_block4_and_the_head(elpv_small):
+    import keras
+
+    from fgssl_tf import export
+    from fgssl_tf.evaluation import protocols
+    from fgssl_tf.models import build_resnet
+
+    encoder = build_resnet(TINY_BACKBONE, 32)
+    assert protocols.encoder_stages(encoder) == ["stem", "block1", "block2", "block3", "block4"]
+    before = {w.path: w.numpy().copy() for w in encoder.weights}
+    heads = []
+    original_fit = keras.Model.fit
+
+    def fit(self, *args, **kwargs):  # the head is the model's last layer
+        heads.append((self.layers[-1], self.layers[-1].get_weights()[0].copy()))
+        return original_fit(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras.Model, "fit", fit)
+        protocols.finetune(
+            encoder, lambda x: export.preprocess(x, 32), elpv_small.split("train"), elpv_small.split("val"),
+            elpv_small.split("test"), 4, seed=0, metric="accuracy", epochs=1, learning_rate=1e-3, batch_size=64,
+            trainable_from="block4",
+        )
+    for weight in encoder.weights:
+        moved = not np.array_equal(before[weight.path], weight.numpy())
+        # Frozen stages keep even their BN statistics (inference mode); block4 trains.
+        assert moved == weight.path.startswith("block4"), weight.path
+    head, head_before = heads[0]
+    assert not np.allclose(head.get_weights()[0], head_before)  # the paper's frozen-head bug is not here
+    with pytest.raises(FgsslError, match="choose all or one of stem, block1"):
+        protocols.freeze_before(encoder, "layer4")
+
+
 def test_finetune_report(trained_encoder, elpv_small, tmp_path):
     _, path = trained_encoder
     report = evaluate(EvalConfig(encoder=path, protocol="finetune", finetune_epochs=1, output_dir=str(tmp_path)), splits=elpv_small)

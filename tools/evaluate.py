@@ -33,6 +33,7 @@ flags.DEFINE_integer("image_size", None, "Image size (baselines; an encoder's ex
 flags.DEFINE_enum("selection_metric", "accuracy", ["accuracy", "balanced_accuracy", "macro_f1"], "Chosen on validation.")
 flags.DEFINE_integer("finetune_epochs", 10, "Epochs of fine-tuning.", lower_bound=1)
 flags.DEFINE_float("finetune_learning_rate", 1e-4, "Adam learning rate for fine-tuning.", lower_bound=0.0)
+flags.DEFINE_string("trainable_from", "all", "Fine-tune from this stage on (e.g. block4: the last block, block3: the last two); all: everything. The head always trains.")
 flags.DEFINE_integer("batch_size", 64, "Batch size for features and fine-tuning.", lower_bound=1)
 flags.DEFINE_integer("max_images_per_split", None, "Stratified subset per split (quick checks).", lower_bound=2)
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).")
@@ -63,6 +64,7 @@ def main(argv):
             selection_metric=FLAGS.selection_metric,
             finetune_epochs=FLAGS.finetune_epochs,
             finetune_learning_rate=FLAGS.finetune_learning_rate,
+            trainable_from=FLAGS.trainable_from,
             batch_size=FLAGS.batch_size,
             max_images_per_split=FLAGS.max_images_per_split,
             tfds_data_dir=FLAGS.tfds_data_dir,

@@ -46,6 +46,7 @@ class EvalConfig:
     selection_metric: str = "accuracy"
     finetune_epochs: int = 10
     finetune_learning_rate: float = 1e-4
+    trainable_from: str = "all"  # finetune: first trainable stage (all, stem, block1..block4)
     batch_size: int = 64
     max_images_per_split: Optional[int] = None
     tfds_data_dir: Optional[str] = None
@@ -64,21 +65,29 @@ def _validate(config: EvalConfig) -> None:
         raise FgsslError("a baseline needs --image_size (an encoder's export records its own)")
     if config.selection_metric not in METRIC_NAMES:
         raise FgsslError(f"unknown --selection_metric={config.selection_metric!r}; choose one of {', '.join(METRIC_NAMES)}")
+    if config.trainable_from != "all" and config.protocol != "finetune":
+        raise FgsslError(f"--trainable_from={config.trainable_from} only applies to --protocol=finetune")
     if not config.seeds:
         raise FgsslError("--seeds needs at least one seed")
     if not 0.0 < config.label_fraction <= 1.0:
         raise FgsslError(f"--label_fraction={config.label_fraction} must be in (0, 1]")
 
 
+def protocol_label(config: EvalConfig) -> str:
+    """'finetune-from-block4' for a partial fine-tune, else the protocol's name."""
+    return config.protocol if config.trainable_from == "all" else f"{config.protocol}-from-{config.trainable_from}"
+
+
 def default_output_dir(config: EvalConfig, image_size: int) -> str:
     labels = f"labels{int(round(config.label_fraction * 100))}"
     dataset = config.dataset.split(":", 1)[0]
+    protocol = protocol_label(config)
     if config.encoder:
         version_dir = os.path.normpath(config.encoder)
         model_root, version = os.path.split(version_dir)
         # Non-numeric folders beside the versions are ignored by TF Serving.
-        return os.path.join(model_root, "evaluations", f"v{version}-{dataset}-{config.protocol}-{labels}")
-    return os.path.join("reports", f"{config.baseline}-{config.backbone.name}-{image_size}px-{dataset}-{config.protocol}-{labels}")
+        return os.path.join(model_root, "evaluations", f"v{version}-{dataset}-{protocol}-{labels}")
+    return os.path.join("reports", f"{config.baseline}-{config.backbone.name}-{image_size}px-{dataset}-{protocol}-{labels}")
 
 
 def _random_encoder(config: EvalConfig, image_size: int, seed: int) -> keras.Model:
@@ -141,6 +150,7 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
                 config.finetune_epochs,
                 config.finetune_learning_rate,
                 config.batch_size,
+                config.trainable_from,
             )
         else:
             run = protocols.linear_probe if config.protocol == "linear" else protocols.knn
@@ -160,7 +170,7 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
         "encoder": config.encoder,
         "baseline": config.baseline,
         "dataset": config.dataset,
-        "protocol": config.protocol,
+        "protocol": protocol_label(config),
         "label_fraction": config.label_fraction,
         "seeds": list(config.seeds),
         "selection": f"best val {config.selection_metric}; reported once on test",

@@ -2,8 +2,9 @@
 
 - linear: frozen features, a logistic regression; L2 strength chosen on val.
 - knn: frozen L2-normalised features, cosine k-NN; k chosen on val.
-- finetune: the whole encoder plus a linear head, trained end to end; the epoch
-  with the best val score is kept.
+- finetune: the encoder (all of it, or its stages from `trainable_from` on) plus
+  a linear head, trained end to end; the epoch with the best val score is kept.
+  The head is always trained (the paper's Jigsaw fine-tune froze it by mistake).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from fgssl_tf.errors import FgsslError
 from fgssl_tf.evaluation.metrics import classification_metrics
 
 LINEAR_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -65,6 +67,33 @@ def knn(train, val, test, num_classes: int, seed: int, metric: str) -> ProtocolR
     return ProtocolResult(model.predict(normalise(test[0])), score, {"k": k})
 
 
+def encoder_stages(encoder: keras.Model) -> list[str]:
+    """Stage names in order, from layer names `<stage>_...` (ResNet: stem, block1..block4)."""
+    stages: list[str] = []
+    for layer in encoder.layers:
+        stage = layer.name.split("_", 1)[0]
+        if layer.weights and stage not in stages:
+            stages.append(stage)
+    return stages
+
+
+def freeze_before(encoder: keras.Model, trainable_from: str) -> None:
+    """Freeze every stage before `trainable_from` ('all' trains everything).
+
+    A frozen Keras BatchNormalization runs in inference mode (its statistics stay
+    put); PyTorch's frozen BN in train() mode still updated them (spec §8.4).
+    """
+    if trainable_from == "all":
+        return
+    stages = encoder_stages(encoder)
+    if trainable_from not in stages:
+        raise FgsslError(f"--trainable_from={trainable_from!r} is not a stage of this encoder; choose all or one of {', '.join(stages)}")
+    first = stages.index(trainable_from)
+    for layer in encoder.layers:
+        if layer.weights:
+            layer.trainable = stages.index(layer.name.split("_", 1)[0]) >= first
+
+
 class _KeepBest(keras.callbacks.Callback):
     """Scores val after each epoch and restores the best epoch's weights at the end."""
 
@@ -99,9 +128,11 @@ def finetune(
     epochs: int,
     learning_rate: float,
     batch_size: int,
+    trainable_from: str = "all",
 ) -> ProtocolResult:
     """train/val/test: (uint8 images, labels). `preprocess` maps uint8 batches to encoder input."""
     keras.utils.set_random_seed(seed)
+    freeze_before(encoder, trainable_from)
     inputs = keras.Input(shape=train[0].shape[1:], dtype="uint8", name="images")
     x = keras.layers.Lambda(preprocess, name="preprocess")(inputs)
     x = keras.layers.RandomFlip("horizontal", seed=seed, name="flip")(x)

@@ -14,6 +14,7 @@ from keras import layers
 
 from fgssl_tf.config import BackboneConfig
 from fgssl_tf.errors import FgsslError
+from fgssl_tf.models.layers import GridAveragePooling
 
 STAGES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
 BACKBONES = tuple(STAGES)
@@ -55,8 +56,11 @@ def _bottleneck_block(x, filters, stride, config, name):
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
 
 
-def build_resnet(config: BackboneConfig, image_size: int) -> keras.Model:
-    """float32 images in [0, 1], [B, H, W, 3] -> pooled features [B, 512 or 2048]."""
+def build_resnet(config: BackboneConfig, image_size: int, pool_grid: int = 1) -> keras.Model:
+    """float32 images in [0, 1], [B, H, W, 3] -> pooled features [B, pool_grid**2 * (512 or 2048)].
+
+    pool_grid=1 is global average pooling; 2 is the paper's Jigsaw `AdaptiveAvgPool2d((2, 2))`.
+    """
     if config.name not in STAGES:
         raise FgsslError(f"unknown backbone {config.name!r}; choose one of {', '.join(BACKBONES)}")
     block_type, repeats = STAGES[config.name]
@@ -75,5 +79,8 @@ def build_resnet(config: BackboneConfig, image_size: int) -> keras.Model:
         for unit in range(count):
             stride = 2 if stage > 0 and unit == 0 else 1
             x = block(x, filters, stride, config, f"block{stage + 1}_unit{unit + 1}")
-    features = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pool_grid == 1:
+        features = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    else:
+        features = GridAveragePooling(pool_grid, name=f"grid_pool_{pool_grid}x{pool_grid}")(x)
     return keras.Model(inputs, features, name=f"{config.name}_encoder")

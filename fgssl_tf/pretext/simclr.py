@@ -17,15 +17,16 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from fgssl_tf.augment import SimCLRAugmentation
+from fgssl_tf.augment import VALIDATION_STREAM, SimCLRAugmentation, step_seed
 from fgssl_tf.config import AugmentConfig, BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.export import preprocess
 from fgssl_tf.models import build_resnet
 from fgssl_tf.objectives import nt_xent, replica_info
+from fgssl_tf.optim import add_coupled_weight_decay
 
-# A seed stream for validation views that never meets a training step's.
-_VALIDATION_STREAM = 2**31 - 1
+DEFAULT_LEARNING_RATE = 1e-3  # Adam, constant (the paper's schedule was never stepped)
+DEFAULT_WEIGHT_DECAY = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +77,6 @@ class SimCLRModel(keras.Model):
         kwargs = dict(offset=replica_id * local, global_batch=local * replicas)
         return self.augmenter(images, seed=seeds[0], **kwargs), self.augmenter(images, seed=seeds[1], **kwargs)
 
-    def _step_seed(self, stream):
-        return tf.stack([tf.constant(self.seed, tf.int64), tf.cast(stream, tf.int64)])
-
     def _loss(self, view1, view2, training):
         local = tf.shape(view1)[0]
         features = self.encoder(tf.concat([view1, view2], axis=0), training=training)
@@ -96,19 +94,17 @@ class SimCLRModel(keras.Model):
 
     def train_step(self, data):
         images = data[0] if isinstance(data, (tuple, list)) else data
-        view1, view2 = self.views(images, self._step_seed(self.optimizer.iterations))
+        view1, view2 = self.views(images, step_seed(self.seed, self.optimizer.iterations))
         with tf.GradientTape() as tape:
             loss, hits, replicas = self._loss(view1, view2, training=True)
         variables = self.trainable_variables
-        gradients = tape.gradient(loss, variables)
-        if self.weight_decay:
-            gradients = [g + (self.weight_decay / replicas) * v for g, v in zip(gradients, variables)]
+        gradients = add_coupled_weight_decay(tape.gradient(loss, variables), variables, self.weight_decay)
         self.optimizer.apply(gradients, variables)
         return self._track(loss, hits, replicas)
 
     def test_step(self, data):
         images = data[0] if isinstance(data, (tuple, list)) else data
-        view1, view2 = self.views(images, self._step_seed(_VALIDATION_STREAM))
+        view1, view2 = self.views(images, step_seed(self.seed, VALIDATION_STREAM))
         loss, hits, replicas = self._loss(view1, view2, training=False)
         return self._track(loss, hits, replicas)
 
