@@ -72,6 +72,8 @@ def sample_view_params(seed, batch: int, height: int, width: int, config: Augmen
         [top / (height - 1), left / (width - 1), (top + crop_h - 1) / (height - 1), (left + crop_w - 1) / (width - 1)],
         axis=1,
     )
+    if not config.random_crop:
+        boxes = tf.tile(tf.constant([[0.0, 0.0, 1.0, 1.0]]), [batch, 1])
     s = config.color_jitter_strength
     return {
         "boxes": boxes,

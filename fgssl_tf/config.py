@@ -41,6 +41,7 @@ class BackboneConfig:
 class AugmentConfig:
     """SimCLR view augmentation; defaults are the paper's `SimCLR_Original` (spec §3.2)."""
 
+    random_crop: bool = True  # RandomResizedCrop; off: the whole image (the paper's Resize-only views)
     crop_scale_min: float = 0.08
     crop_ratio_min: float = 3.0 / 4.0
     crop_ratio_max: float = 4.0 / 3.0

@@ -83,6 +83,26 @@ def define_train_flags() -> None:
     flags.DEFINE_float("grayscale_prob", 0.2, "Probability of grayscale.", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_float("blur_prob", 0.5, "Probability of Gaussian blur (kernel ~ image_size/10).", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_boolean("horizontal_flip", False, "Random horizontal flip (off in the paper's Original).")
+    flags.DEFINE_boolean("random_crop", True, "RandomResizedCrop in the view transform; off: the whole image (the paper's Resize-only variants).")
+    # SimCLR fine-grained variants: extra ops per view (gamma, coarse_dropout, patch_swap,
+    # random_jigsaw, dcl, cropped_regions), before (pre) or after (post) the view transform.
+    for view in ("view1", "view2"):
+        for stage, where in (("pre", "before"), ("post", "after")):
+            flags.DEFINE_list(f"{view}_{stage}_ops", [], f"Extra augmentations applied to {view.replace('view', 'view ')} {where} the view transform, in order.")
+    flags.DEFINE_enum("extra_augmentation_mode", "online", ["online", "offline"], "online: extras drawn every step; offline: drawn once per image and kept (the paper).")
+    flags.DEFINE_float("gamma_min", 0.5, "Random gamma: smallest gamma.", lower_bound=0.01)
+    flags.DEFINE_float("gamma_max", 2.5, "Random gamma: largest gamma.", lower_bound=0.01)
+    flags.DEFINE_integer("dropout_holes_min", 5, "Coarse dropout: fewest holes.", lower_bound=1)
+    flags.DEFINE_integer("dropout_holes_max", 20, "Coarse dropout: most holes.", lower_bound=1)
+    flags.DEFINE_float("dropout_size_min", 10 / 512, "Coarse dropout: smallest hole side, a fraction of the image side.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("dropout_size_max", 25 / 512, "Coarse dropout: largest hole side, a fraction of the image side.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("dropout_fill", 0.0, "Coarse dropout: fill value in [0, 1].", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("swap_patch", 200 / 512, "Patch swap: patch side, a fraction of the image side (at most 0.5).", lower_bound=0.0, upper_bound=0.5)
+    flags.DEFINE_integer("random_jigsaw_grid", 4, "Random jigsaw: n x n blocks (PMG's jigsaw_generator).", lower_bound=1)
+    flags.DEFINE_integer("dcl_grid", 7, "DCL region confusion: N x N cells.", lower_bound=2)
+    flags.DEFINE_float("dcl_border", 10 / 512, "DCL: border cropped first, a fraction of the image side.", lower_bound=0.0, upper_bound=0.25)
+    flags.DEFINE_float("region_crop_min", 200 / 512, "Cropped regions: smallest window side, a fraction of the image side.", lower_bound=0.01, upper_bound=1.0)
+    flags.DEFINE_float("region_crop_max", 300 / 512, "Cropped regions: largest window side, a fraction of the image side.", lower_bound=0.01, upper_bound=1.0)
 
 
 def train_config() -> TrainConfig:
@@ -113,6 +133,32 @@ def augment_config() -> AugmentConfig:
         grayscale_prob=FLAGS.grayscale_prob,
         blur_prob=FLAGS.blur_prob,
         horizontal_flip=FLAGS.horizontal_flip,
+        random_crop=FLAGS.random_crop,
+    )
+
+
+def fine_grained_config():
+    from fgssl_tf.errors import FgsslError
+    from fgssl_tf.fine_grained import FineGrainedConfig
+
+    for low, high in (("gamma_min", "gamma_max"), ("dropout_holes_min", "dropout_holes_max"),
+                      ("dropout_size_min", "dropout_size_max"), ("region_crop_min", "region_crop_max")):
+        if getattr(FLAGS, low) > getattr(FLAGS, high):
+            raise FgsslError(f"--{low}={getattr(FLAGS, low)} is larger than --{high}={getattr(FLAGS, high)}")
+    return FineGrainedConfig(
+        gamma_min=FLAGS.gamma_min,
+        gamma_max=FLAGS.gamma_max,
+        dropout_holes_min=FLAGS.dropout_holes_min,
+        dropout_holes_max=FLAGS.dropout_holes_max,
+        dropout_size_min=FLAGS.dropout_size_min,
+        dropout_size_max=FLAGS.dropout_size_max,
+        dropout_fill=FLAGS.dropout_fill,
+        swap_patch=FLAGS.swap_patch,
+        jigsaw_grid=FLAGS.random_jigsaw_grid,
+        dcl_grid=FLAGS.dcl_grid,
+        dcl_border=FLAGS.dcl_border,
+        crop_min=FLAGS.region_crop_min,
+        crop_max=FLAGS.region_crop_max,
     )
 
 
@@ -126,6 +172,12 @@ def pretext_config():
             hidden_dim=FLAGS.projection_hidden_dim,
             temperature=FLAGS.temperature,
             augment=augment_config(),
+            view1_pre=tuple(FLAGS.view1_pre_ops),
+            view1_post=tuple(FLAGS.view1_post_ops),
+            view2_pre=tuple(FLAGS.view2_pre_ops),
+            view2_post=tuple(FLAGS.view2_post_ops),
+            extra_mode=FLAGS.extra_augmentation_mode,
+            fine_grained=fine_grained_config(),
         )
     if FLAGS.pretext == "jigsaw":
         from fgssl_tf.pretext import jigsaw

@@ -24,6 +24,13 @@ def replica_info() -> tuple[tf.distribute.ReplicaContext | None, int, tf.Tensor]
     return context, context.num_replicas_in_sync, tf.cast(context.replica_id_in_sync_group, tf.int32)
 
 
+def global_batch_position(local_batch: tf.Tensor) -> dict:
+    """{offset, global_batch} of this replica's rows in the global batch (equal shares),
+    the arguments of the batched random layers that draw for the global batch."""
+    _, replicas, replica_id = replica_info()
+    return {"offset": replica_id * local_batch, "global_batch": local_batch * replicas}
+
+
 def cross_replica_concat(tensor: tf.Tensor) -> tf.Tensor:
     """Concatenate `tensor` over replicas along axis 0, in replica order; differentiable."""
     context, replicas, replica_id = replica_info()

@@ -164,14 +164,16 @@ def pretrain(
 
     history: dict = {}
     if initial_epoch < train.epochs:
+        # Pretext batches carry image ids (not labels): per-image tables are indexed by them.
         dataset = pipeline.epoch_batches(
-            pool, np.full(len(pool), -1), train.batch_size, train.seed, initial_epoch, train.epochs, steps
+            pool, np.arange(len(pool)), train.batch_size, train.seed, initial_epoch, train.epochs, steps
         )
-        validation = None
-        val_images, val_labels = splits.split("val")
-        if train.validate and len(val_images) >= train.batch_size:
-            count = len(val_images) // train.batch_size * train.batch_size
-            validation = pipeline.ordered_batches(val_images[:count], val_labels[:count], train.batch_size)
+        validation, val_images = None, None
+        if train.validate and len(splits.val_images) >= train.batch_size:
+            val_images = splits.val_images[: len(splits.val_images) // train.batch_size * train.batch_size]
+            validation = pipeline.ordered_batches(val_images, np.arange(len(val_images)), train.batch_size)
+        if hasattr(model, "prepare_data"):
+            model.prepare_data(pool, val_images)
         log_dir = os.path.join(train.model_dir, "logs")
         # The pretext's schedule first, so the checkpoint holds the learning rate it set.
         callbacks = model.training_callbacks("val_loss" if validation is not None else "loss") if hasattr(model, "training_callbacks") else []

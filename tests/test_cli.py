@@ -13,9 +13,10 @@ def run(args, cwd, timeout=300):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path):
+@pytest.mark.parametrize("pretext", ["simclr", "jigsaw"])
+def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path, pretext):
     flagfile = os.path.join(REPO, "flags", "smoke.cfg")
-    result = run(["-m", "fgssl_tf.train", f"--flagfile={flagfile}", "--pretext=simclr"], cwd=str(tmp_path))
+    result = run(["-m", "fgssl_tf.train", f"--flagfile={flagfile}", f"--pretext={pretext}"], cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "exported smoke: savedmodels/smoke/1" in result.stdout
     assert os.path.isfile(tmp_path / "savedmodels" / "smoke" / "1" / "saved_model.pb")
@@ -31,6 +32,8 @@ def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path):
         (["--dataset=folder:/no/such/folder"], "does not exist"),
         (["--dataset=folder:EMPTY"], "class folder"),
         (["--jit_compile", "--max_images_per_split=64", "--batch_size=8"], "CropAndResize"),
+        (["--pretext=jigsaw", "--image_size=16"], "use --image_size of at least"),
+        (["--pretext=jigsaw", "--jigsaw_permutations=paper", "--jigsaw_num_permutations=7"], "must be even"),
     ],
 )
 def test_train_bad_input_is_one_clear_line(tmp_path, args, message):

@@ -1,5 +1,6 @@
 """Jigsaw: permutation sets, puzzles, training on real elpv images, resume, replicas, export."""
 
+import glob
 import json
 import os
 
@@ -179,6 +180,13 @@ def test_short_run_on_elpv_beats_chance_resumes_and_exports(tmp_path, elpv_48px)
     train = tiny_train_config(tmp_path, pretext="jigsaw", epochs=1, steps_per_epoch=100, validate=True)
     first = trainer.pretrain(train, data, backbone, config, splits=elpv_48px)
     assert first.history["val_accuracy"][-1] > 0.3, first.history  # chance: 0.10
+    tags = set()
+    for path in glob.glob(os.path.join(train.model_dir, "logs", "**", "events.out.tfevents.*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags |= {value.tag for value in event.summary.value}
+    assert {"epoch_accuracy", "epoch_loss", "epoch_gradient_norm", "epoch_learning_rate"} <= tags
+    puzzles = [t for t in tags if t.startswith("puzzle")]
+    assert len(puzzles) == 4 and all(int(t.split("permutation")[1]) < 10 for t in puzzles)
     saved = json.load(open(os.path.join(train.model_dir, jigsaw.PERMUTATION_FILE)))
     np.testing.assert_array_equal(saved["permutations"], first.model.puzzle.permutations)
     assert saved["min_hamming"] == jigsaw.permutation_stats(np.array(saved["permutations"]))["min_hamming"]

@@ -1,13 +1,15 @@
-"""Measure the SimCLR training step on this machine, side by side in one run.
+"""Measure a pretext's training step on this machine, side by side in one run.
 
     python tools/benchmark.py --pretext=simclr
+    python tools/benchmark.py --pretext=jigsaw --batch_size=32
 
-Prints images/s of the full step (tf.data pipeline + on-device augmentation +
-forward/backward), the same step fed pre-made views (no pipeline, no
+Prints images/s of the full step (tf.data pipeline + on-device augmentation or
+puzzles + forward/backward), the same step fed pre-made inputs (no pipeline, no
 augmentation), their ratio, the achieved FLOP/s over a float32 matmul peak
 measured in the same run, and the peak resident memory. Training FLOPs are
-counted as 3x the forward FLOPs TensorFlow's profiler reports for the encoder
-and projection head (both views). The last lines are `key=value`, one a figure.
+counted as 3x the forward FLOPs TensorFlow's profiler reports for what the step
+runs (SimCLR: encoder and projection head on both views; Jigsaw: nine tiles and
+the classifier). The last lines are `key=value`, one a figure.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("pretext", "simclr", ["simclr"], "Pretext to measure.")
+flags.DEFINE_enum("pretext", "simclr", ["simclr", "jigsaw"], "Pretext to measure.")
+flags.DEFINE_integer("width", 64, "Channels of the first ResNet stage.", lower_bound=4)
 flags.DEFINE_enum("backbone", "resnet18", ["resnet18", "resnet50"], "Encoder.")
 flags.DEFINE_integer("image_size", 64, "Image size.", lower_bound=8)
 flags.DEFINE_integer("batch_size", 64, "Global batch size.", lower_bound=2)
@@ -71,12 +74,11 @@ def matmul_peak_flops(size=2048, repeats=10) -> float:
     return 2 * size**3 * repeats / best
 
 
-def forward_flops(model, batch: int, image_size: int) -> int:
+def forward_flops(forward, input_shape) -> int:
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    forward = tf.function(lambda x: model.projector(model.encoder(x, training=False)))
-    concrete = forward.get_concrete_function(tf.TensorSpec([batch, image_size, image_size, 3], tf.float32))
+    concrete = tf.function(forward).get_concrete_function(tf.TensorSpec(input_shape, tf.float32))
     frozen = convert_variables_to_constants_v2(concrete)
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
@@ -84,21 +86,36 @@ def forward_flops(model, batch: int, image_size: int) -> int:
     return profile.total_float_ops
 
 
+def premade_inputs(model, pretext: str, batch: int, size: int):
+    """Replace the model's on-device input making with fixed tensors; return (the forward
+    the step runs, its input shape) for FLOP counting."""
+    import tensorflow as tf
+
+    if pretext == "simclr":
+        model.views = lambda images, seed: (images, images)
+        return (lambda x: model.projector(model.encoder(x, training=False))), [2 * batch, size, size, 3]
+    crop = model.puzzle.crop
+    tiles = tf.random.uniform([batch, 9, crop, crop, 3])
+    labels = tf.zeros([batch], tf.int32)
+    model.puzzles = lambda images, seed: (tiles, labels)
+    return (lambda x: model(x, training=False)), [batch, 9, crop, crop, 3]
+
+
 def main(argv):
-    import keras
-    import numpy as np
+    import tempfile
+
     import tensorflow as tf
 
     from fgssl_tf import trainer
     from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
     from fgssl_tf.data import load_splits, pipeline
-    from fgssl_tf.models import build_resnet
-    from fgssl_tf.pretext import simclr
+    from fgssl_tf.pretext import get_pretext, resolve_backbone
 
     size, batch = FLAGS.image_size, FLAGS.batch_size
-    train = TrainConfig(batch_size=batch, jit_compile=FLAGS.jit_compile, verbose=0)
+    train = TrainConfig(pretext=FLAGS.pretext, model_dir=tempfile.mkdtemp(), batch_size=batch, jit_compile=FLAGS.jit_compile, verbose=0)
     data = DataConfig(dataset=FLAGS.dataset, image_size=size)
-    backbone = BackboneConfig(name=FLAGS.backbone)
+    config = get_pretext(FLAGS.pretext).Config()
+    backbone = resolve_backbone(FLAGS.pretext, BackboneConfig(name=FLAGS.backbone, width=FLAGS.width), data, config)
     splits = load_splits(data)
     steps = FLAGS.warmup + FLAGS.steps
 
@@ -108,33 +125,28 @@ def main(argv):
         return FLAGS.steps * batch / (timer.end - timer.start)
 
     # 1. The real thing: tf.data over decoded images, augmentation on device, the step.
-    model = trainer.build_pretext_model(train, data, backbone, simclr.SimCLRConfig())
+    model = trainer.build_pretext_model(train, data, backbone, config)
     real = pipeline.epoch_batches(splits.train_images, splits.train_labels, batch, 0, 0, 1, steps)
     real_ips = measure(model, real)
 
-    # 2. The same step fed pre-made views: no input pipeline, no augmentation.
-    class PremadeViews(simclr.SimCLRModel):
-        def views(self, images, seed):
-            return images, images
-
-    premade_model = PremadeViews(
-        build_resnet(backbone, size), size, simclr.SimCLRConfig(), seed=0, weight_decay=train.weight_decay
-    )
-    premade_model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=FLAGS.jit_compile)
-    views = tf.random.uniform([batch, size, size, 3])
-    premade = tf.data.Dataset.from_tensors((views, tf.zeros([batch], tf.int64))).repeat()
+    # 2. The same step fed pre-made inputs: no input pipeline, no augmentation.
+    premade_model = trainer.build_pretext_model(train, data, backbone, config)
+    forward, input_shape = premade_inputs(premade_model, FLAGS.pretext, batch, size)
+    images = tf.random.uniform([batch, size, size, 3])
+    premade = tf.data.Dataset.from_tensors((images, tf.zeros([batch], tf.int64))).repeat()
     premade_ips = measure(premade_model, premade)
 
-    flops_per_image = 3 * forward_flops(model, 2 * batch, size) / batch  # both views, fwd + bwd
+    flops_per_image = 3 * forward_flops(forward, input_shape) / batch  # fwd + bwd
     peak = matmul_peak_flops()
     achieved = real_ips * flops_per_image
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    print(f"pretext={FLAGS.pretext} backbone={FLAGS.backbone} image_size={size} batch={batch} jit={FLAGS.jit_compile} "
+    print(f"pretext={FLAGS.pretext} backbone={FLAGS.backbone} width={FLAGS.width} small_stem={backbone.small_stem} "
+          f"image_size={size} batch={batch} jit={FLAGS.jit_compile} "
           f"cpus={os.cpu_count()} gpus={len(tf.config.list_physical_devices('GPU'))} tf={tf.__version__}")
-    print(f"training GFLOP per image (3x forward, 2 views): {flops_per_image / 1e9:.3f}")
+    print(f"training GFLOP per image (3x forward): {flops_per_image / 1e9:.3f}")
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s; achieved: {achieved / 1e9:.1f} GFLOP/s")
-    print(f"step with pipeline + augmentation: {real_ips:.1f} images/s; with pre-made views: {premade_ips:.1f} images/s")
+    print(f"step with pipeline + augmentation: {real_ips:.1f} images/s; with pre-made inputs: {premade_ips:.1f} images/s")
     print(f"images_per_s={real_ips:.2f}")
     print(f"flop_ratio={achieved / peak:.3f}")
     print(f"pipeline_ratio={real_ips / premade_ips:.3f}")

@@ -38,8 +38,9 @@ from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.distribute import is_chief
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.export import preprocess
+from fgssl_tf.grid import join_grid, split_grid
 from fgssl_tf.models import build_resnet
-from fgssl_tf.objectives import replica_info
+from fgssl_tf.objectives import global_batch_position, replica_info
 from fgssl_tf.optim import add_coupled_weight_decay, clip_by_global_norm_across_replicas
 
 log = logging.getLogger(__name__)
@@ -178,21 +179,13 @@ def puzzle_geometry(image_size: int, config: JigsawConfig) -> tuple[int, int]:
 
 def cut_tiles(images: tf.Tensor, tile: int) -> tf.Tensor:
     """[B, S, S, C] -> the centre 3x3 grid of tiles, row-major: [B, 9, tile, tile, C]."""
-    size, channels = images.shape[1], images.shape[-1]
-    top = (size - GRID * tile) // 2
-    x = images[:, top : top + GRID * tile, top : top + GRID * tile, :]
-    x = tf.reshape(x, [-1, GRID, tile, GRID, tile, channels])
-    return tf.reshape(tf.transpose(x, [0, 1, 3, 2, 4, 5]), [-1, TILES, tile, tile, channels])
+    top = (images.shape[1] - GRID * tile) // 2
+    return split_grid(images, GRID, tile, top, top)
 
 
 def assemble_tiles(tiles: tf.Tensor, gap: int = 0, fill: float = 1.0) -> tf.Tensor:
     """[B, 9, t, t, C] -> [B, 3t + 2 gap, 3t + 2 gap, C], slot order row-major."""
-    if gap:
-        tiles = tf.pad(tiles, [[0, 0], [0, 0], [0, gap], [0, gap], [0, 0]], constant_values=fill)
-    size, channels = tiles.shape[2], tiles.shape[-1]
-    x = tf.reshape(tiles, [-1, GRID, GRID, size, size, channels])
-    x = tf.reshape(tf.transpose(x, [0, 1, 3, 2, 4, 5]), [-1, GRID * size, GRID * size, channels])
-    return x[:, : GRID * size - gap, : GRID * size - gap, :]
+    return join_grid(tiles, GRID, gap, fill)
 
 
 def shuffle_tiles(tiles: tf.Tensor, permutations: tf.Tensor) -> tf.Tensor:
@@ -301,9 +294,7 @@ class JigsawModel(keras.Model):
 
     def puzzles(self, images, seed):
         """This replica's puzzles, drawn for the global batch."""
-        _, replicas, replica_id = replica_info()
-        local = tf.shape(images)[0]
-        return self.puzzle(images, seed=seed, offset=replica_id * local, global_batch=local * replicas)
+        return self.puzzle(images, seed=seed, **global_batch_position(tf.shape(images)[0]))
 
     def _loss(self, tiles, labels, training):
         logits = self(tiles, training=training)
