@@ -34,6 +34,8 @@ def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path, pretext):
         (["--jit_compile", "--max_images_per_split=64", "--batch_size=8"], "CropAndResize"),
         (["--pretext=jigsaw", "--image_size=16"], "use --image_size of at least"),
         (["--pretext=jigsaw", "--jigsaw_permutations=paper", "--jigsaw_num_permutations=7"], "must be even"),
+        (["--view2_pre_ops=gamma,sepia"], "unknown augmentation 'sepia'"),
+        (["--gamma_min=2", "--gamma_max=1"], "--gamma_min=2.0 is larger than --gamma_max=1.0"),
     ],
 )
 def test_train_bad_input_is_one_clear_line(tmp_path, args, message):

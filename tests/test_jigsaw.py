@@ -229,3 +229,10 @@ def test_two_replicas_train_like_one(elpv_small):
     assert two["gradient_norm"][0] == pytest.approx(one["gradient_norm"][0], rel=1e-3)
     for a, b in zip(updates_one, updates_two):
         assert np.abs(b - a).max() <= 1e-3 * np.abs(a).max() + 1e-9
+
+
+def test_random_init_baseline_can_match_the_jigsaw_encoder():
+    from fgssl_tf.evaluation import _random_encoder
+
+    baseline = _random_encoder(EvalConfig(baseline="random_init", pool_grid=2, backbone=TINY_BACKBONE), IMAGE_SIZE, seed=0)
+    assert baseline.output_shape[-1] == build_resnet(TINY_BACKBONE, IMAGE_SIZE, pool_grid=2).output_shape[-1] == 4 * 64

@@ -46,3 +46,20 @@ def test_synchronized_bn_and_width_options():
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(FgsslError, match="resnet18"):
         build_resnet(BackboneConfig(name="vgg"), 32)
+
+
+def test_the_same_seed_builds_the_same_weights():
+    """Every initializer is made after `set_random_seed`, so a seed fixes the weights
+    (a shared module-level initializer made them differ per build and per process)."""
+    import keras
+
+    config = BackboneConfig(width=8)
+
+    def weights(seed):
+        keras.utils.set_random_seed(seed)
+        return [w.numpy() for w in build_resnet(config, 32).weights]
+
+    first, again, other = weights(3), weights(3), weights(4)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other))

@@ -34,6 +34,7 @@ flags.DEFINE_enum("selection_metric", "accuracy", ["accuracy", "balanced_accurac
 flags.DEFINE_integer("finetune_epochs", 10, "Epochs of fine-tuning.", lower_bound=1)
 flags.DEFINE_float("finetune_learning_rate", 1e-4, "Adam learning rate for fine-tuning.", lower_bound=0.0)
 flags.DEFINE_string("trainable_from", "all", "Fine-tune from this stage on (e.g. block4: the last block, block3: the last two); all: everything. The head always trains.")
+flags.DEFINE_integer("pool_grid", 1, "Baselines: average-pool the last stage to a g x g grid (2 matches a Jigsaw encoder).", lower_bound=1, upper_bound=8)
 flags.DEFINE_integer("batch_size", 64, "Batch size for features and fine-tuning.", lower_bound=1)
 flags.DEFINE_integer("max_images_per_split", None, "Stratified subset per split (quick checks).", lower_bound=2)
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).")
@@ -61,6 +62,7 @@ def main(argv):
             output_dir=FLAGS.output_dir,
             image_size=FLAGS.image_size,
             backbone=fgssl_flags.backbone_config(),
+            pool_grid=FLAGS.pool_grid,
             selection_metric=FLAGS.selection_metric,
             finetune_epochs=FLAGS.finetune_epochs,
             finetune_learning_rate=FLAGS.finetune_learning_rate,

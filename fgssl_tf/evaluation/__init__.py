@@ -43,6 +43,7 @@ class EvalConfig:
     output_dir: Optional[str] = None
     image_size: Optional[int] = None  # default: the encoder's; needed for baselines
     backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)  # for baselines
+    pool_grid: int = 1  # baselines: 2 matches a Jigsaw encoder's 2x2 pooled features
     selection_metric: str = "accuracy"
     finetune_epochs: int = 10
     finetune_learning_rate: float = 1e-4
@@ -92,7 +93,7 @@ def default_output_dir(config: EvalConfig, image_size: int) -> str:
 
 def _random_encoder(config: EvalConfig, image_size: int, seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
-    return build_resnet(config.backbone, image_size)
+    return build_resnet(config.backbone, image_size, pool_grid=config.pool_grid)
 
 
 def _keras_features(encoder: keras.Model, images: np.ndarray, image_size: int, batch_size: int) -> np.ndarray:
@@ -179,7 +180,7 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
         "split_sizes": splits.stats["split_sizes"],
         "split_fingerprint": splits.stats["split_fingerprint"],
         "majority_class_rate": majority_class_rate(train_labels, test_labels),
-        "encoder_metadata": serving.metadata if serving else {"backbone": dataclasses.asdict(config.backbone)},
+        "encoder_metadata": serving.metadata if serving else {"backbone": dataclasses.asdict(config.backbone), "pool_grid": config.pool_grid},
         "config": dataclasses.asdict(config),
     }
     for name in METRIC_NAMES:

@@ -18,8 +18,13 @@ from fgssl_tf.models.layers import GridAveragePooling
 
 STAGES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
 BACKBONES = tuple(STAGES)
-# torchvision initialises convolutions with He-normal over fan-out.
-_CONV_INIT = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+
+
+def _conv_init() -> keras.initializers.Initializer:
+    """He-normal over fan-out, as torchvision. A new one per layer: an initializer draws
+    its seed when it is made, so a module-level one would be seeded at import time,
+    before `keras.utils.set_random_seed`, and differ from one process to the next."""
+    return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
 
 
 def _bn(config: BackboneConfig, name: str) -> layers.Layer:
@@ -33,7 +38,7 @@ def _conv(x, filters, kernel, stride, name):
         padding = "valid"
     else:
         padding = "same"
-    return layers.Conv2D(filters, kernel, stride, padding=padding, use_bias=False, kernel_initializer=_CONV_INIT, name=name)(x)
+    return layers.Conv2D(filters, kernel, stride, padding=padding, use_bias=False, kernel_initializer=_conv_init(), name=name)(x)
 
 
 def _basic_block(x, filters, stride, config, name):
