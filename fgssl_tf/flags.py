@@ -49,7 +49,7 @@ def backbone_config() -> BackboneConfig:
 
 
 def define_train_flags() -> None:
-    flags.DEFINE_string("pretext", "simclr", "Pretext task: simclr or jigsaw (srgan, pmg are planned).")
+    flags.DEFINE_string("pretext", "simclr", "Pretext task: simclr, jigsaw, or pmg (the supervised baseline); srgan is planned.")
     flags.DEFINE_string("model_dir", None, "Checkpoints and TensorBoard logs; default runs/<pretext>_<dataset>.")
     flags.DEFINE_string("export_dir", "savedmodels", "Where encoders are exported (NAME/VERSION).")
     flags.DEFINE_string("export_name", None, "Export name; default <pretext>_<backbone>_<dataset>.")
@@ -76,6 +76,11 @@ def define_train_flags() -> None:
     flags.DEFINE_integer("jigsaw_pool_grid", 2, "Average-pool the last stage to a g x g grid (the paper: 2); 1 = global pooling.", lower_bound=1, upper_bound=8)
     flags.DEFINE_float("clip_norm", 4.0, "Global gradient-norm clipping (jigsaw).", lower_bound=1e-6)
     flags.DEFINE_integer("plateau_patience", 2, "Epochs without improvement before the learning rate drops 10x (jigsaw).", lower_bound=1)
+    # PMG
+    flags.DEFINE_string("backbone_weights", "auto", "PMG backbone: imagenet (Keras' ResNet-50, downloads once), none, a weights file, or auto (imagenet for resnet50, none for resnet18).")
+    flags.DEFINE_float("backbone_lr_ratio", 0.1, "PMG: the backbone's learning rate as a share of the heads' (the paper: 0.1).", lower_bound=0.0)
+    flags.DEFINE_integer("pmg_feature_size", 512, "PMG: channels of the heads' 1x1 convs and hidden size of their classifiers.", lower_bound=1)
+    flags.DEFINE_integer("pmg_head_channels", 1024, "PMG: channels of the heads' 3x3 convs (the pooled feature of each head).", lower_bound=1)
     # Augmentation strengths (defaults: the paper's SimCLR_Original).
     flags.DEFINE_float("crop_scale_min", 0.08, "Smallest area share of the random resized crop.", lower_bound=0.01, upper_bound=1.0)
     flags.DEFINE_float("color_jitter_strength", 0.8, "Brightness/contrast/saturation strength; hue = strength/4.", lower_bound=0.0)
@@ -191,5 +196,14 @@ def pretext_config():
             pool_grid=FLAGS.jigsaw_pool_grid,
             clip_norm=FLAGS.clip_norm,
             plateau_patience=FLAGS.plateau_patience,
+        )
+    if FLAGS.pretext == "pmg":
+        from fgssl_tf.pretext import pmg
+
+        return pmg.PMGConfig(
+            backbone_weights=FLAGS.backbone_weights,
+            backbone_lr_ratio=FLAGS.backbone_lr_ratio,
+            feature_size=FLAGS.pmg_feature_size,
+            head_channels=FLAGS.pmg_head_channels,
         )
     return None  # the pretext's defaults

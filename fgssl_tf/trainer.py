@@ -80,7 +80,8 @@ def build_pretext_model(train: TrainConfig, data: DataConfig, backbone: Backbone
     module = get_pretext(train.pretext)
     keras.utils.set_random_seed(train.seed)
     model = module.build_model(with_pretext_defaults(train), data, backbone, pretext_config or module.Config())
-    model.optimizer.build(model.trainable_variables)
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
     return model
 
 
@@ -127,10 +128,15 @@ def pretrain(
     """Train `train.pretext` on `data`, resume from `train.model_dir` if it holds a checkpoint, export."""
     backbone = backbone or BackboneConfig()
     train = with_pretext_defaults(train)
-    pretext_config = pretext_config or get_pretext(train.pretext).Config()
+    module = get_pretext(train.pretext)
+    pretext_config = pretext_config or module.Config()
     backbone = resolve_backbone(train.pretext, backbone, data, pretext_config)
     if train.epochs < 1 or train.batch_size < 2:
         raise FgsslError("--epochs must be at least 1 and --batch_size at least 2")
+    supervised = getattr(module, "SUPERVISED", False)
+    if supervised:  # a supervised "pretext" (PMG) sizes its heads from the labels
+        splits = splits or load_splits(data)
+        pretext_config = dataclasses.replace(pretext_config, num_classes=splits.num_classes)
     summary = _summary(train, data, backbone, pretext_config)
     _check_resumable(train.model_dir, summary)
 
@@ -143,7 +149,11 @@ def pretrain(
     with strategy.scope():  # before the data: a setting the model refuses fails fast
         model = build_pretext_model(train, data, backbone, pretext_config)
     splits = splits or load_splits(data)
-    pool = splits.pretraining_pool()
+    if supervised:
+        pool, pool_side = splits.split("train")
+    else:  # pretext batches carry image ids, not labels: per-image tables are indexed by them
+        pool = splits.pretraining_pool()
+        pool_side = np.arange(len(pool))
     if len(pool) < train.batch_size:
         raise FgsslError(f"the pretraining pool has {len(pool)} images, fewer than --batch_size={train.batch_size}")
     steps = train.steps_per_epoch or len(pool) // train.batch_size
@@ -164,14 +174,13 @@ def pretrain(
 
     history: dict = {}
     if initial_epoch < train.epochs:
-        # Pretext batches carry image ids (not labels): per-image tables are indexed by them.
-        dataset = pipeline.epoch_batches(
-            pool, np.arange(len(pool)), train.batch_size, train.seed, initial_epoch, train.epochs, steps
-        )
+        dataset = pipeline.epoch_batches(pool, pool_side, train.batch_size, train.seed, initial_epoch, train.epochs, steps)
         validation, val_images = None, None
         if train.validate and len(splits.val_images) >= train.batch_size:
-            val_images = splits.val_images[: len(splits.val_images) // train.batch_size * train.batch_size]
-            validation = pipeline.ordered_batches(val_images, np.arange(len(val_images)), train.batch_size)
+            count = len(splits.val_images) // train.batch_size * train.batch_size
+            val_images = splits.val_images[:count]
+            val_side = splits.val_labels[:count] if supervised else np.arange(count)
+            validation = pipeline.ordered_batches(val_images, val_side, train.batch_size)
         if hasattr(model, "prepare_data"):
             model.prepare_data(pool, val_images)
         log_dir = os.path.join(train.model_dir, "logs")
@@ -212,4 +221,12 @@ def pretrain(
             full_name = f"{name}_{suffix}" if suffix else name
             exports[full_name] = export_lib.export_encoder(encoder, train.export_dir, full_name, data.image_size, metadata)
             log.info("exported %s to %s", full_name, exports[full_name])
+        if hasattr(model, "predict_classes") and exports:  # a classifier (PMG): its own test report
+            from fgssl_tf.evaluation import classifier_report
+
+            model_root, version = os.path.split(exports[name])
+            dataset_name = data.dataset.split(":", 1)[0]
+            output_dir = os.path.join(model_root, "evaluations", f"v{version}-{dataset_name}-classifier-labels100")
+            report = classifier_report(model.predict_classes, splits, data.dataset, data.image_size, f"{name} (trained classifier)", metadata, train.seed, output_dir)
+            log.info("classifier report: %s/report.json", report["output_dir"])
     return PretrainResult(model, history, exports, initial_epoch, splits)

@@ -183,6 +183,39 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
         "encoder_metadata": serving.metadata if serving else {"backbone": dataclasses.asdict(config.backbone), "pool_grid": config.pool_grid},
         "config": dataclasses.asdict(config),
     }
+    return write_report(report, per_seed, config.output_dir or default_output_dir(config, image_size))
+
+
+def classifier_report(predict, splits: Splits, dataset: str, image_size: int, subject: str, metadata: dict, seed: int, output_dir: str) -> dict:
+    """The report of a model trained on the labels (PMG): its own predictions on the same
+    test split, the same metrics as every encoder. `predict` maps uint8 images to classes."""
+    num_classes = splits.num_classes
+    train_labels, test_labels = splits.train_labels, splits.test_labels
+    val_accuracy = classification_metrics(splits.val_labels, predict(splits.val_images), num_classes)["accuracy"]
+    scores = classification_metrics(test_labels, predict(splits.test_images), num_classes)
+    per_seed = [{"seed": seed, "train_images": int(len(train_labels)), "val_accuracy": val_accuracy, "selected": {"epoch": "last"}, **scores}]
+    report = {
+        "encoder": subject,
+        "baseline": None,
+        "dataset": dataset,
+        "protocol": "classifier",
+        "label_fraction": 1.0,
+        "seeds": [seed],
+        "selection": "the model after the last epoch; validation accuracy reported, not used",
+        "image_size": image_size,
+        "class_names": list(splits.class_names),
+        "split_sizes": splits.stats["split_sizes"],
+        "split_fingerprint": splits.stats["split_fingerprint"],
+        "majority_class_rate": majority_class_rate(train_labels, test_labels),
+        "encoder_metadata": metadata,
+        "config": {},
+    }
+    log.info("%s: test accuracy %.4f, balanced %.4f, macro-F1 %.4f", subject, scores["accuracy"], scores["balanced_accuracy"], scores["macro_f1"])
+    return write_report(report, per_seed, output_dir)
+
+
+def write_report(report: dict, per_seed: list, output_dir: str) -> dict:
+    """Add the mean and std over seeds of every metric to `report`; write report.json and report.md."""
     for name in METRIC_NAMES:
         values = [s[name] for s in per_seed]
         report[name] = float(np.mean(values))
@@ -190,8 +223,6 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
     report["per_class_recall"] = np.mean([s["per_class_recall"] for s in per_seed], axis=0).tolist()
     report["confusion_matrix"] = np.sum([s["confusion_matrix"] for s in per_seed], axis=0).tolist()
     report["per_seed"] = per_seed
-
-    output_dir = config.output_dir or default_output_dir(config, image_size)
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2, default=str)

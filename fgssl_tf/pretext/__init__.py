@@ -17,9 +17,9 @@ import importlib
 
 from fgssl_tf.errors import FgsslError
 
-_MODULES = {"simclr": "fgssl_tf.pretext.simclr", "jigsaw": "fgssl_tf.pretext.jigsaw"}
+_MODULES = {"simclr": "fgssl_tf.pretext.simclr", "jigsaw": "fgssl_tf.pretext.jigsaw", "pmg": "fgssl_tf.pretext.pmg"}
 PRETEXTS = tuple(_MODULES)
-PLANNED = ("srgan", "pmg")
+PLANNED = ("srgan",)
 
 
 def check_pretext(name: str) -> None:

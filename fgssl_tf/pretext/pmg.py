@@ -1,0 +1,285 @@
+"""PMG, progressive multi-granularity training (Du et al. 2020): the paper's supervised
+baseline (spec §4), trained on the labels of the same split every encoder is measured on.
+
+A ResNet backbone feeds three heads on its last three stages (1x1 and 3x3 conv
+blocks, global max pooling, BN-Dense-BN-ELU-Dense classifiers) and a classifier on
+their concatenation. Each batch takes four gradient steps: jigsaw-shuffled images
+of 8x8, 4x4 and 2x2 blocks on heads 1, 2, 3, then the whole image on the
+concatenated head with weight 2. The jigsaw is `fine_grained.random_jigsaw`, PMG's
+`jigsaw_generator`, one order for the batch as PMG did; the same op makes the SimCLR
+random-jigsaw view.
+
+Differences from the paper's code, on purpose:
+- P1: as many outputs as the data has classes (the paper's head had 200 for 5);
+- P2: selection and the report use the shared fixed split (the paper's `test()`
+  ignored its loader and read an unseeded `val/` folder);
+- the backbone's ImageNet weights are Keras' (`keras.applications.ResNet50`, trained
+  with Caffe preprocessing, which the model applies itself to its [0, 1] input);
+  torchvision's weights and its (0.5, 0.5) normalisation are not available here;
+- only variables with a gradient in a step are updated in it (PyTorch's old
+  `zero_grad` kept zero gradients, so decay and momentum also moved unused heads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fgssl_tf.augment import VALIDATION_STREAM, step_seed
+from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
+from fgssl_tf.errors import FgsslError
+from fgssl_tf.fine_grained import random_jigsaw
+from fgssl_tf.models import build_resnet
+from fgssl_tf.objectives import global_batch_position, replica_info
+from fgssl_tf.optim import add_coupled_weight_decay
+
+DEFAULT_LEARNING_RATE = 2e-3  # SGD for the new heads; the backbone gets a tenth
+DEFAULT_WEIGHT_DECAY = 5e-4
+SUPERVISED = True  # trains on the labelled training split, not the unlabelled pool
+WEIGHTS_HELP = "--backbone_weights=imagenet (Keras' ImageNet ResNet-50, downloaded once), a path to a weights file, or none"
+# The last unit of stages 2, 3 and 4 of each backbone (PMG's layer2, layer3, layer4).
+_STAGE_OUTPUTS = {
+    "resnet50": ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+    "resnet18": ("block2_unit2_out", "block3_unit2_out", "block4_unit2_out"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PMGConfig:
+    num_classes: int = 0  # from the data (the trainer fills it in)
+    backbone_weights: str = "auto"  # auto (imagenet for resnet50, none for resnet18) | imagenet | none | PATH
+    feature_size: int = 512
+    head_channels: int = 1024
+    backbone_lr_ratio: float = 0.1  # backbone learning rate = this x the heads'
+    momentum: float = 0.9
+    granularities: tuple = (8, 4, 2)  # jigsaw blocks per side for heads 1, 2, 3
+    concat_weight: float = 2.0
+    crop_padding: float = 8 / 448  # RandomCrop(448, padding=8), as a fraction of the side
+
+
+@keras.saving.register_keras_serializable(package="fgssl_tf")
+class CaffePreprocess(keras.layers.Layer):
+    """[0, 1] RGB -> what Keras' ImageNet ResNet-50 was trained on: 0-255 BGR minus the ImageNet mean."""
+
+    def call(self, images):
+        return images[..., ::-1] * 255.0 - tf.constant([103.939, 116.779, 123.68])
+
+
+def _load_resnet50(weights: str, image_size: int) -> keras.Model:
+    if weights not in ("imagenet", "none") and not os.path.isfile(weights):
+        raise FgsslError(f"--backbone_weights={weights!r}: no such file; use {WEIGHTS_HELP}")
+    try:
+        return keras.applications.ResNet50(
+            include_top=False, weights=None if weights == "none" else weights, input_shape=(image_size, image_size, 3)
+        )
+    except FgsslError:
+        raise
+    except Exception as err:  # no internet, a truncated or mismatched file
+        raise FgsslError(f"could not load the ResNet-50 weights {weights!r} ({type(err).__name__}: {err}); use {WEIGHTS_HELP}") from err
+
+
+def build_stage_features(backbone: BackboneConfig, image_size: int, weights: str) -> keras.Model:
+    """[0, 1] images -> the feature maps of the last three stages."""
+    if backbone.name not in _STAGE_OUTPUTS:
+        raise FgsslError(f"--pretext=pmg supports --backbone=resnet50 or resnet18, not {backbone.name!r}")
+    if weights == "auto":
+        weights = "imagenet" if backbone.name == "resnet50" else "none"
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    if backbone.name == "resnet50":
+        net = _load_resnet50(weights, image_size)
+        stages = keras.Model(net.input, [net.get_layer(n).output for n in _STAGE_OUTPUTS["resnet50"]], name="resnet50")
+        outputs = stages(CaffePreprocess(name="caffe_preprocess")(inputs))
+    else:
+        if weights != "none":
+            raise FgsslError("Keras has no ImageNet ResNet-18: use --backbone=resnet50 for ImageNet weights, or --backbone_weights=none")
+        net = build_resnet(backbone, image_size)
+        outputs = keras.Model(net.input, [net.get_layer(n).output for n in _STAGE_OUTPUTS["resnet18"]], name="resnet18")(inputs)
+    return keras.Model(inputs, outputs, name="stage_features")
+
+
+def _conv_block(filters: int, kernel: int, name: str) -> list:
+    # PMG's BasicConv: conv without bias, BN (PyTorch momentum 0.01 = Keras 0.99, eps 1e-5), ReLU.
+    return [
+        keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv"),
+        keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-5, name=f"{name}_bn"),
+        keras.layers.ReLU(name=f"{name}_relu"),
+    ]
+
+
+def _classifier(config: PMGConfig, name: str) -> keras.Sequential:
+    return keras.Sequential(
+        [
+            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn1"),
+            keras.layers.Dense(config.feature_size, name=f"{name}_dense1"),
+            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn2"),
+            keras.layers.ELU(name=f"{name}_elu"),
+            keras.layers.Dense(config.num_classes, name=f"{name}_logits"),
+        ],
+        name=name,
+    )
+
+
+class PMGModel(keras.Model):
+    """Images -> (head 1, head 2, head 3, concatenated head) logits."""
+
+    def __init__(self, features: keras.Model, image_size: int, config: PMGConfig, seed: int = 0, weight_decay: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.features, self.image_size, self.pmg_config = features, image_size, config
+        self.seed, self.weight_decay = seed, weight_decay
+        self.blocks, self.classifiers = [], []
+        for i, stage in enumerate(features.outputs, start=1):
+            block = keras.Sequential(
+                _conv_block(config.feature_size, 1, f"head{i}_a") + _conv_block(config.head_channels, 3, f"head{i}_b")
+                + [keras.layers.GlobalMaxPooling2D(name=f"head{i}_max")],
+                name=f"conv_block{i}",
+            )
+            block.build(stage.shape)
+            classifier = _classifier(config, f"classifier{i}")
+            classifier.build((None, config.head_channels))
+            self.blocks.append(block)
+            self.classifiers.append(classifier)
+        self.classifier_concat = _classifier(config, "classifier_concat")
+        self.classifier_concat.build((None, 3 * config.head_channels))
+        self.built = True
+        self.head_variables = [v for layer in self.blocks + self.classifiers + [self.classifier_concat] for v in layer.trainable_variables]
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "loss_granularity_8", "loss_granularity_4", "loss_granularity_2", "loss_whole")}
+        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")  # concatenated head
+        self.combined_tracker = keras.metrics.SparseCategoricalAccuracy(name="combined_accuracy")  # sum of the four
+
+    @property
+    def metrics(self):
+        return [*self.trackers.values(), self.accuracy_tracker, self.combined_tracker]
+
+    def call(self, images, training=False):
+        pooled = [block(stage, training=training) for block, stage in zip(self.blocks, self.features(images, training=training))]
+        logits = [classifier(x, training=training) for classifier, x in zip(self.classifiers, pooled)]
+        return (*logits, self.classifier_concat(tf.concat(pooled, axis=-1), training=training))
+
+    def encoder(self) -> keras.Model:
+        """The backbone with global average pooling of its last stage: features for the evaluation tool."""
+        inputs = keras.Input((None, None, 3), name="images")
+        resized = keras.layers.Resizing(self.image_size, self.image_size, name="resize")(inputs)
+        pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(self.features(resized)[-1])
+        return keras.Model(inputs, pooled, name="pmg_encoder")
+
+    def exportable_encoders(self) -> dict:
+        return {"": self.encoder()}
+
+    def _augment(self, images, seed):
+        """RandomCrop(S, padding) with zero padding and a horizontal flip, per image (PMG's train transform)."""
+        x = tf.image.convert_image_dtype(images, tf.float32)
+        size = self.image_size
+        pad = int(round(self.pmg_config.crop_padding * size))
+        position = global_batch_position(tf.shape(x)[0])
+        local = tf.shape(x)[0]
+        seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+        corners = tf.random.stateless_uniform([position["global_batch"], 2], seeds[0], minval=0, maxval=2 * pad + 1, dtype=tf.int32)
+        flips = tf.random.stateless_uniform([position["global_batch"]], seeds[1]) < 0.5
+        corners = corners[position["offset"] : position["offset"] + local]
+        flips = flips[position["offset"] : position["offset"] + local]
+        if pad:
+            x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+            span = tf.range(size)
+            x = tf.gather(x, corners[:, :1] + span, axis=1, batch_dims=1)
+            x = tf.gather(x, corners[:, 1:] + span, axis=2, batch_dims=1)
+        return tf.where(flips[:, None, None, None], tf.reverse(x, axis=[2]), x)
+
+    def _head_loss(self, logits, labels):
+        _, replicas, _ = replica_info()
+        losses = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        return tf.reduce_sum(losses) / tf.cast(tf.shape(labels)[0] * replicas, tf.float32), replicas
+
+    def train_step(self, data):
+        images, labels = data[:2]
+        seed = step_seed(self.seed, self.optimizer.iterations)
+        seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=4))
+        x = self._augment(images, seeds[0])
+        config = self.pmg_config
+        backbone_variables = self.features.trainable_variables
+        names = ["loss_granularity_8", "loss_granularity_4", "loss_granularity_2", "loss_whole"]
+        total = 0.0
+        for head, grid in enumerate((*config.granularities, None)):
+            inputs = x if grid is None else random_jigsaw(x, seeds[1 + head], grid, same_for_batch=True)
+            with tf.GradientTape() as tape:
+                outputs = self(inputs, training=True)
+                loss, replicas = self._head_loss(outputs[head], labels)
+                loss = loss * (config.concat_weight if grid is None else 1.0)
+            variables = backbone_variables + self.head_variables
+            gradients = tape.gradient(loss, variables)
+            used = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+            grads = add_coupled_weight_decay([g for g, _ in used], [v for _, v in used], self.weight_decay)
+            pairs = list(zip(grads, [v for _, v in used]))
+            backbone_ids = {id(v) for v in backbone_variables}
+            self.backbone_optimizer.apply([g for g, v in pairs if id(v) in backbone_ids], [v for g, v in pairs if id(v) in backbone_ids])
+            self.optimizer.apply([g for g, v in pairs if id(v) not in backbone_ids], [v for g, v in pairs if id(v) not in backbone_ids])
+            self.trackers[names[head]].update_state(loss * replicas)
+            total += loss
+        self.trackers["loss"].update_state(total * replicas)
+        self.accuracy_tracker.update_state(labels, outputs[3])
+        self.combined_tracker.update_state(labels, tf.add_n(list(outputs)))
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        images, labels = data[:2]
+        outputs = self(tf.image.convert_image_dtype(images, tf.float32), training=False)
+        loss, replicas = self._head_loss(outputs[3], labels)
+        self.trackers["loss"].update_state(loss * replicas)
+        self.accuracy_tracker.update_state(labels, outputs[3])
+        self.combined_tracker.update_state(labels, tf.add_n(list(outputs)))
+        return {m.name: m.result() for m in (self.trackers["loss"], self.accuracy_tracker, self.combined_tracker)}
+
+    def predict_classes(self, images: np.ndarray, batch_size: int = 64, combined: bool = True) -> np.ndarray:
+        """Class predictions on uint8 images: argmax of the four heads' summed logits (PMG's acc_com) or of the concatenated head."""
+        predictions = []
+        for i in range(0, len(images), batch_size):
+            outputs = self(tf.image.convert_image_dtype(images[i : i + batch_size], tf.float32), training=False)
+            predictions.append(np.argmax((tf.add_n(list(outputs)) if combined else outputs[3]).numpy(), axis=1))
+        return np.concatenate(predictions)
+
+    def training_callbacks(self, monitor: str) -> list:
+        return [_CosinePerEpoch(self)]
+
+
+class _CosinePerEpoch(keras.callbacks.Callback):
+    """PMG's schedule: lr_e = lr_0 / 2 (cos(pi e / E) + 1) at the start of epoch e, for both groups."""
+
+    def __init__(self, model: PMGModel):
+        super().__init__()
+        self.pmg = model
+
+    def on_train_begin(self, logs=None):
+        self.epochs = self.params["epochs"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        factor = 0.5 * (math.cos(math.pi * epoch / self.epochs) + 1.0)
+        self.pmg.optimizer.learning_rate.assign(self.pmg.base_learning_rate * factor)
+        self.pmg.backbone_optimizer.learning_rate.assign(self.pmg.base_learning_rate * self.pmg.pmg_config.backbone_lr_ratio * factor)
+
+
+def build(features, image_size, config: PMGConfig, seed: int, weight_decay: float, learning_rate: float, momentum: float = 0.9) -> PMGModel:
+    if config.num_classes < 2:
+        raise FgsslError("PMG needs the number of classes (at least 2) of the labelled data")
+    model = PMGModel(features, image_size, config, seed=seed, weight_decay=weight_decay, name="pmg")
+    model.base_learning_rate = learning_rate
+    model.backbone_optimizer = keras.optimizers.SGD(learning_rate * config.backbone_lr_ratio, momentum=momentum, name="backbone_sgd")
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=momentum, name="heads_sgd"), jit_compile=False)
+    model.backbone_optimizer.build(model.features.trainable_variables)
+    model.optimizer.build(model.head_variables)
+    return model
+
+
+def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, config: PMGConfig) -> PMGModel:
+    """Two SGD groups (heads at the learning rate, the backbone at a tenth), coupled L2, cosine per epoch."""
+    for grid in config.granularities:
+        if data.image_size // grid < 1:
+            raise FgsslError(f"--image_size={data.image_size} is too small for {grid}x{grid} jigsaw blocks")
+    features = build_stage_features(backbone, data.image_size, config.backbone_weights)
+    return build(features, data.image_size, config, train.seed, train.weight_decay, train.learning_rate, config.momentum)
+
+
+Config = PMGConfig
