@@ -243,3 +243,18 @@ def test_show_augmentations_writes_the_flagfile_grid(variant, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     with Image.open(output) as grid:
         assert grid.size == (3 * 48, 3 * 48)  # rows: images; columns: original | view 1 | view 2
+
+
+def test_ops_run_inside_tf_data_as_keras_layers(elpv_splits):
+    import keras
+
+    layer = fg.FineGrainedAugmentation("dcl", fg.FineGrainedConfig(dcl_grid=3))
+    restored = fg.FineGrainedAugmentation.from_config(layer.get_config())
+    assert restored.op == "dcl" and restored.config.dcl_grid == 3
+    dataset = tf.data.Dataset.from_tensor_slices(elpv_splits.train_images[:8]).batch(4)
+    dataset = dataset.map(lambda x: layer(x, seed=tf.constant([3, 0], tf.int64)))
+    batches = list(dataset.as_numpy_iterator())
+    assert [b.shape for b in batches] == [(4, IMAGE_SIZE, IMAGE_SIZE, 3)] * 2 and batches[0].dtype == np.uint8
+    direct = layer(tf.constant(elpv_splits.train_images[:4]), seed=tf.constant([3, 0], tf.int64))
+    np.testing.assert_array_equal(batches[0], direct.numpy())
+    assert keras.saving.get_registered_object("fgssl_tf>FineGrainedAugmentation") is fg.FineGrainedAugmentation
