@@ -52,3 +52,16 @@ def test_evaluate_bad_encoder_is_one_clear_line(tmp_path):
     result = run([os.path.join(REPO, "tools", "evaluate.py"), f"--encoder={tmp_path}"], cwd=str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "saved_model.pb" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("pretext", ["simclr", "jigsaw"])
+def test_benchmark_prints_its_figures(tmp_path, pretext):
+    result = run(
+        [os.path.join(REPO, "tools", "benchmark.py"), f"--pretext={pretext}", "--image_size=32", "--width=8",
+         "--batch_size=8", "--steps=2", "--warmup=1"],
+        cwd=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line and " " not in line)
+    assert {"images_per_s", "flop_ratio", "pipeline_ratio", "peak_rss_mb"} <= set(figures)
+    assert all(float(value) > 0 for value in figures.values())

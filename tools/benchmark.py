@@ -92,12 +92,12 @@ def premade_inputs(model, pretext: str, batch: int, size: int):
     import tensorflow as tf
 
     if pretext == "simclr":
-        model.views = lambda images, seed: (images, images)
+        model.views = lambda images, *args, **kwargs: (images, images)
         return (lambda x: model.projector(model.encoder(x, training=False))), [2 * batch, size, size, 3]
     crop = model.puzzle.crop
     tiles = tf.random.uniform([batch, 9, crop, crop, 3])
     labels = tf.zeros([batch], tf.int32)
-    model.puzzles = lambda images, seed: (tiles, labels)
+    model.puzzles = lambda images, *args, **kwargs: (tiles, labels)
     return (lambda x: model(x, training=False)), [batch, 9, crop, crop, 3]
 
 
