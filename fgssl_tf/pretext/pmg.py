@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fgssl_tf.augment import VALIDATION_STREAM, step_seed
+from fgssl_tf.augment import step_seed
 from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.fine_grained import random_jigsaw
@@ -209,14 +209,11 @@ class PMGModel(keras.Model):
                 outputs = self(inputs, training=True)
                 loss, replicas = self._head_loss(outputs[head], labels)
                 loss = loss * (config.concat_weight if grid is None else 1.0)
-            variables = backbone_variables + self.head_variables
-            gradients = tape.gradient(loss, variables)
-            used = [(g, v) for g, v in zip(gradients, variables) if g is not None]
-            grads = add_coupled_weight_decay([g for g, _ in used], [v for _, v in used], self.weight_decay)
-            pairs = list(zip(grads, [v for _, v in used]))
-            backbone_ids = {id(v) for v in backbone_variables}
-            self.backbone_optimizer.apply([g for g, v in pairs if id(v) in backbone_ids], [v for g, v in pairs if id(v) in backbone_ids])
-            self.optimizer.apply([g for g, v in pairs if id(v) not in backbone_ids], [v for g, v in pairs if id(v) not in backbone_ids])
+            groups = ((self.backbone_optimizer, backbone_variables), (self.optimizer, self.head_variables))
+            gradients = tape.gradient(loss, [variables for _, variables in groups])
+            for (optimizer, variables), grads in zip(groups, gradients):
+                used = [(g, v) for g, v in zip(grads, variables) if g is not None]  # only what this loss reaches
+                optimizer.apply(add_coupled_weight_decay([g for g, _ in used], [v for _, v in used], self.weight_decay), [v for _, v in used])
             self.trackers[names[head]].update_state(loss * replicas)
             total += loss
         self.trackers["loss"].update_state(total * replicas)
