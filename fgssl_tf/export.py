@@ -71,8 +71,9 @@ def next_version(model_root: str) -> int:
     return max(_versions(model_root), default=0) + 1
 
 
-def export_encoder(encoder: keras.Model, export_dir: str, name: str, image_size: int, metadata: dict) -> str:
-    """Write a new version of `name` and return its directory."""
+def export_encoder(encoder: keras.Model, export_dir: str, name: str, image_size: int, metadata: dict, extras: dict | None = None) -> str:
+    """Write a new version of `name` and return its directory; `extras` ({file name: model})
+    are saved beside it as more `.keras` files (SRGAN's full networks)."""
     model_root = os.path.join(export_dir, name)
     os.makedirs(model_root, exist_ok=True)
     version = next_version(model_root)
@@ -90,6 +91,8 @@ def export_encoder(encoder: keras.Model, export_dir: str, name: str, image_size:
     try:
         archive.write_out(staging, verbose=False)
         encoder.save(os.path.join(staging, KERAS_FILE))
+        for filename, model in (extras or {}).items():
+            model.save(os.path.join(staging, filename))
         with open(os.path.join(staging, METADATA_FILE), "w") as f:
             json.dump({"name": name, "version": version, "image_size": image_size, **metadata}, f, indent=2, default=str)
         os.rename(staging, final)

@@ -49,15 +49,15 @@ def backbone_config() -> BackboneConfig:
 
 
 def define_train_flags() -> None:
-    flags.DEFINE_string("pretext", "simclr", "Pretext task: simclr, jigsaw, or pmg (the supervised baseline); srgan is planned.")
+    flags.DEFINE_string("pretext", "simclr", "Pretext task: simclr, jigsaw, srgan, or pmg (the supervised baseline).")
     flags.DEFINE_string("model_dir", None, "Checkpoints and TensorBoard logs; default runs/<pretext>_<dataset>.")
     flags.DEFINE_string("export_dir", "savedmodels", "Where encoders are exported (NAME/VERSION).")
     flags.DEFINE_string("export_name", None, "Export name; default <pretext>_<backbone>_<dataset>.")
     flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
     flags.DEFINE_integer("batch_size", 64, "Global batch size (split over replicas).", lower_bound=2)
     flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch; default one pass over the pretraining pool.", lower_bound=1)
-    flags.DEFINE_float("learning_rate", None, "Initial learning rate; default the paper's for the pretext (simclr: Adam 1e-3, jigsaw: SGD 1e-2).", lower_bound=0.0)
-    flags.DEFINE_float("weight_decay", None, "Coupled L2 weight decay, as PyTorch; default the paper's (simclr 1e-5, jigsaw 5e-4).", lower_bound=0.0)
+    flags.DEFINE_float("learning_rate", None, "Initial learning rate; default the paper's for the pretext (simclr: Adam 1e-3, jigsaw: SGD 1e-2, srgan: Adam 1e-4, pmg: SGD 2e-3).", lower_bound=0.0)
+    flags.DEFINE_float("weight_decay", None, "Coupled L2 weight decay, as PyTorch; default the paper's (simclr 1e-5, jigsaw 5e-4, srgan 0, pmg 5e-4).", lower_bound=0.0)
     flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and initialisation.")
     flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy; auto = mirrored over several GPUs.")
     flags.DEFINE_boolean("validate", True, "Compute the pretext loss on the validation split after each epoch.")
@@ -76,6 +76,20 @@ def define_train_flags() -> None:
     flags.DEFINE_integer("jigsaw_pool_grid", 2, "Average-pool the last stage to a g x g grid (the paper: 2); 1 = global pooling.", lower_bound=1, upper_bound=8)
     flags.DEFINE_float("clip_norm", 4.0, "Global gradient-norm clipping (jigsaw).", lower_bound=1e-6)
     flags.DEFINE_integer("plateau_patience", 2, "Epochs without improvement before the learning rate drops 10x (jigsaw).", lower_bound=1)
+    # SRGAN
+    flags.DEFINE_enum("srgan_stage", "psnr", ["psnr", "gan"], "SRGAN stage: psnr (generator, pixel MSE; first) or gan (adversarial and perceptual; second).")
+    flags.DEFINE_enum("srgan_scale", "4", ["2", "4", "8"], "Super-resolution factor (the paper: 4).")
+    flags.DEFINE_integer("srgan_hr_size", 96, "Side of the high-resolution crops (at most --image_size); the encoders' input size.", lower_bound=16)
+    flags.DEFINE_integer("srgan_residual_blocks", 16, "Generator residual blocks.", lower_bound=1)
+    flags.DEFINE_integer("srgan_width", 64, "Generator channels.", lower_bound=1)
+    flags.DEFINE_integer("srgan_discriminator_width", 64, "Discriminator channels of the first conv (doubled every other conv).", lower_bound=1)
+    flags.DEFINE_integer("srgan_discriminator_dense", 1024, "Discriminator hidden dense units.", lower_bound=1)
+    flags.DEFINE_float("pixel_weight", 1.0, "SRGAN: weight of the pixel MSE.", lower_bound=0.0)
+    flags.DEFINE_float("perceptual_weight", 0.006, "SRGAN gan stage: weight of the VGG19 feature MSE.", lower_bound=0.0)
+    flags.DEFINE_float("adversarial_weight", 0.001, "SRGAN gan stage: weight of the adversarial loss.", lower_bound=0.0)
+    flags.DEFINE_string("perceptual_weights", "imagenet", "SRGAN VGG19: imagenet (Keras' weights, downloads once), a path to a weights file, or none (no perceptual term).")
+    flags.DEFINE_float("perceptual_scale", 1 / 12.75, "SRGAN: VGG features are multiplied by this before the MSE (Ledig et al.).", lower_bound=0.0)
+    flags.DEFINE_string("srgan_generator_init", None, "SRGAN gan stage: the --model_dir of the psnr run whose generator it starts from.")
     # PMG
     flags.DEFINE_string("backbone_weights", "auto", "PMG backbone: imagenet (Keras' ResNet-50, downloads once), none, a weights file, or auto (imagenet for resnet50, none for resnet18).")
     flags.DEFINE_float("backbone_lr_ratio", 0.1, "PMG: the backbone's learning rate as a share of the heads' (the paper: 0.1).", lower_bound=0.0)
@@ -196,6 +210,24 @@ def pretext_config():
             pool_grid=FLAGS.jigsaw_pool_grid,
             clip_norm=FLAGS.clip_norm,
             plateau_patience=FLAGS.plateau_patience,
+        )
+    if FLAGS.pretext == "srgan":
+        from fgssl_tf.pretext import srgan
+
+        return srgan.SRGANConfig(
+            stage=FLAGS.srgan_stage,
+            scale=int(FLAGS.srgan_scale),
+            hr_size=FLAGS.srgan_hr_size,
+            residual_blocks=FLAGS.srgan_residual_blocks,
+            width=FLAGS.srgan_width,
+            discriminator_width=FLAGS.srgan_discriminator_width,
+            discriminator_dense=FLAGS.srgan_discriminator_dense,
+            pixel_weight=FLAGS.pixel_weight,
+            perceptual_weight=FLAGS.perceptual_weight,
+            adversarial_weight=FLAGS.adversarial_weight,
+            perceptual_weights=FLAGS.perceptual_weights,
+            perceptual_scale=FLAGS.perceptual_scale,
+            generator_init=FLAGS.srgan_generator_init,
         )
     if FLAGS.pretext == "pmg":
         from fgssl_tf.pretext import pmg

@@ -113,9 +113,34 @@ class _SummaryImages(keras.callbacks.Callback):
                 tf.summary.image(tag, grid[None], step=0)
 
 
-def default_export_name(train: TrainConfig, data: DataConfig, backbone: BackboneConfig) -> str:
+class _EpochImages(keras.callbacks.Callback):
+    """The pretext's pictures of its outputs (SRGAN: bicubic | SR | HR) at the start and after every epoch."""
+
+    def __init__(self, images: np.ndarray, log_dir: str):
+        super().__init__()
+        self.images, self.log_dir = images, log_dir
+
+    def _write(self, step):
+        with tf.summary.create_file_writer(os.path.join(self.log_dir, "outputs")).as_default():
+            for tag, picture in self.model.epoch_images(self.images).items():
+                tf.summary.image(tag, picture[None], step=step)
+
+    def on_train_begin(self, logs=None):
+        self._write(self.params.get("initial_epoch", 0) if self.params else 0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._write(epoch + 1)
+
+
+def default_export_name(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, suffix: str = "") -> str:
+    """<export_name>[_suffix], else <pretext>_<backbone>_<dataset>[_suffix]; a pretext with its
+    own networks (SRGAN) gives <pretext>_<suffix>_<dataset>, e.g. srgan_generator_elpv."""
     dataset = data.dataset.split(":", 1)[0]
-    return train.export_name or f"{train.pretext}_{backbone.name}_{dataset}"
+    if train.export_name:
+        return f"{train.export_name}_{suffix}" if suffix else train.export_name
+    if not getattr(get_pretext(train.pretext), "USES_BACKBONE", True):
+        return "_".join(part for part in (train.pretext, suffix, dataset) if part)
+    return "_".join(part for part in (train.pretext, backbone.name, dataset, suffix) if part)
 
 
 def pretrain(
@@ -192,6 +217,8 @@ def pretrain(
         ]
         if initial_epoch == 0 and chief:
             callbacks.append(_SummaryImages(pool[:8], log_dir, train.seed))
+        if hasattr(model, "epoch_images") and chief:
+            callbacks.append(_EpochImages(val_images[:4] if val_images is not None else pool[:4], log_dir))
         started = time.time()
         fit = model.fit(
             dataset,
@@ -207,10 +234,10 @@ def pretrain(
 
     exports = {}
     if chief:
-        name = default_export_name(train, data, backbone)
+        export_size = getattr(model, "export_image_size", data.image_size)
         metadata = {
             "pretext": train.pretext,
-            "backbone": dataclasses.asdict(backbone),
+            "backbone": dataclasses.asdict(backbone) if getattr(module, "USES_BACKBONE", True) else None,
             "epochs_trained": train.epochs,
             "seed": train.seed,
             "dataset": data.dataset,
@@ -218,10 +245,14 @@ def pretrain(
             "run_config": summary,
         }
         for suffix, encoder in model.exportable_encoders().items():
-            full_name = f"{name}_{suffix}" if suffix else name
-            exports[full_name] = export_lib.export_encoder(encoder, train.export_dir, full_name, data.image_size, metadata)
+            full_name = default_export_name(train, data, backbone, suffix)
+            extras = model.export_extras(suffix) if hasattr(model, "export_extras") else None
+            exports[full_name] = export_lib.export_encoder(
+                encoder, train.export_dir, full_name, export_size, {**metadata, "encoder_part": suffix or None}, extras
+            )
             log.info("exported %s to %s", full_name, exports[full_name])
         if hasattr(model, "predict_classes") and exports:  # a classifier (PMG): its own test report
+            name = default_export_name(train, data, backbone)
             from fgssl_tf.evaluation import classifier_report
 
             model_root, version = os.path.split(exports[name])

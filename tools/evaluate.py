@@ -3,6 +3,7 @@
     python tools/evaluate.py --encoder=savedmodels/NAME/VERSION --dataset=elpv --protocol=linear
     python tools/evaluate.py --encoder=... --protocol=knn --label_fraction=0.1 --seeds=0,1,2
     python tools/evaluate.py --baseline=supervised --protocol=finetune --image_size=64
+    python tools/evaluate.py --flagfile=flags/eval_srgan_generator_dropout05.cfg   (an SRGAN paper variant)
 
 Writes <output_dir>/report.json and report.md (default: beside the encoder, in
 savedmodels/NAME/evaluations/).
@@ -33,7 +34,12 @@ flags.DEFINE_integer("image_size", None, "Image size (baselines; an encoder's ex
 flags.DEFINE_enum("selection_metric", "accuracy", ["accuracy", "balanced_accuracy", "macro_f1"], "Chosen on validation.")
 flags.DEFINE_integer("finetune_epochs", 10, "Epochs of fine-tuning.", lower_bound=1)
 flags.DEFINE_float("finetune_learning_rate", 1e-4, "Adam learning rate for fine-tuning.", lower_bound=0.0)
-flags.DEFINE_string("trainable_from", "all", "Fine-tune from this stage on (e.g. block4: the last block, block3: the last two); all: everything. The head always trains.")
+flags.DEFINE_string("trainable_from", "all", "Fine-tune from this stage on (e.g. block4: the last block, block3: the last two); all: everything; none: a frozen encoder. The head always trains.")
+flags.DEFINE_enum("class_weights", "none", ["none", "inverse"], "Fine-tuning loss weights per class: none, or inverse to the class frequency (N / (K n_c)).")
+flags.DEFINE_enum("head", "linear", ["linear", "paper"], "Fine-tuning head: one dense layer, or the SRGAN paper's head (SRGAN encoders).")
+flags.DEFINE_float("head_dropout", 0.0, "Dropout in the paper's SRGAN head (the paper: 0.5, 0.7, 0.9).", lower_bound=0.0, upper_bound=0.99)
+flags.DEFINE_integer("keep_residual_blocks", None, "SRGAN generator encoders: keep the first N residual blocks (the paper: 14, 12, 10, 8 of 16).", lower_bound=1)
+flags.DEFINE_integer("remove_conv_blocks", 0, "SRGAN discriminator encoders: drop the last K conv blocks (the paper: 1, 2, 3).", lower_bound=0, upper_bound=7)
 flags.DEFINE_integer("pool_grid", 1, "Baselines: average-pool the last stage to a g x g grid (2 matches a Jigsaw encoder).", lower_bound=1, upper_bound=8)
 flags.DEFINE_integer("batch_size", 64, "Batch size for features and fine-tuning.", lower_bound=1)
 flags.DEFINE_integer("max_images_per_split", None, "Stratified subset per split (quick checks).", lower_bound=2)
@@ -67,6 +73,11 @@ def main(argv):
             finetune_epochs=FLAGS.finetune_epochs,
             finetune_learning_rate=FLAGS.finetune_learning_rate,
             trainable_from=FLAGS.trainable_from,
+            class_weights=FLAGS.class_weights,
+            head=FLAGS.head,
+            head_dropout=FLAGS.head_dropout,
+            keep_residual_blocks=FLAGS.keep_residual_blocks,
+            remove_conv_blocks=FLAGS.remove_conv_blocks,
             batch_size=FLAGS.batch_size,
             max_images_per_split=FLAGS.max_images_per_split,
             tfds_data_dir=FLAGS.tfds_data_dir,

@@ -29,6 +29,7 @@ from fgssl_tf.models import build_resnet
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("linear", "knn", "finetune")
+HEADS = ("linear", "paper")
 BASELINES = ("random_init", "supervised")
 
 
@@ -47,7 +48,13 @@ class EvalConfig:
     selection_metric: str = "accuracy"
     finetune_epochs: int = 10
     finetune_learning_rate: float = 1e-4
-    trainable_from: str = "all"  # finetune: first trainable stage (all, stem, block1..block4)
+    trainable_from: str = "all"  # finetune: first trainable stage (all, none, stem, block1..block4)
+    class_weights: str = "none"  # finetune: none | inverse (N / (K n_c))
+    # SRGAN encoders: the paper's downstream variants (spec §2.5-2.6).
+    head: str = "linear"  # finetune: linear | paper (the paper's head for the generator or discriminator)
+    head_dropout: float = 0.0  # the paper's head: 0.5, 0.7, 0.9
+    keep_residual_blocks: Optional[int] = None  # generator: keep the first N residual blocks (16 -> 14/12/10/8)
+    remove_conv_blocks: int = 0  # discriminator: drop the last K conv blocks
     batch_size: int = 64
     max_images_per_split: Optional[int] = None
     tfds_data_dir: Optional[str] = None
@@ -66,17 +73,54 @@ def _validate(config: EvalConfig) -> None:
         raise FgsslError("a baseline needs --image_size (an encoder's export records its own)")
     if config.selection_metric not in METRIC_NAMES:
         raise FgsslError(f"unknown --selection_metric={config.selection_metric!r}; choose one of {', '.join(METRIC_NAMES)}")
-    if config.trainable_from != "all" and config.protocol != "finetune":
-        raise FgsslError(f"--trainable_from={config.trainable_from} only applies to --protocol=finetune")
+    for name, value, default in (("trainable_from", config.trainable_from, "all"), ("class_weights", config.class_weights, "none"), ("head", config.head, "linear")):
+        if value != default and config.protocol != "finetune":
+            raise FgsslError(f"--{name}={value} only applies to --protocol=finetune")
+    if config.class_weights not in ("none", "inverse"):
+        raise FgsslError(f"unknown --class_weights={config.class_weights!r}; choose none or inverse")
+    if config.head not in HEADS:
+        raise FgsslError(f"unknown --head={config.head!r}; choose one of {', '.join(HEADS)}")
+    if not 0.0 <= config.head_dropout < 1.0:
+        raise FgsslError(f"--head_dropout={config.head_dropout} must be in [0, 1)")
+    if _is_srgan_variant(config) and config.encoder is None:
+        raise FgsslError("--head=paper, --keep_residual_blocks and --remove_conv_blocks are variants of an exported SRGAN encoder: pass --encoder")
     if not config.seeds:
         raise FgsslError("--seeds needs at least one seed")
     if not 0.0 < config.label_fraction <= 1.0:
         raise FgsslError(f"--label_fraction={config.label_fraction} must be in (0, 1]")
 
 
+def _is_srgan_variant(config: EvalConfig) -> bool:
+    return config.head == "paper" or config.keep_residual_blocks is not None or config.remove_conv_blocks > 0
+
+
 def protocol_label(config: EvalConfig) -> str:
-    """'finetune-from-block4' for a partial fine-tune, else the protocol's name."""
-    return config.protocol if config.trainable_from == "all" else f"{config.protocol}-from-{config.trainable_from}"
+    """The protocol's name and every setting that changes it, e.g. 'finetune-from-none-keep14blocks-paperhead-dropout0.5'."""
+    parts = [config.protocol]
+    if config.trainable_from != "all":
+        parts.append(f"from-{config.trainable_from}")
+    if config.keep_residual_blocks is not None:
+        parts.append(f"keep{config.keep_residual_blocks}blocks")
+    if config.remove_conv_blocks:
+        parts.append(f"minus{config.remove_conv_blocks}convs")
+    if config.head == "paper":
+        parts.append(f"paperhead-dropout{config.head_dropout:g}")
+    if config.class_weights != "none":
+        parts.append(f"{config.class_weights}weights")
+    return "-".join(parts)
+
+
+def _srgan_variant(config: EvalConfig, serving, num_classes: int, head: str):
+    """(encoder, head or None) of an SRGAN export's paper variant."""
+    from fgssl_tf.pretext import srgan
+
+    part = serving.metadata.get("encoder_part")
+    if serving.metadata.get("pretext") != "srgan" or part not in ("generator", "discriminator"):
+        raise FgsslError(
+            f"--head=paper, --keep_residual_blocks and --remove_conv_blocks apply to SRGAN generator or discriminator encoders; "
+            f"{config.encoder} is a {serving.metadata.get('pretext', 'unknown')} encoder"
+        )
+    return srgan.downstream_network(config.encoder, part, num_classes, head, config.keep_residual_blocks, config.remove_conv_blocks, config.head_dropout)
 
 
 def default_output_dir(config: EvalConfig, image_size: int) -> str:
@@ -128,7 +172,10 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
 
     features = None
     if config.protocol in ("linear", "knn"):
-        if serving is not None:
+        if _is_srgan_variant(config):
+            encoder, _ = _srgan_variant(config, serving, num_classes, "linear")
+            features = {name: _keras_features(encoder, splits.split(name)[0], image_size, config.batch_size) for name in ("train", "val", "test")}
+        elif serving is not None:
             features = {name: serving.embed(splits.split(name)[0], config.batch_size) for name in ("train", "val", "test")}
         else:
             encoder = _random_encoder(config, image_size, config.seeds[0])
@@ -138,7 +185,14 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
     for seed in config.seeds:
         subset = label_fraction_subset(train_labels, config.label_fraction, seed)
         if config.protocol == "finetune":
-            encoder = export_lib.load_keras_encoder(config.encoder) if config.encoder else _random_encoder(config, image_size, seed)
+            head = None
+            if _is_srgan_variant(config):
+                keras.utils.set_random_seed(seed)
+                encoder, head = _srgan_variant(config, serving, num_classes, config.head)
+            elif config.encoder:
+                encoder = export_lib.load_keras_encoder(config.encoder)
+            else:
+                encoder = _random_encoder(config, image_size, seed)
             result = protocols.finetune(
                 encoder,
                 lambda x: export_lib.preprocess(x, image_size),
@@ -152,6 +206,8 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
                 config.finetune_learning_rate,
                 config.batch_size,
                 config.trainable_from,
+                head,
+                config.class_weights,
             )
         else:
             run = protocols.linear_probe if config.protocol == "linear" else protocols.knn

@@ -2,9 +2,10 @@
 
 - linear: frozen features, a logistic regression; L2 strength chosen on val.
 - knn: frozen L2-normalised features, cosine k-NN; k chosen on val.
-- finetune: the encoder (all of it, or its stages from `trainable_from` on) plus
-  a linear head, trained end to end; the epoch with the best val score is kept.
-  The head is always trained (the paper's Jigsaw fine-tune froze it by mistake).
+- finetune: the encoder (all of it, its stages from `trainable_from` on, or none
+  of it) plus a head (linear, or one given: the SRGAN paper's), trained end to
+  end; the epoch with the best val score is kept. The head is always trained
+  (the paper's Jigsaw fine-tune froze it by mistake, its SRGAN heads too).
 """
 
 from __future__ import annotations
@@ -78,20 +79,29 @@ def encoder_stages(encoder: keras.Model) -> list[str]:
 
 
 def freeze_before(encoder: keras.Model, trainable_from: str) -> None:
-    """Freeze every stage before `trainable_from` ('all' trains everything).
+    """Freeze every stage before `trainable_from` ('all' trains everything, 'none' nothing).
 
     A frozen Keras BatchNormalization runs in inference mode (its statistics stay
     put); PyTorch's frozen BN in train() mode still updated them (spec §8.4).
     """
     if trainable_from == "all":
         return
+    if trainable_from == "none":
+        encoder.trainable = False
+        return
     stages = encoder_stages(encoder)
     if trainable_from not in stages:
-        raise FgsslError(f"--trainable_from={trainable_from!r} is not a stage of this encoder; choose all or one of {', '.join(stages)}")
+        raise FgsslError(f"--trainable_from={trainable_from!r} is not a stage of this encoder; choose all, none or one of {', '.join(stages)}")
     first = stages.index(trainable_from)
     for layer in encoder.layers:
         if layer.weights:
             layer.trainable = stages.index(layer.name.split("_", 1)[0]) >= first
+
+
+def inverse_class_weights(labels: np.ndarray, num_classes: int) -> dict:
+    """{class: N / (K n_c)}: every class carries the same total weight; absent classes get 0."""
+    counts = np.bincount(labels, minlength=num_classes)
+    return {c: float(len(labels) / (num_classes * n)) if n else 0.0 for c, n in enumerate(counts)}
 
 
 class _KeepBest(keras.callbacks.Callback):
@@ -129,14 +139,19 @@ def finetune(
     learning_rate: float,
     batch_size: int,
     trainable_from: str = "all",
+    head: keras.layers.Layer | None = None,
+    class_weights: str = "none",
 ) -> ProtocolResult:
-    """train/val/test: (uint8 images, labels). `preprocess` maps uint8 batches to encoder input."""
+    """train/val/test: (uint8 images, labels). `preprocess` maps uint8 batches to encoder input.
+    `head` maps encoder output to logits (default: one dense layer); `class_weights`
+    'inverse' weighs each class by N / (K n_c) in the loss (the paper's SRGAN
+    weights were proportional to n_c by mistake, bug S3)."""
     keras.utils.set_random_seed(seed)
     freeze_before(encoder, trainable_from)
     inputs = keras.Input(shape=train[0].shape[1:], dtype="uint8", name="images")
     x = keras.layers.Lambda(preprocess, name="preprocess")(inputs)
     x = keras.layers.RandomFlip("horizontal", seed=seed, name="flip")(x)
-    logits = keras.layers.Dense(num_classes, name="classifier")(encoder(x))
+    logits = (head or keras.layers.Dense(num_classes, name="classifier"))(encoder(x))
     model = keras.Model(inputs, logits)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
@@ -150,5 +165,5 @@ def finetune(
     order = np.random.RandomState(seed).permutation(len(train[1]))
     dataset = tf.data.Dataset.from_tensor_slices((train[0][order], train[1][order]))
     dataset = dataset.shuffle(len(order), seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    model.fit(dataset, epochs=epochs, callbacks=[keep_best], verbose=0)
+    model.fit(dataset, epochs=epochs, callbacks=[keep_best], class_weight=inverse_class_weights(train[1], num_classes) if class_weights == "inverse" else None, verbose=0)
     return ProtocolResult(predict(test[0]), keep_best.best_score, {"epoch": keep_best.best_epoch + 1})

@@ -37,3 +37,68 @@ class GridAveragePooling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "grid": self.grid}
+
+
+@keras.saving.register_keras_serializable(package="fgssl_tf")
+class CaffePreprocess(keras.layers.Layer):
+    """[0, 1] RGB -> what Keras' ImageNet ResNet-50 and VGG19 were trained on: 0-255 BGR minus the ImageNet mean."""
+
+    def call(self, images):
+        return images[..., ::-1] * 255.0 - tf.constant([103.939, 116.779, 123.68])
+
+
+@keras.saving.register_keras_serializable(package="fgssl_tf")
+class PixelShuffle(keras.layers.Layer):
+    """PyTorch `PixelShuffle(r)`: [B, H, W, C r^2] -> [B, H r, W r, C] (TensorFlow's channel order)."""
+
+    def __init__(self, factor: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, inputs):
+        return tf.nn.depth_to_space(inputs, self.factor)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        scale = lambda n: None if n is None else n * self.factor  # noqa: E731
+        return (batch, scale(height), scale(width), None if channels is None else channels // self.factor**2)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable(package="fgssl_tf")
+class FixedInputSize(keras.layers.Layer):
+    """Passes [B, size, size, C] through and refuses any other size with a plain message.
+
+    Put in front of a network with a dense layer on flattened features (the SRGAN
+    discriminator), so a wrong size fails here, by name, instead of deep in a matmul.
+    """
+
+    def __init__(self, size: int, network: str = "this network", hint: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.size, self.network, self.hint = size, network, hint
+
+    def _message(self, got) -> str:
+        return f"{self.network} was built for {self.size}x{self.size} images and got {got}{self.hint}"
+
+    def call(self, inputs):
+        height, width = inputs.shape[1], inputs.shape[2]
+        if (height is not None and height != self.size) or (width is not None and width != self.size):
+            from fgssl_tf.errors import FgsslError
+
+            raise FgsslError(self._message(f"{height}x{width}"))
+        if height is None or width is None:
+            shape = tf.shape(inputs)
+            check = tf.debugging.assert_equal(
+                shape[1:3], tf.constant([self.size, self.size]), message=self._message("another size")
+            )
+            with tf.control_dependencies([check]):
+                inputs = tf.identity(inputs)
+        return tf.ensure_shape(inputs, [None, self.size, self.size, inputs.shape[-1]])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.size, self.size, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "network": self.network, "hint": self.hint}

@@ -5,7 +5,11 @@ A pretext module provides `Config` (a dataclass), `DEFAULT_LEARNING_RATE`,
 returns a compiled `keras.Model` whose `train_step` does the pretext's work. The
 model offers `exportable_encoders()` (what gets exported) and may offer
 `summary_images(images, seed)` (what TensorBoard shows at the start of training)
-and `training_callbacks(monitor)` (e.g. a learning-rate schedule on `monitor`).
+and `training_callbacks(monitor)` (e.g. a learning-rate schedule on `monitor`),
+`epoch_images(images)` (TensorBoard pictures after every epoch, e.g. SR triplets),
+`export_extras(suffix)` (more `.keras` files saved beside an encoder) and
+`export_image_size` (the input size of its encoders, when not the image size).
+A module with `USES_BACKBONE = False` builds its own networks (SRGAN).
 A module may define `resolve_backbone(backbone, data, config)` to settle automatic
 backbone choices its own way (Jigsaw: the small stem follows the tile size).
 """
@@ -17,9 +21,14 @@ import importlib
 
 from fgssl_tf.errors import FgsslError
 
-_MODULES = {"simclr": "fgssl_tf.pretext.simclr", "jigsaw": "fgssl_tf.pretext.jigsaw", "pmg": "fgssl_tf.pretext.pmg"}
+_MODULES = {
+    "simclr": "fgssl_tf.pretext.simclr",
+    "jigsaw": "fgssl_tf.pretext.jigsaw",
+    "srgan": "fgssl_tf.pretext.srgan",
+    "pmg": "fgssl_tf.pretext.pmg",
+}
 PRETEXTS = tuple(_MODULES)
-PLANNED = ("srgan",)
+PLANNED: tuple = ()
 
 
 def check_pretext(name: str) -> None:

@@ -35,6 +35,7 @@ from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.fine_grained import random_jigsaw
 from fgssl_tf.models import build_resnet
+from fgssl_tf.models.layers import CaffePreprocess
 from fgssl_tf.objectives import global_batch_position, replica_info
 from fgssl_tf.optim import add_coupled_weight_decay
 
@@ -60,14 +61,6 @@ class PMGConfig:
     granularities: tuple = (8, 4, 2)  # jigsaw blocks per side for heads 1, 2, 3
     concat_weight: float = 2.0
     crop_padding: float = 8 / 448  # RandomCrop(448, padding=8), as a fraction of the side
-
-
-@keras.saving.register_keras_serializable(package="fgssl_tf")
-class CaffePreprocess(keras.layers.Layer):
-    """[0, 1] RGB -> what Keras' ImageNet ResNet-50 was trained on: 0-255 BGR minus the ImageNet mean."""
-
-    def call(self, images):
-        return images[..., ::-1] * 255.0 - tf.constant([103.939, 116.779, 123.68])
 
 
 def _load_resnet50(weights: str, image_size: int) -> keras.Model:

@@ -1,0 +1,500 @@
+"""SRGAN (Ledig et al. 2017) as the paper's pretext (spec §2): learn to super-resolve
+unlabelled images, then reuse the generator *and* the discriminator as encoders.
+
+Pretext: a random high-resolution (HR) crop of each image is shrunk by bicubic
+resampling to a low-resolution (LR) input; an SRResNet generator restores it
+(9x9 PReLU stem, residual blocks with BN and PReLU, global skip, pixel-shuffle
+upsampling x2 per block, 9x9 output conv) and a VGG-style discriminator (eight
+3x3 convs with LeakyReLU, BN after all but the first, a dense head) tells
+restored crops from real ones. Two stages, as Lornatang/SRGAN-PyTorch:
+- `psnr`: the generator alone, pixel MSE;
+- `gan`: each step updates the discriminator (BCE on real and restored crops),
+  then the generator on MSE + 0.006 perceptual + 0.001 adversarial, the
+  perceptual term a feature MSE through Keras' VGG19 up to `block5_conv4`.
+  It starts from a `psnr` run's generator (`generator_init`); the learning rates
+  drop tenfold halfway (StepLR(epochs // 2)).
+Validation reports PSNR and SSIM of the restored crops beside the PSNR of plain
+bicubic upsampling of the same crops, the bar the generator has to clear.
+
+Downstream (spec §2.5-2.6): the exported encoders are the generator trunk
+(everything before upsampling, average-pooled: 64 features) and the
+discriminator's conv stack (average-pooled: 512). The full networks are saved
+beside them, so the evaluation tool can run the paper's variants: generator with
+residual blocks removed, the paper's heads with dropout, discriminator with conv
+blocks removed (`downstream_network`).
+
+Differences from the paper's and Lornatang's code, on purpose:
+- the VGG19 input is what Keras' ImageNet weights were trained on (Caffe: BGR,
+  0-255, mean removed); Lornatang fed [0, 1] RGB to torchvision's VGG. The
+  features are scaled by 1/12.75 (Ledig et al.) so the 0.006 weight keeps its size;
+- scale x2, x4 and x8 (the paper's README claimed these; its code had x4 only);
+- downstream (bugs S3-S8 of spec §8.3): every head is built before its
+  optimizer, so it trains; dropout goes into the model that is trained; class
+  weights, when asked for, are inverse to the class frequency; inputs stay in
+  [0, 1] as in pretraining.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from fgssl_tf.augment import step_seed
+from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
+from fgssl_tf.errors import FgsslError
+from fgssl_tf.export import read_metadata
+from fgssl_tf.models.layers import CaffePreprocess, FixedInputSize, PixelShuffle
+from fgssl_tf.objectives import global_batch_position, replica_info
+from fgssl_tf.optim import add_coupled_weight_decay
+
+DEFAULT_LEARNING_RATE = 1e-4  # Adam for both networks, as Lornatang
+DEFAULT_WEIGHT_DECAY = 0.0
+USES_BACKBONE = False  # builds its own networks; --backbone does not apply
+STAGES = ("psnr", "gan")
+SCALES = (2, 4, 8)
+PERCEPTUAL_LAYER = "block5_conv4"  # torchvision VGG19 features[:36]: conv5_4 and its ReLU
+PERCEPTUAL_HELP = "--perceptual_weights=imagenet (Keras' ImageNet VGG19, downloaded once), a path to a weights file, or none (no perceptual term)"
+# Discriminator convs: (channels as a multiple of its width, stride), as SRGAN.
+DISCRIMINATOR_CONVS = ((1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2))
+GENERATOR_FILE = "generator.keras"  # saved beside the exported encoders, for the paper's variants
+DISCRIMINATOR_FILE = "discriminator.keras"
+
+
+@dataclasses.dataclass(frozen=True)
+class SRGANConfig:
+    stage: str = "psnr"  # psnr | gan
+    scale: int = 4  # 2, 4 or 8
+    hr_size: int = 96  # side of the HR crop (Lornatang: 96); LR = hr_size / scale
+    residual_blocks: int = 16
+    width: int = 64  # generator channels
+    discriminator_width: int = 64  # channels of the first conv; doubled at every other conv
+    discriminator_dense: int = 1024
+    pixel_weight: float = 1.0
+    perceptual_weight: float = 0.006
+    adversarial_weight: float = 0.001
+    perceptual_weights: str = "imagenet"  # imagenet | none | PATH
+    perceptual_scale: float = 1 / 12.75  # VGG features are multiplied by this (Ledig et al.)
+    generator_init: Optional[str] = None  # gan stage: model_dir of the psnr run to start from
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+
+    @property
+    def lr_size(self) -> int:
+        return self.hr_size // self.scale
+
+    @property
+    def uses_perceptual(self) -> bool:
+        return self.stage == "gan" and self.perceptual_weight > 0 and self.perceptual_weights != "none"
+
+    def check(self, image_size: int) -> None:
+        if self.stage not in STAGES:
+            raise FgsslError(f"unknown --srgan_stage={self.stage!r}; choose psnr (pixel loss, first) or gan (second)")
+        if self.scale not in SCALES:
+            raise FgsslError(f"--srgan_scale={self.scale}: choose 2, 4 or 8")
+        if self.hr_size % self.scale or self.lr_size < 4:
+            raise FgsslError(f"--srgan_hr_size={self.hr_size} must be a multiple of --srgan_scale={self.scale} with at least 4 px left after dividing")
+        if self.hr_size < 16:
+            raise FgsslError(f"--srgan_hr_size={self.hr_size}: the discriminator (4 halvings), SSIM and VGG need crops of at least 16 px")
+        if self.hr_size > image_size:
+            raise FgsslError(f"--srgan_hr_size={self.hr_size} is larger than --image_size={image_size}; crops come from the resized images")
+        if self.residual_blocks < 1:
+            raise FgsslError("--srgan_residual_blocks must be at least 1")
+
+
+# --- networks ---------------------------------------------------------------------
+
+
+def _prelu(name):
+    # PyTorch nn.PReLU(): one shared slope, initially 0.25.
+    return layers.PReLU(alpha_initializer=keras.initializers.Constant(0.25), shared_axes=[1, 2, 3], name=name)
+
+
+def _bn(name):
+    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)  # PyTorch momentum 0.1, eps 1e-5
+
+
+def _generator_graph(x, layer, width: int, blocks: int, upsample_blocks: int, until: str):
+    """The SRResNet graph on tensor `x`; `layer(name, make)` returns the layer called `name`
+    (made by `make(name)` when building, taken from a trained generator when rebuilding).
+    until: 'trunk' (after the global skip), 'upsampled' (before the output conv) or 'output'."""
+
+    def conv(filters, kernel, bias=False):
+        return lambda name: layers.Conv2D(filters, kernel, padding="same", use_bias=bias, name=name)
+
+    stem = layer("stem_prelu", _prelu)(layer("stem_conv", conv(width, 9, bias=True))(x))
+    y = stem
+    for i in range(1, blocks + 1):
+        r = layer(f"block{i}_prelu", _prelu)(layer(f"block{i}_bn1", _bn)(layer(f"block{i}_conv1", conv(width, 3))(y)))
+        r = layer(f"block{i}_bn2", _bn)(layer(f"block{i}_conv2", conv(width, 3))(r))
+        y = layer(f"block{i}_add", lambda name: layers.Add(name=name))([y, r])
+    y = layer("trunk_bn", _bn)(layer("trunk_conv", conv(width, 3))(y))
+    y = layer("trunk_skip", lambda name: layers.Add(name=name))([stem, y])
+    if until == "trunk":
+        return y
+    for j in range(1, upsample_blocks + 1):
+        y = layer(f"upsample{j}_conv", conv(4 * width, 3))(y)
+        y = layer(f"upsample{j}_prelu", _prelu)(layer(f"upsample{j}_shuffle", lambda name: PixelShuffle(2, name=name))(y))
+    if until == "upsampled":
+        return y
+    return layer("output_conv", conv(3, 9, bias=True))(y)
+
+
+def build_generator(config: SRGANConfig) -> keras.Model:
+    """SRResNet: [B, h, w, 3] in [0, 1] -> [B, h s, w s, 3] (unclipped, as the paper)."""
+    inputs = keras.Input((None, None, 3), name="images")
+    outputs = _generator_graph(inputs, lambda name, make: make(name), config.width, config.residual_blocks, int(math.log2(config.scale)), "output")
+    return keras.Model(inputs, outputs, name="srgan_generator")
+
+
+def _generator_shape(generator: keras.Model) -> tuple[int, int, int]:
+    """(width, residual blocks, upsample blocks) of a built generator, read from its layer names."""
+    names = [layer.name for layer in generator.layers]
+    blocks = sum(1 for n in names if n.startswith("block") and n.endswith("_conv1"))
+    upsample = sum(1 for n in names if n.startswith("upsample") and n.endswith("_conv"))
+    return generator.get_layer("stem_conv").filters, blocks, upsample
+
+
+def generator_features(generator: keras.Model, residual_blocks: Optional[int] = None, until: str = "trunk", pooled: bool = True,
+                       input_size: Optional[int] = None) -> keras.Model:
+    """The trained generator's layers re-wired as an encoder: its first `residual_blocks`
+    blocks (the paper's "Remove N ResBlocks": 16 -> 14, 12, 10, 8), then the trunk conv
+    and the global skip; `until='upsampled'` also runs the upsampling (the input of the
+    paper's generator head, which flattens, so it needs a fixed `input_size`).
+    Layers are shared, not copied: the weights are the trained ones."""
+    width, blocks, upsample = _generator_shape(generator)
+    keep = blocks if residual_blocks is None else residual_blocks
+    if not 1 <= keep <= blocks:
+        raise FgsslError(f"--keep_residual_blocks={residual_blocks}: this generator has {blocks} residual blocks; keep 1 to {blocks}")
+    inputs = keras.Input((input_size, input_size, 3), name="images")
+    features = _generator_graph(inputs, lambda name, make: generator.get_layer(name), width, keep, upsample, until)
+    if pooled:
+        features = layers.GlobalAveragePooling2D(name="avg_pool")(features)
+    return keras.Model(inputs, features, name=f"srgan_generator_{until}_{keep}blocks")
+
+
+def build_discriminator(config: SRGANConfig) -> keras.Model:
+    """VGG-style critic of HR crops: [B, hr, hr, 3] in [0, 1] -> one logit (the sigmoid is in the loss).
+
+    Strided convs pad explicitly, so sizes halve as PyTorch's (88 -> 44 -> 22 -> 11 -> 6);
+    the dense head fixes the input size, and other sizes are refused by name.
+    """
+    inputs = keras.Input((None, None, 3), name="images")
+    x = FixedInputSize(config.hr_size, "the SRGAN discriminator", hint=f" (--srgan_hr_size={config.hr_size}); crop or resize images to that size", name="input_size")(inputs)
+    for i, (multiple, stride) in enumerate(DISCRIMINATOR_CONVS, start=1):
+        if stride > 1:
+            x = layers.ZeroPadding2D(1, name=f"conv{i}_pad")(x)
+        # A bias only where no BN follows (the first conv).
+        x = layers.Conv2D(config.discriminator_width * multiple, 3, stride, padding="same" if stride == 1 else "valid", use_bias=i == 1, name=f"conv{i}_conv")(x)
+        if i > 1:
+            x = _bn(f"conv{i}_bn")(x)
+        x = layers.LeakyReLU(0.2, name=f"conv{i}_lrelu")(x)
+    x = layers.Flatten(name="head_flatten")(x)
+    x = layers.LeakyReLU(0.2, name="head_lrelu")(layers.Dense(config.discriminator_dense, name="head_dense")(x))
+    return keras.Model(inputs, layers.Dense(1, name="head_logit")(x), name="srgan_discriminator")
+
+
+def discriminator_features(discriminator: keras.Model, remove_conv_blocks: int = 0, pooled: bool = True) -> keras.Model:
+    """The discriminator's conv stack without its last `remove_conv_blocks` (conv, BN, LeakyReLU)
+    units (the paper's "Remove N ConvBlocks"), average-pooled or as a feature map."""
+    convs = sum(1 for layer in discriminator.layers if layer.name.endswith("_conv") and layer.name.startswith("conv"))
+    if not 0 <= remove_conv_blocks < convs:
+        raise FgsslError(f"--remove_conv_blocks={remove_conv_blocks}: this discriminator has {convs} conv blocks; remove 0 to {convs - 1}")
+    features = discriminator.get_layer(f"conv{convs - remove_conv_blocks}_lrelu").output
+    if pooled:
+        features = layers.GlobalAveragePooling2D(name="avg_pool")(features)
+    name = f"srgan_discriminator_minus{remove_conv_blocks}"
+    return keras.Model(discriminator.inputs, features, name=name)
+
+
+def _load_perceptual(weights: str) -> keras.Model:
+    """VGG19 up to block5_conv4, frozen, on [0, 1] RGB input."""
+    if weights != "imagenet" and not os.path.isfile(weights):
+        raise FgsslError(f"--perceptual_weights={weights!r}: no such file; use {PERCEPTUAL_HELP}")
+    try:
+        vgg = keras.applications.VGG19(include_top=False, weights=weights, input_shape=(None, None, 3))
+    except Exception as err:  # no internet, a truncated or mismatched file
+        raise FgsslError(f"could not load the VGG19 weights {weights!r} ({type(err).__name__}: {err}); use {PERCEPTUAL_HELP}") from err
+    inputs = keras.Input((None, None, 3), name="images")
+    trunk = keras.Model(vgg.input, vgg.get_layer(PERCEPTUAL_LAYER).output, name="vgg19_block5_conv4")
+    model = keras.Model(inputs, trunk(CaffePreprocess(name="caffe_preprocess")(inputs)), name="perceptual")
+    model.trainable = False
+    return model
+
+
+class _Untracked:
+    """Holds a model out of checkpoints (Keras and TF track attributes that are layers)."""
+
+    def __init__(self, model):
+        self.model = model
+
+
+# --- pretext model ----------------------------------------------------------------
+
+
+class SRGANModel(keras.Model):
+    """LR crops -> super-resolved crops; `train_step` runs the configured stage."""
+
+    def __init__(self, generator, discriminator, config: SRGANConfig, perceptual=None, seed: int = 0, weight_decay: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.generator, self.discriminator = generator, discriminator
+        self.srgan_config, self.seed, self.weight_decay = config, seed, weight_decay
+        self._perceptual = _Untracked(perceptual)  # rebuilt from its weights file, not saved with the run
+        self.built = True
+        names = ["loss", "pixel_loss"]
+        if config.stage == "gan":
+            names += ["perceptual_loss", "adversarial_loss", "d_loss", "d_real_accuracy", "d_fake_accuracy"]
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names + ["psnr", "ssim", "bicubic_psnr"]}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    @property
+    def perceptual(self):
+        return self._perceptual.model
+
+    def call(self, low_resolution, training=False):
+        return self.generator(low_resolution, training=training)
+
+    def crop_pairs(self, images, seed=None):
+        """uint8 or float images -> (HR crops, bicubic LR inputs) in [0, 1]; random crops
+        drawn for the global batch when `seed` is given, centre crops otherwise."""
+        config = self.srgan_config
+        x = tf.image.convert_image_dtype(images, tf.float32)
+        size, local = config.hr_size, tf.shape(x)[0]
+        room_h, room_w = tf.shape(x)[1] - size, tf.shape(x)[2] - size
+        if seed is None:
+            corners = tf.tile(tf.stack([room_h // 2, room_w // 2])[None], [local, 1])
+        else:
+            position = global_batch_position(local)
+            unit = tf.random.stateless_uniform([position["global_batch"], 2], seed)[position["offset"] : position["offset"] + local]
+            corners = tf.cast(tf.floor(unit * tf.cast(tf.stack([room_h + 1, room_w + 1]), tf.float32)), tf.int32)
+        span = tf.range(size)
+        x = tf.gather(x, corners[:, :1] + span, axis=1, batch_dims=1)
+        hr = tf.ensure_shape(tf.gather(x, corners[:, 1:] + span, axis=2, batch_dims=1), [None, size, size, 3])
+        lr = tf.image.resize(hr, [config.lr_size, config.lr_size], method="bicubic", antialias=True)
+        return hr, tf.clip_by_value(lr, 0.0, 1.0)
+
+    def bicubic_upscale(self, lr):
+        size = self.srgan_config.hr_size
+        return tf.clip_by_value(tf.image.resize(lr, [size, size], method="bicubic"), 0.0, 1.0)
+
+    @staticmethod
+    def _global_mean(values):
+        """Local sum over the global element count: the replicas' shares add up to the global mean."""
+        _, replicas, _ = replica_info()
+        return tf.reduce_sum(values) / tf.cast(tf.size(values) * replicas, tf.float32)
+
+    def _bce(self, logits, target: float):
+        labels = tf.fill(tf.shape(logits), target)
+        return self._global_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+
+    def _apply(self, optimizer, tape, loss, variables):
+        gradients = add_coupled_weight_decay(tape.gradient(loss, variables), variables, self.weight_decay)
+        optimizer.apply(gradients, variables)
+
+    def train_step(self, data):
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        hr, lr = self.crop_pairs(images, step_seed(self.seed, self.optimizer.iterations))
+        config = self.srgan_config
+        _, replicas, _ = replica_info()
+        generator_variables = self.generator.trainable_variables
+        with tf.GradientTape() as generator_tape:
+            sr = self.generator(lr, training=True)
+            pixel = self._global_mean(tf.square(sr - hr))
+            loss = config.pixel_weight * pixel
+            if config.stage == "gan":
+                with generator_tape.stop_recording():  # the critic first, on a detached SR batch
+                    with tf.GradientTape() as discriminator_tape:
+                        real_logits = self.discriminator(hr, training=True)
+                        fake_logits = self.discriminator(tf.stop_gradient(sr), training=True)
+                        d_loss = self._bce(real_logits, 1.0) + self._bce(fake_logits, 0.0)
+                    self._apply(self.discriminator_optimizer, discriminator_tape, d_loss, self.discriminator.trainable_variables)
+                adversarial = self._bce(self.discriminator(sr, training=True), 1.0)  # against the updated critic
+                perceptual = tf.constant(0.0)
+                if self.perceptual is not None:
+                    scale = config.perceptual_scale
+                    target = tf.stop_gradient(self.perceptual(hr, training=False)) * scale
+                    perceptual = self._global_mean(tf.square(self.perceptual(sr, training=False) * scale - target))
+                loss += config.perceptual_weight * perceptual + config.adversarial_weight * adversarial
+        self._apply(self.optimizer, generator_tape, loss, generator_variables)
+        self.trackers["loss"].update_state(loss * replicas)
+        self.trackers["pixel_loss"].update_state(pixel * replicas)
+        if config.stage == "gan":
+            self.trackers["perceptual_loss"].update_state(perceptual * replicas)
+            self.trackers["adversarial_loss"].update_state(adversarial * replicas)
+            self.trackers["d_loss"].update_state(d_loss * replicas)
+            self.trackers["d_real_accuracy"].update_state(tf.cast(real_logits > 0, tf.float32))
+            self.trackers["d_fake_accuracy"].update_state(tf.cast(fake_logits < 0, tf.float32))
+        return {name: self.trackers[name].result() for name in self.trackers if name not in ("psnr", "ssim", "bicubic_psnr")}
+
+    def test_step(self, data):
+        """Centre crops: pixel loss, PSNR and SSIM of the restored crops, PSNR of bicubic upsampling."""
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        hr, lr = self.crop_pairs(images)
+        sr = self.generator(lr, training=False)
+        _, replicas, _ = replica_info()
+        self.trackers["loss"].update_state(self._global_mean(tf.square(sr - hr)) * replicas)
+        restored = tf.clip_by_value(sr, 0.0, 1.0)
+        self.trackers["psnr"].update_state(tf.image.psnr(restored, hr, 1.0))
+        self.trackers["ssim"].update_state(tf.image.ssim(restored, hr, 1.0))
+        self.trackers["bicubic_psnr"].update_state(tf.image.psnr(self.bicubic_upscale(lr), hr, 1.0))
+        return {name: self.trackers[name].result() for name in ("loss", "psnr", "ssim", "bicubic_psnr")}
+
+    def epoch_images(self, images) -> dict:
+        """For TensorBoard after each epoch: (bicubic input | SR output | HR target) per image."""
+        hr, lr = self.crop_pairs(tf.constant(images[:4]))
+        sr = tf.clip_by_value(self.generator(lr, training=False), 0.0, 1.0)
+        triplets = tf.concat([self.bicubic_upscale(lr), sr, hr], axis=2)
+        return {f"bicubic_sr_hr{i}": img for i, img in enumerate(tf.cast(tf.round(triplets * 255.0), tf.uint8).numpy())}
+
+    def exportable_encoders(self) -> dict:
+        """The generator trunk, and after the gan stage the discriminator's convs (a psnr-stage critic is untrained)."""
+        encoders = {"generator": generator_features(self.generator)}
+        if self.srgan_config.stage == "gan":
+            encoders["discriminator"] = discriminator_features(self.discriminator)
+        return encoders
+
+    def export_extras(self, suffix: str) -> dict:
+        """Full networks saved beside each encoder, for the paper's downstream variants."""
+        return {"generator": {GENERATOR_FILE: self.generator}, "discriminator": {DISCRIMINATOR_FILE: self.discriminator}}[suffix]
+
+    @property
+    def export_image_size(self) -> int:
+        return self.srgan_config.hr_size
+
+    def training_callbacks(self, monitor: str) -> list:
+        return [_StepDecay(self)] if self.srgan_config.stage == "gan" else []
+
+
+class _StepDecay(keras.callbacks.Callback):
+    """Lornatang's GAN stage: StepLR(step_size=epochs // 2, gamma=0.1) on both optimizers, set from the epoch (so resume-safe)."""
+
+    def __init__(self, model: SRGANModel):
+        super().__init__()
+        self.srgan = model
+
+    def on_epoch_begin(self, epoch, logs=None):
+        step = max(1, self.params["epochs"] // 2)
+        rate = self.srgan.base_learning_rate * 0.1 ** (epoch // step)
+        self.srgan.optimizer.learning_rate.assign(rate)
+        self.srgan.discriminator_optimizer.learning_rate.assign(rate)
+
+
+def load_generator_from_run(generator: keras.Model, model_dir: str) -> str:
+    """Copy the generator weights of another run's latest checkpoint (the psnr stage) into `generator`."""
+    path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if path is None:
+        raise FgsslError(f"--srgan_generator_init={model_dir}: no checkpoint under {model_dir}/checkpoints; run the psnr stage first (flags/srgan_psnr.cfg)")
+    reader = tf.train.load_checkpoint(path)
+    prefix = "model/generator/"
+    saved = {key for key in reader.get_variable_to_shape_map() if key.startswith(prefix)}
+    if not saved:
+        raise FgsslError(f"{path} holds no SRGAN generator; --srgan_generator_init takes the --model_dir of a --pretext=srgan run")
+    status = tf.train.Checkpoint(model=tf.train.Checkpoint(generator=generator)).read(path)
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as err:
+        raise FgsslError(f"the generator in {path} does not match this one (residual blocks, width and scale must be the same): {err}") from err
+    return path
+
+
+def build(config: SRGANConfig, learning_rate: float, seed: int = 0, weight_decay: float = 0.0) -> SRGANModel:
+    generator = build_generator(config)
+    discriminator = build_discriminator(config)
+    perceptual = _load_perceptual(config.perceptual_weights) if config.uses_perceptual else None
+    model = SRGANModel(generator, discriminator, config, perceptual=perceptual, seed=seed, weight_decay=weight_decay, name="srgan")
+    model.base_learning_rate = learning_rate
+    model.discriminator_optimizer = keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2, name="discriminator_adam")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2, name="generator_adam"), jit_compile=False)
+    model.optimizer.build(generator.trainable_variables)
+    model.discriminator_optimizer.build(discriminator.trainable_variables)
+    return model
+
+
+def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, config: SRGANConfig) -> SRGANModel:
+    """Generator and discriminator with an Adam each; the gan stage starts from `generator_init`."""
+    config.check(data.image_size)
+    model = build(config, train.learning_rate, train.seed, train.weight_decay)
+    if config.stage == "gan" and config.generator_init:
+        load_generator_from_run(model.generator, config.generator_init)
+    return model
+
+
+# --- downstream (the paper's variants, spec §2.5-2.6) --------------------------------
+
+
+def paper_generator_head(num_classes: int, dropout: float, hidden: int = 1024) -> keras.Sequential:
+    """The paper's generator classifier on the upsampled feature map: 3x3 conv to 3
+    channels with stride 2, BN, LeakyReLU, flatten, dense 1024, LeakyReLU, dropout, dense."""
+    return keras.Sequential(
+        [
+            layers.ZeroPadding2D(1, name="head_pad"),
+            layers.Conv2D(3, 3, 2, padding="valid", name="head_conv"),
+            layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="head_bn"),
+            layers.LeakyReLU(0.2, name="head_lrelu1"),
+            layers.Flatten(name="head_flatten"),
+            layers.Dense(hidden, name="head_dense1"),
+            layers.LeakyReLU(0.2, name="head_lrelu2"),
+            layers.Dropout(dropout, name="head_dropout"),
+            layers.Dense(num_classes, name="classifier"),
+        ],
+        name="paper_generator_head",
+    )
+
+
+def paper_discriminator_head(discriminator: keras.Model, remove_conv_blocks: int, num_classes: int, dropout: float) -> keras.Sequential:
+    """The paper's discriminator classifier: the pretrained dense 1024 (frozen, as the paper)
+    when no conv block is removed, else a new dense 1024 that trains (bug S5 fixed);
+    then LeakyReLU, dropout (bug S6 fixed: it is in the trained model) and a new output layer."""
+    if remove_conv_blocks == 0:
+        dense = discriminator.get_layer("head_dense")
+        dense.trainable = False
+    else:
+        dense = layers.Dense(discriminator.get_layer("head_dense").units, name="head_dense_new")
+    return keras.Sequential(
+        [
+            layers.Flatten(name="head_flatten"),
+            dense,
+            layers.LeakyReLU(0.2, name="head_lrelu"),
+            layers.Dropout(dropout, name="head_dropout"),
+            layers.Dense(num_classes, name="classifier"),
+        ],
+        name="paper_discriminator_head",
+    )
+
+
+def downstream_network(version_dir: str, network: str, num_classes: int, head: str = "linear", keep_residual_blocks: Optional[int] = None,
+                       remove_conv_blocks: int = 0, dropout: float = 0.0) -> tuple[keras.Model, Optional[keras.Layer]]:
+    """(encoder, head) for one of the paper's downstream variants of an exported SRGAN encoder.
+
+    head 'linear': the encoder gives pooled features (linear probe, kNN, or a linear
+    head); 'paper': the encoder gives the feature map the paper's head takes, and
+    the head is returned. The full networks come from the files saved beside the export.
+    """
+    filename = GENERATOR_FILE if network == "generator" else DISCRIMINATOR_FILE
+    path = os.path.join(version_dir, filename)
+    if not os.path.isfile(path):
+        raise FgsslError(f"{path!r} is missing: the SRGAN variants need the full {network} that training saves beside the encoder; re-export it")
+    full = keras.saving.load_model(path, compile=False)
+    paper = head == "paper"
+    if network == "generator":
+        if remove_conv_blocks:
+            raise FgsslError("--remove_conv_blocks applies to SRGAN discriminator encoders; for the generator use --keep_residual_blocks")
+        size = read_metadata(version_dir).get("image_size")
+        encoder = generator_features(full, keep_residual_blocks, until="upsampled" if paper else "trunk", pooled=not paper, input_size=size if paper else None)
+        return encoder, paper_generator_head(num_classes, dropout) if paper else None
+    if keep_residual_blocks is not None:
+        raise FgsslError("--keep_residual_blocks applies to SRGAN generator encoders; for the discriminator use --remove_conv_blocks")
+    encoder = discriminator_features(full, remove_conv_blocks, pooled=not paper)
+    return encoder, paper_discriminator_head(full, remove_conv_blocks, num_classes, dropout) if paper else None
+
+
+Config = SRGANConfig
