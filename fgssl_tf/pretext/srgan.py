@@ -42,7 +42,6 @@ import os
 from typing import Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import layers
 
