@@ -116,9 +116,9 @@ class _SummaryImages(keras.callbacks.Callback):
 class _EpochImages(keras.callbacks.Callback):
     """The pretext's pictures of its outputs (SRGAN: bicubic | SR | HR) at the start and after every epoch."""
 
-    def __init__(self, images: np.ndarray, log_dir: str):
+    def __init__(self, images: np.ndarray, log_dir: str, initial_epoch: int):
         super().__init__()
-        self.images, self.log_dir = images, log_dir
+        self.images, self.log_dir, self.initial_epoch = images, log_dir, initial_epoch
 
     def _write(self, step):
         with tf.summary.create_file_writer(os.path.join(self.log_dir, "outputs")).as_default():
@@ -126,7 +126,7 @@ class _EpochImages(keras.callbacks.Callback):
                 tf.summary.image(tag, picture[None], step=step)
 
     def on_train_begin(self, logs=None):
-        self._write(self.params.get("initial_epoch", 0) if self.params else 0)
+        self._write(self.initial_epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         self._write(epoch + 1)
@@ -218,7 +218,7 @@ def pretrain(
         if initial_epoch == 0 and chief:
             callbacks.append(_SummaryImages(pool[:8], log_dir, train.seed))
         if hasattr(model, "epoch_images") and chief:
-            callbacks.append(_EpochImages(val_images[:4] if val_images is not None else pool[:4], log_dir))
+            callbacks.append(_EpochImages(val_images[:4] if val_images is not None else pool[:4], log_dir, initial_epoch))
         started = time.time()
         fit = model.fit(
             dataset,

@@ -57,7 +57,7 @@ def test_evaluate_bad_encoder_is_one_clear_line(tmp_path):
     assert "saved_model.pb" in result.stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("pretext", ["simclr", "jigsaw"])
+@pytest.mark.parametrize("pretext", ["simclr", "jigsaw", "srgan"])
 def test_benchmark_prints_its_figures(tmp_path, pretext):
     result = run(
         [os.path.join(REPO, "tools", "benchmark.py"), f"--pretext={pretext}", "--image_size=32", "--width=8",

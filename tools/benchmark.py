@@ -2,6 +2,7 @@
 
     python tools/benchmark.py --pretext=simclr
     python tools/benchmark.py --pretext=jigsaw --batch_size=32
+    python tools/benchmark.py --pretext=srgan --image_size=96 --batch_size=16
 
 Prints images/s of the full step (tf.data pipeline + on-device augmentation or
 puzzles + forward/backward), the same step fed pre-made inputs (no pipeline, no
@@ -9,7 +10,8 @@ augmentation), their ratio, the achieved FLOP/s over a float32 matmul peak
 measured in the same run, and the peak resident memory. Training FLOPs are
 counted as 3x the forward FLOPs TensorFlow's profiler reports for what the step
 runs (SimCLR: encoder and projection head on both views; Jigsaw: nine tiles and
-the classifier). The last lines are `key=value`, one a figure.
+the classifier; SRGAN: the generator on the LR crops, psnr stage, HR crop = the
+image size, --width = the generator's channels). The last lines are `key=value`, one a figure.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("pretext", "simclr", ["simclr", "jigsaw"], "Pretext to measure.")
+flags.DEFINE_enum("pretext", "simclr", ["simclr", "jigsaw", "srgan"], "Pretext to measure.")
 flags.DEFINE_integer("width", 64, "Channels of the first ResNet stage.", lower_bound=4)
 flags.DEFINE_enum("backbone", "resnet18", ["resnet18", "resnet50"], "Encoder.")
 flags.DEFINE_integer("image_size", 64, "Image size.", lower_bound=8)
@@ -94,6 +96,11 @@ def premade_inputs(model, pretext: str, batch: int, size: int):
     if pretext == "simclr":
         model.views = lambda images, *args, **kwargs: (images, images)
         return (lambda x: model.projector(model.encoder(x, training=False))), [2 * batch, size, size, 3]
+    if pretext == "srgan":
+        lr_size = model.srgan_config.lr_size
+        pairs = (tf.random.uniform([batch, size, size, 3]), tf.random.uniform([batch, lr_size, lr_size, 3]))
+        model.crop_pairs = lambda images, *args, **kwargs: pairs
+        return (lambda x: model.generator(x, training=False)), [batch, lr_size, lr_size, 3]
     crop = model.puzzle.crop
     tiles = tf.random.uniform([batch, 9, crop, crop, 3])
     labels = tf.zeros([batch], tf.int32)
@@ -115,6 +122,10 @@ def main(argv):
     train = TrainConfig(pretext=FLAGS.pretext, model_dir=tempfile.mkdtemp(), batch_size=batch, jit_compile=FLAGS.jit_compile, verbose=0)
     data = DataConfig(dataset=FLAGS.dataset, image_size=size)
     config = get_pretext(FLAGS.pretext).Config()
+    if FLAGS.pretext == "srgan":
+        import dataclasses
+
+        config = dataclasses.replace(config, hr_size=size, width=FLAGS.width)
     backbone = resolve_backbone(FLAGS.pretext, BackboneConfig(name=FLAGS.backbone, width=FLAGS.width), data, config)
     splits = load_splits(data)
     steps = FLAGS.warmup + FLAGS.steps
