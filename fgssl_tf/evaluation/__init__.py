@@ -182,6 +182,7 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
             features = {name: _keras_features(encoder, splits.split(name)[0], image_size, config.batch_size) for name in ("train", "val", "test")}
 
     per_seed = []
+    classifier = None  # the first seed's, as a Keras model on [0, 1] images (for Grad-CAM)
     for seed in config.seeds:
         subset = label_fraction_subset(train_labels, config.label_fraction, seed)
         if config.protocol == "finetune":
@@ -219,6 +220,10 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
                 seed,
                 config.selection_metric,
             )
+        if classifier is None and config.protocol == "finetune":
+            classifier = result.classifier
+        elif classifier is None and config.protocol == "linear":
+            classifier = protocols.linear_probe_as_keras(_linear_encoder(config, serving, num_classes, image_size), result.classifier)
         scores = classification_metrics(test_labels, result.test_predictions, num_classes)
         per_seed.append({"seed": seed, "train_images": int(len(subset)), f"val_{config.selection_metric}": result.val_score, "selected": result.selected, **scores})
         log.info("seed %d: test accuracy %.4f, balanced %.4f, macro-F1 %.4f (selected %s)", seed, scores["accuracy"], scores["balanced_accuracy"], scores["macro_f1"], result.selected)
@@ -239,7 +244,16 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
         "encoder_metadata": serving.metadata if serving else {"backbone": dataclasses.asdict(config.backbone), "pool_grid": config.pool_grid},
         "config": dataclasses.asdict(config),
     }
-    return write_report(report, per_seed, config.output_dir or default_output_dir(config, image_size))
+    return write_report(report, per_seed, config.output_dir or default_output_dir(config, image_size), classifier)
+
+
+def _linear_encoder(config: EvalConfig, serving, num_classes: int, image_size: int) -> keras.Model:
+    """The Keras encoder whose features the linear probe saw."""
+    if _is_srgan_variant(config):
+        return _srgan_variant(config, serving, num_classes, "linear")[0]
+    if config.encoder:
+        return export_lib.load_keras_encoder(config.encoder)
+    return _random_encoder(config, image_size, config.seeds[0])
 
 
 def classifier_report(predict, splits: Splits, dataset: str, image_size: int, subject: str, metadata: dict, seed: int, output_dir: str) -> dict:
@@ -270,8 +284,13 @@ def classifier_report(predict, splits: Splits, dataset: str, image_size: int, su
     return write_report(report, per_seed, output_dir)
 
 
-def write_report(report: dict, per_seed: list, output_dir: str) -> dict:
-    """Add the mean and std over seeds of every metric to `report`; write report.json and report.md."""
+CLASSIFIER_FILE = "classifier.keras"
+
+
+def write_report(report: dict, per_seed: list, output_dir: str, classifier: keras.Model | None = None) -> dict:
+    """Add the mean and std over seeds of every metric to `report`; write report.json,
+    report.md, confusion_matrix.png, recall.png and, when given, the first seed's
+    classifier (`classifier.keras`: [0, 1] images at the report's size in, logits out)."""
     for name in METRIC_NAMES:
         values = [s[name] for s in per_seed]
         report[name] = float(np.mean(values))
@@ -284,6 +303,13 @@ def write_report(report: dict, per_seed: list, output_dir: str) -> dict:
         json.dump(report, f, indent=2, default=str)
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write(markdown_report(report))
+    from fgssl_tf import plots
+
+    title = f"{report['protocol']}, seeds {report['seeds']}"
+    plots.confusion_matrix_png(report["confusion_matrix"], report["class_names"], os.path.join(output_dir, "confusion_matrix.png"), f"{title}: confusion matrix")
+    plots.recall_bars_png(report["per_class_recall"], report["class_names"], os.path.join(output_dir, "recall.png"), f"{title}: recall per class")
+    if classifier is not None:
+        classifier.save(os.path.join(output_dir, CLASSIFIER_FILE))
     report["output_dir"] = output_dir
     return report
 

@@ -32,6 +32,7 @@ class ProtocolResult:
     test_predictions: np.ndarray
     val_score: float
     selected: dict
+    classifier: object = None  # finetune: a keras.Model on [0, 1] images; linear: the sklearn pipeline
 
 
 def _score(metric: str, y_true, y_pred, num_classes: int) -> float:
@@ -48,7 +49,7 @@ def linear_probe(train, val, test, num_classes: int, seed: int, metric: str) -> 
         if best is None or score > best[0]:
             best = (score, c, model)
     score, c, model = best
-    return ProtocolResult(model.predict(test[0]), score, {"C": c})
+    return ProtocolResult(model.predict(test[0]), score, {"C": c}, classifier=model)
 
 
 def knn(train, val, test, num_classes: int, seed: int, metric: str) -> ProtocolResult:
@@ -151,7 +152,8 @@ def finetune(
     inputs = keras.Input(shape=train[0].shape[1:], dtype="uint8", name="images")
     x = keras.layers.Lambda(preprocess, name="preprocess")(inputs)
     x = keras.layers.RandomFlip("horizontal", seed=seed, name="flip")(x)
-    logits = (head or keras.layers.Dense(num_classes, name="classifier"))(encoder(x))
+    head = head or keras.layers.Dense(num_classes, name="classifier")
+    logits = head(encoder(x))
     model = keras.Model(inputs, logits)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
@@ -166,4 +168,19 @@ def finetune(
     dataset = tf.data.Dataset.from_tensor_slices((train[0][order], train[1][order]))
     dataset = dataset.shuffle(len(order), seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     model.fit(dataset, epochs=epochs, callbacks=[keep_best], class_weight=inverse_class_weights(train[1], num_classes) if class_weights == "inverse" else None, verbose=0)
-    return ProtocolResult(predict(test[0]), keep_best.best_score, {"epoch": keep_best.best_epoch + 1})
+    classifier = keras.Model(encoder.inputs, head(encoder.outputs[0]), name="classifier")  # [0, 1] images in, logits out
+    return ProtocolResult(predict(test[0]), keep_best.best_score, {"epoch": keep_best.best_epoch + 1}, classifier=classifier)
+
+
+def linear_probe_as_keras(encoder: keras.Model, pipeline) -> keras.Model:
+    """The fitted StandardScaler + LogisticRegression folded into one dense layer on the
+    encoder: logits = W ((f - mean) / scale) + b = (W / scale) f + (b - W mean / scale)."""
+    scaler, logistic = pipeline[0], pipeline[-1]
+    coef = logistic.coef_ / scaler.scale_
+    bias = logistic.intercept_ - coef @ scaler.mean_
+    if coef.shape[0] == 1:  # binary: sklearn keeps one row; logits (0, z) give the same argmax and softmax
+        coef, bias = np.concatenate([np.zeros_like(coef), coef]), np.concatenate([[0.0], bias])
+    dense = keras.layers.Dense(coef.shape[0], name="classifier")
+    outputs = dense(encoder.outputs[0])
+    dense.set_weights([coef.T.astype(np.float32), bias.astype(np.float32)])
+    return keras.Model(encoder.inputs, outputs, name="classifier")
