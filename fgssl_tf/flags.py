@@ -62,6 +62,8 @@ def define_train_flags() -> None:
     flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy; auto = mirrored over several GPUs.")
     flags.DEFINE_boolean("validate", True, "Compute the pretext loss on the validation split after each epoch.")
     flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step (not yet for simclr: its augmentation has no XLA kernel).")
+    flags.DEFINE_integer("monitor_every", 1, "Every this many epochs: kNN accuracy, online linear probe and collapse signals on held-out labels (0: off).", lower_bound=0)
+    flags.DEFINE_integer("monitor_images", 1000, "Labelled training images the monitor uses (validation queries: half as many).", lower_bound=10)
     flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 progress bar, 2 a line per epoch.", lower_bound=0, upper_bound=2)
     # SimCLR
     flags.DEFINE_float("temperature", 0.5, "NT-Xent temperature.", lower_bound=1e-3)
@@ -142,6 +144,12 @@ def train_config() -> TrainConfig:
         validate=FLAGS.validate,
         verbose=FLAGS.verbose,
     )
+
+
+def monitor_config():
+    from fgssl_tf.monitor import MonitorConfig
+
+    return MonitorConfig(every=FLAGS.monitor_every, max_bank_images=FLAGS.monitor_images, max_query_images=max(5, FLAGS.monitor_images // 2))
 
 
 def augment_config() -> AugmentConfig:

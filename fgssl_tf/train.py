@@ -29,7 +29,11 @@ def main(argv):
     from fgssl_tf import trainer  # TensorFlow imports only after flags are valid
 
     result = trainer.pretrain(
-        fgssl_flags.train_config(), fgssl_flags.data_config(), fgssl_flags.backbone_config(), fgssl_flags.pretext_config()
+        fgssl_flags.train_config(),
+        fgssl_flags.data_config(),
+        fgssl_flags.backbone_config(),
+        fgssl_flags.pretext_config(),
+        monitor=fgssl_flags.monitor_config(),
     )
     for name, path in result.exports.items():
         print(f"exported {name}: {path}")

@@ -27,6 +27,7 @@ from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.data import Splits, load_splits, pipeline
 from fgssl_tf.distribute import is_chief, make_strategy
 from fgssl_tf.errors import FgsslError
+from fgssl_tf.monitor import Monitor, MonitorConfig
 from fgssl_tf.pretext import get_pretext, resolve_backbone, with_pretext_defaults
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,20 @@ class _EpochImages(keras.callbacks.Callback):
         self._write(epoch + 1)
 
 
+def _monitor(model, splits: Splits, config: MonitorConfig, input_size: int, log_dir: str, seed: int, initial_epoch: int) -> Monitor:
+    """The monitor on the pretext's first exportable encoder, over stratified subsets of train (bank) and val (queries)."""
+    from fgssl_tf.data import label_fraction_subset
+
+    def subset(name, limit):
+        images, labels = splits.split(name)
+        chosen = label_fraction_subset(labels, min(1.0, limit / max(len(labels), 1)), seed)
+        return images[chosen], np.asarray(labels)[chosen]
+
+    encoder = next(iter(model.exportable_encoders().values()))
+    return Monitor(encoder, input_size, subset("train", config.max_bank_images), subset("val", config.max_query_images),
+                   splits.num_classes, config, log_dir, seed, initial_epoch)
+
+
 def default_export_name(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, suffix: str = "") -> str:
     """<export_name>[_suffix], else <pretext>_<backbone>_<dataset>[_suffix]; a pretext with its
     own networks (SRGAN) gives <pretext>_<suffix>_<dataset>, e.g. srgan_generator_elpv."""
@@ -149,8 +164,10 @@ def pretrain(
     backbone: BackboneConfig | None = None,
     pretext_config=None,
     splits: Splits | None = None,
+    monitor: MonitorConfig | None = None,
 ) -> PretrainResult:
-    """Train `train.pretext` on `data`, resume from `train.model_dir` if it holds a checkpoint, export."""
+    """Train `train.pretext` on `data`, resume from `train.model_dir` if it holds a checkpoint, export.
+    `monitor` (every > 0) adds kNN, online linear probe and collapse signals during training."""
     backbone = backbone or BackboneConfig()
     train = with_pretext_defaults(train)
     module = get_pretext(train.pretext)
@@ -211,10 +228,10 @@ def pretrain(
         log_dir = os.path.join(train.model_dir, "logs")
         # The pretext's schedule first, so the checkpoint holds the learning rate it set.
         callbacks = model.training_callbacks("val_loss" if validation is not None else "loss") if hasattr(model, "training_callbacks") else []
-        callbacks += [
-            _EpochCheckpoint(manager, epoch, write=chief),
-            keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"),
-        ]
+        callbacks.append(_EpochCheckpoint(manager, epoch, write=chief))
+        if monitor is not None and monitor.every > 0 and chief:
+            callbacks.append(_monitor(model, splits, monitor, getattr(model, "export_image_size", data.image_size), log_dir, train.seed, initial_epoch))
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
         if initial_epoch == 0 and chief:
             callbacks.append(_SummaryImages(pool[:8], log_dir, train.seed))
         if hasattr(model, "epoch_images") and chief:

@@ -1,0 +1,128 @@
+"""Is pretraining learning anything? Cheap signals every few epochs, for every pretext.
+
+On a bounded, stratified subset of the labelled training split (the memory bank)
+and of the validation split (the queries), with the encoder in inference mode:
+- kNN accuracy: cosine, k = 20, majority vote, as the SSL literature monitors it;
+- an online linear probe: one dense layer kept for the whole run and trained at
+  every monitor step for a few epochs on the encoder's current features (features
+  are computed without gradients, so the encoder never sees the labels), its
+  validation accuracy reported: SimCLR's `lineareval_while_pretraining` at epoch
+  granularity;
+- collapse signals: the standard deviation per dimension of L2-normalised embeddings,
+  times sqrt(dimension) (about 1 for spread embeddings, 0 for a collapsed encoder,
+  Chen & He 2021), and the effective rank of the embedding matrix (exp of the
+  entropy of its normalised singular values, Roy & Vetterli 2007; RankMe).
+The first values are taken before training (the random-init reference). All go to
+TensorBoard (`logs/monitor`) and the console, with the seconds they cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.neighbors import KNeighborsClassifier
+
+from fgssl_tf.export import preprocess
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorConfig:
+    every: int = 0  # epochs between monitor steps; 0 = off (the training flag defaults to 1)
+    max_bank_images: int = 1000  # labelled training images (memory bank, probe training)
+    max_query_images: int = 500  # validation images
+    k: int = 20
+    probe_epochs: int = 10
+    probe_learning_rate: float = 1e-2
+    batch_size: int = 128
+
+
+def embedding_stats(embeddings: np.ndarray) -> dict:
+    """{'embedding_std': mean per-dimension std of L2-normalised rows x sqrt(d), 'effective_rank': exp(H(sigma / |sigma|_1))}."""
+    x = np.asarray(embeddings, np.float64).reshape(len(embeddings), -1)
+    normalised = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    spread = float(normalised.std(axis=0).mean() * np.sqrt(x.shape[1]))
+    singular = np.linalg.svd(x, compute_uv=False)
+    p = singular / max(singular.sum(), 1e-12) + 1e-12
+    return {"embedding_std": spread, "effective_rank": float(np.exp(-(p * np.log(p)).sum()))}
+
+
+def knn_accuracy(bank, bank_labels, queries, query_labels, k: int) -> float:
+    model = KNeighborsClassifier(n_neighbors=min(k, len(bank_labels)), metric="cosine")
+    model.fit(bank, bank_labels)
+    return float(np.mean(model.predict(queries) == query_labels))
+
+
+class LinearProbe:
+    """One dense layer trained on frozen features, kept across monitor steps."""
+
+    def __init__(self, num_classes: int, config: MonitorConfig, seed: int):
+        self.config, self.seed = config, seed
+        self.model = keras.Sequential([keras.layers.Dense(num_classes)])
+        self.model.compile(keras.optimizers.Adam(config.probe_learning_rate), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    def update(self, features, labels, val_features, val_labels) -> float:
+        # Standardised with the current bank's statistics: the encoder's scale drifts during training.
+        mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
+        order = np.random.RandomState(self.seed).permutation(len(labels))
+        self.model.fit((features[order] - mean) / std, labels[order], epochs=self.config.probe_epochs, batch_size=64, verbose=0)
+        predictions = np.argmax(self.model.predict((val_features - mean) / std, verbose=0), axis=1)
+        return float(np.mean(predictions == val_labels))
+
+
+class Monitor(keras.callbacks.Callback):
+    """Runs the signals before training and every `config.every` epochs; adds `monitor_*` to the epoch logs."""
+
+    def __init__(self, encoder: keras.Model, input_size: int, bank, query, num_classes: int, config: MonitorConfig,
+                 log_dir: str, seed: int = 0, initial_epoch: int = 0):
+        super().__init__()
+        self.encoder, self.input_size, self.config = encoder, input_size, config
+        self.bank, self.query = bank, query  # (uint8 images, labels)
+        self.probe = LinearProbe(num_classes, config, seed)
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "monitor"))
+        self.initial_epoch = initial_epoch
+        self.history: list[dict] = []
+
+        @tf.function
+        def embed(batch):
+            return self.encoder(preprocess(batch, self.input_size), training=False)
+
+        self._embed = embed
+
+    def _features(self, images):
+        size = self.config.batch_size
+        return np.concatenate([self._embed(tf.constant(images[i : i + size])).numpy().reshape(min(size, len(images) - i), -1) for i in range(0, len(images), size)])
+
+    def measure(self, epoch: int) -> dict:
+        started = time.perf_counter()
+        bank, queries = self._features(self.bank[0]), self._features(self.query[0])
+        values = {
+            "knn_accuracy": knn_accuracy(bank, self.bank[1], queries, self.query[1], self.config.k),
+            "linear_probe_accuracy": self.probe.update(bank, self.bank[1], queries, self.query[1]),
+            **embedding_stats(queries),
+        }
+        values["seconds"] = time.perf_counter() - started
+        with self.writer.as_default():
+            for name, value in values.items():
+                tf.summary.scalar(name, value, step=epoch)
+        self.writer.flush()
+        log.info("monitor after epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        self.history.append({"epoch": epoch, **values})
+        return values
+
+    def on_train_begin(self, logs=None):
+        if self.initial_epoch == 0:
+            self.measure(0)  # the random-init reference
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.config.every == 0:
+            values = self.measure(epoch + 1)
+            if logs is not None:
+                logs.update({f"monitor_{name}": value for name, value in values.items()})

@@ -1,0 +1,44 @@
+"""Monitoring during pretraining: collapse signals that tell collapse from spread, and a
+monitor that runs before training and after epochs, logged where users look."""
+
+import os
+
+import numpy as np
+
+from conftest import IMAGE_SIZE, TINY_BACKBONE, tiny_train_config
+from fgssl_tf import trainer
+from fgssl_tf.config import DataConfig
+from fgssl_tf.monitor import MonitorConfig, embedding_stats, knn_accuracy
+
+
+def test_collapse_signals_separate_collapse_from_spread():
+    rng = np.random.RandomState(0)
+    spread = embedding_stats(rng.normal(size=(500, 64)))
+    collapsed = embedding_stats(np.tile(rng.normal(size=(1, 64)), (500, 1)) + 1e-6 * rng.normal(size=(500, 64)))
+    one_direction = embedding_stats(rng.normal(size=(500, 1)) * rng.normal(size=(1, 64)))
+    assert 0.9 < spread["embedding_std"] < 1.1 and spread["effective_rank"] > 0.8 * 64
+    assert collapsed["embedding_std"] < 1e-3 and collapsed["effective_rank"] < 1.5
+    assert one_direction["effective_rank"] < 1.5  # dimensional collapse, though the rows vary
+
+
+def test_knn_accuracy_on_separable_and_random_features():
+    rng = np.random.RandomState(0)
+    labels = rng.randint(0, 3, 300)
+    separable = np.eye(3)[labels] + 0.05 * rng.normal(size=(300, 3))
+    assert knn_accuracy(separable[:200], labels[:200], separable[200:], labels[200:], 20) == 1.0
+    noise = rng.normal(size=(300, 3))
+    assert knn_accuracy(noise[:200], labels[:200], noise[200:], labels[200:], 20) < 0.6
+
+
+def test_monitor_runs_before_training_and_after_each_epoch(tmp_path, elpv_small):
+    train = tiny_train_config(tmp_path, epochs=2, steps_per_epoch=4)
+    monitor = MonitorConfig(every=1, max_bank_images=200, max_query_images=100, probe_epochs=3)
+    result = trainer.pretrain(train, DataConfig(image_size=IMAGE_SIZE), TINY_BACKBONE, splits=elpv_small, monitor=monitor)
+    for name in ("monitor_knn_accuracy", "monitor_linear_probe_accuracy", "monitor_embedding_std", "monitor_effective_rank", "monitor_seconds"):
+        values = result.history[name]
+        assert len(values) == 2 and np.all(np.isfinite(values)), (name, values)
+    for name in ("monitor_knn_accuracy", "monitor_linear_probe_accuracy"):
+        assert all(0.0 <= v <= 1.0 for v in result.history[name])
+    assert all(v > 1.0 for v in result.history["monitor_effective_rank"])
+    events = os.listdir(os.path.join(train.model_dir, "logs", "monitor"))
+    assert any(name.startswith("events.out.tfevents") for name in events)
