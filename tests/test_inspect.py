@@ -1,4 +1,4 @@
-"""Grad-CAM finds evidence where it was put; the evaluation tool's classifiers, plots and the
+"""Looking inside: Grad-CAM finds evidence where it was put; the evaluation tool's classifiers, plots,
 Grad-CAM tool work end to end."""
 
 import os
@@ -107,3 +107,27 @@ def test_report_plots_classifier_and_the_grad_cam_tool(trained_encoder, elpv_sma
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "valid names: " in bad.stderr.strip().splitlines()[-1] and "block4_unit2_out" in bad.stderr
+
+
+def test_embeddings_tool_writes_the_map_and_the_projector(trained_encoder, tmp_path):
+    import subprocess
+    import sys
+
+    _, version = trained_encoder
+    out = tmp_path / "emb"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "embeddings.py"), f"--encoder={version}", "--max_images=100",
+         f"--output_dir={out}", "--thumbnail=16"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with Image.open(out / "tsne.png") as picture:
+        assert picture.size == (700, 600)
+    lines = (out / "metadata.tsv").read_text().splitlines()
+    count = len(lines) - 1
+    assert lines[0] == "index\tclass" and 90 <= count <= 100
+    side = int(np.ceil(np.sqrt(count)))
+    with Image.open(out / "sprite.png") as picture:
+        assert picture.size == (side * 16, side * 16)
+    config = (out / "projector_config.pbtxt").read_text()
+    assert "sprite.png" in config and "metadata.tsv" in config
