@@ -1,5 +1,5 @@
-"""Looking inside: Grad-CAM finds evidence where it was put; the evaluation tool's classifiers, plots,
-Grad-CAM tool work end to end."""
+"""Looking inside: Grad-CAM finds evidence where it was put; the evaluation tool's classifiers,
+plots, the Grad-CAM tool and the embeddings tool work end to end."""
 
 import os
 

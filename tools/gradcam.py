@@ -45,9 +45,7 @@ def _resolve_model(path: str):
 
     from fgssl_tf import export as export_lib
     from fgssl_tf.errors import FgsslError
-    from fgssl_tf.evaluation import CLASSIFIER_FILE
-
-    import fgssl_tf.models.layers  # noqa: F401  (registers the custom layers the files hold)
+    from fgssl_tf.evaluation import CLASSIFIER_FILE  # also registers the custom layers the files hold
 
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, CLASSIFIER_FILE)):
         report_path = os.path.join(path, "report.json")
