@@ -61,3 +61,18 @@ def embedding_map_png(points, labels, class_names, path: str, title: str = "") -
     axes.set_yticks([])
     axes.set_title(title)
     return _save(figure, path)
+
+
+def lines_png(series: dict, path: str, title: str, xlabel: str, ylabel: str) -> str:
+    """One line per name: {name: [(x, y), ...]}, x on a log scale (label fractions)."""
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for name, points in series.items():
+        xs, ys = zip(*points)
+        axes.plot(xs, ys, marker="o", label=name)
+    axes.set_xscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, ncol=2)
+    return _save(figure, path)

@@ -1,0 +1,230 @@
+"""The paper's comparison on one honest protocol: every method pretrained for the same
+number of images at the same image size and backbone width, on the same splits, then
+measured by the same evaluation protocols over several seeds.
+
+`run_comparison` pretrains what is missing, evaluates what has no report yet (so an
+interrupted run resumes where it stopped) and writes a Markdown table whose every
+figure is read back from the evaluation reports, beside the paper's own numbers, and a
+label-efficiency plot. Method settings come from the flagfiles (`flags/*.cfg`); the
+entry point (`tools/reproduce.py`) turns them into configs, so this module needs no absl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from fgssl_tf.config import BackboneConfig
+from fgssl_tf.data import Splits
+from fgssl_tf.evaluation import EvalConfig, evaluate
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    flagfile: Optional[str]  # flags/<file>.cfg for a pretext; None for a baseline
+    paper: str  # the paper's reported accuracy on cassava (spec §7), "" when none
+    encoders: tuple = ("",)  # export suffixes to evaluate (SRGAN: generator, discriminator)
+
+
+METHODS = {
+    m.name: m
+    for m in (
+        Method("simclr_original", "simclr_original.cfg", "73"),
+        Method("simclr_gamma", "simclr_gamma.cfg", "73.8"),
+        Method("simclr_coarse_dropout", "simclr_coarse_dropout.cfg", ""),
+        Method("simclr_random_swapping", "simclr_random_swapping.cfg", ""),
+        Method("simclr_cropped_regions", "simclr_cropped_regions.cfg", ""),
+        Method("simclr_random_jigsaw", "simclr_random_jigsaw.cfg", ""),
+        Method("simclr_dcl_jigsaw", "simclr_dcl_jigsaw.cfg", ""),
+        Method("jigsaw", "jigsaw.cfg", "~68"),
+        Method("srgan", "srgan_psnr.cfg", "83 (generator + dropout head)", ("generator", "discriminator")),
+        Method("pmg", "pmg_small.cfg", "88 (supervised)"),
+        Method("random_init", None, ""),
+        Method("supervised", None, ""),
+    )
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    name: str
+    image_size: int
+    width: int  # ResNet-18 first-stage channels, for every method that has a ResNet
+    batch_size: int
+    images_seen: int  # per pretext (SRGAN: half in each stage)
+    seeds: tuple  # evaluation seeds (label subsets, heads)
+    pretrain_seeds: tuple
+    protocols: tuple
+    label_fractions: tuple
+    finetune_epochs: int
+    methods: tuple
+    srgan_blocks: int = 16
+    srgan_width: int = 64
+    max_images_per_split: Optional[int] = None
+    perceptual_weights: str = "none"  # offline budgets have no ImageNet VGG19
+    machine: str = ""
+
+
+ALL = tuple(METHODS)
+BUDGETS = {
+    "tiny": Budget("tiny", 32, 8, 16, 64, (0,), (0,), ("linear",), (1.0,), 1, ("simclr_original", "jigsaw", "random_init"),
+                   srgan_blocks=2, srgan_width=8, max_images_per_split=96),
+    "small": Budget("small", 32, 16, 32, 32 * 240, (0, 1, 2), (0,), ("linear", "knn", "finetune"), (1.0, 0.1), 4, ALL,
+                    srgan_blocks=4, srgan_width=32, machine="a 2-core CPU"),
+    "paper": Budget("paper", 224, 64, 64, 64 * 24 * 500, (0, 1, 2), (0, 1, 2), ("linear", "knn", "finetune"), (1.0, 0.1, 0.01), 30, ALL,
+                    perceptual_weights="imagenet", machine="a GPU with internet (ImageNet weights)"),
+}
+
+
+def overrides(budget: Budget, method: Method, dataset: str, output_dir: str, seed: int, stage: str = "") -> list[str]:
+    """Flags that put a method's flagfile on the budget's common footing."""
+    steps = max(1, budget.images_seen // budget.batch_size // (2 if method.name == "srgan" else 1))
+    run = f"{method.name}{'_' + stage if stage else ''}-seed{seed}"
+    flags = [
+        f"--dataset={dataset}", f"--image_size={budget.image_size}", f"--width={budget.width}", f"--batch_size={budget.batch_size}",
+        "--epochs=1", f"--steps_per_epoch={steps}", f"--seed={seed}", "--monitor_every=0", "--verbose=0", "--novalidate",
+        f"--model_dir={os.path.join(output_dir, 'runs', run)}", f"--export_dir={os.path.join(output_dir, 'savedmodels')}",
+        f"--export_name={run}",
+    ]
+    if budget.max_images_per_split:
+        flags.append(f"--max_images_per_split={budget.max_images_per_split}")
+    if method.name.startswith("jigsaw"):
+        flags.append("--small_stem=auto")
+    if method.name == "srgan":
+        flags += [f"--srgan_hr_size={budget.image_size}", f"--srgan_residual_blocks={budget.srgan_blocks}", f"--srgan_width={budget.srgan_width}",
+                  f"--srgan_discriminator_width={budget.srgan_width}", f"--perceptual_weights={budget.perceptual_weights}"]
+        if stage == "gan":
+            flags += ["--srgan_stage=gan", f"--srgan_generator_init={os.path.join(output_dir, 'runs', f'srgan_psnr-seed{seed}')}"]
+    if method.name == "pmg":
+        flags.append("--backbone=resnet18")
+    return flags
+
+
+def _report_path(output_dir: str, label: str) -> str:
+    return os.path.join(output_dir, "evaluations", label, "report.json")
+
+
+def run_comparison(budget: Budget, dataset: str, output_dir: str, splits: Splits, pretrain: Callable[[Method, int, str], dict],
+                   methods: Optional[tuple] = None) -> dict:
+    """Pretrain (through `pretrain(method, seed, stage) -> {suffix: export dir}`, which
+    resumes or skips finished runs), evaluate every encoder, baseline, protocol and label
+    fraction that has no report yet. Returns {row label: {column: report path}}."""
+    methods = methods or budget.methods
+    timings_path = os.path.join(output_dir, "timings.json")
+    timings = json.load(open(timings_path)) if os.path.isfile(timings_path) else {}
+    rows: dict = {}
+    for name in methods:
+        method = METHODS[name]
+        for seed in budget.pretrain_seeds:
+            started = time.time()
+            if method.flagfile is None:
+                exports = {"": None}
+            elif method.name == "srgan":  # two stages: the gan stage starts from the psnr stage's generator
+                pretrain(method, seed, "psnr")
+                exports = pretrain(method, seed, "gan")
+            else:
+                exports = pretrain(method, seed, "")
+            if method.flagfile is not None and f"{name}-seed{seed}" not in timings:
+                timings[f"{name}-seed{seed}"] = round(time.time() - started, 1)
+            for suffix in method.encoders:
+                row = f"{name}_{suffix}" if suffix else name
+                for protocol in budget.protocols:
+                    if name == "supervised" and protocol != "finetune":
+                        continue
+                    for fraction in budget.label_fractions:
+                        column = f"{protocol}@{int(round(fraction * 100))}%"
+                        label = f"{row}-pretrain{seed}-{protocol}-labels{int(round(fraction * 100))}"
+                        path = _report_path(output_dir, label)
+                        rows.setdefault(row, {}).setdefault(column, []).append(path)
+                        if os.path.isfile(path):
+                            continue
+                        config = EvalConfig(
+                            encoder=exports.get(suffix) if method.flagfile else None,
+                            baseline=name if method.flagfile is None else None,
+                            dataset=dataset, protocol=protocol, label_fraction=fraction, seeds=budget.seeds,
+                            output_dir=os.path.dirname(path), image_size=budget.image_size if method.flagfile is None else None,
+                            backbone=BackboneConfig(width=budget.width), finetune_epochs=budget.finetune_epochs,
+                            batch_size=budget.batch_size,
+                        )
+                        started = time.time()
+                        evaluate(config, splits=splits)
+                        timings[label] = round(time.time() - started, 1)
+                        os.makedirs(output_dir, exist_ok=True)
+                        with open(timings_path, "w") as f:
+                            json.dump(timings, f, indent=2)
+    return rows
+
+
+def _cell(paths: list[str], metric: str) -> tuple[str, Optional[float]]:
+    """'mean ± std' over every evaluation seed of every pretraining seed, read from the reports."""
+    values = []
+    for path in paths:
+        with open(path) as f:
+            values += [s[metric] for s in json.load(f)["per_seed"]]
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}", float(np.mean(values))
+
+
+def results_markdown(budget: Budget, dataset: str, rows: dict, output_dir: str, command: str, machine: str) -> str:
+    columns = sorted({c for cells in rows.values() for c in cells}, key=lambda c: (c.split("@")[0] != "linear", c.split("@")[0], -float(c.split("@")[1][:-1])))
+    timings_path = os.path.join(output_dir, "timings.json")
+    timings = json.load(open(timings_path)) if os.path.isfile(timings_path) else {}
+    any_report = next(p for cells in rows.values() for paths in cells.values() for p in paths)
+    with open(any_report) as f:
+        sample = json.load(f)
+    lines = [
+        f"# Results: the paper's comparison on {dataset}, budget `{budget.name}`",
+        "",
+        f"Produced by `{command}` on {machine}; every figure below is read from the evaluation",
+        f"reports under `{output_dir}/evaluations/` (`report.json`), none typed in.",
+        "",
+        f"- data: `{dataset}`, split fingerprint `{sample['split_fingerprint']}`, sizes {sample['split_sizes']}, "
+        f"{budget.image_size} px; majority class on test {sample['majority_class_rate']:.3f}",
+        f"- every pretext: {budget.images_seen} images seen (batch {budget.batch_size}; SRGAN half per stage), "
+        f"ResNet-18 of width {budget.width} where the method has a ResNet (SRGAN: {budget.srgan_blocks} blocks of {budget.srgan_width}; "
+        f"perceptual weights: {budget.perceptual_weights}), pretraining seeds {list(budget.pretrain_seeds)}",
+        f"- evaluation: protocols {list(budget.protocols)}, label fractions {list(budget.label_fractions)}, seeds {list(budget.seeds)}, "
+        f"selection on validation, one report on test; fine-tuning {budget.finetune_epochs} epochs",
+        "- cells: mean ± std over seeds; the paper's numbers are accuracies on cassava from its text (no notebook shows them)",
+        "",
+    ]
+    for metric in ("accuracy", "balanced_accuracy", "macro_f1"):
+        lines += [f"## Test {metric.replace('_', ' ')}", "", "| method | " + " | ".join(columns) + " | paper (cassava) |", "|---" * (len(columns) + 2) + "|"]
+        for row, cells in rows.items():
+            method = METHODS.get(row) or METHODS[row.rsplit("_", 1)[0]]
+            values = [_cell(cells[c], metric)[0] if c in cells else "" for c in columns]
+            lines.append(f"| {row} | " + " | ".join(values) + f" | {method.paper if metric == 'accuracy' else ''} |")
+        lines.append("")
+    if timings:
+        lines += ["## Time (seconds)", "", "| step | s |", "|---|---|"] + [f"| {k} | {v} |" for k, v in timings.items()] + [""]
+    return "\n".join(lines)
+
+
+def label_efficiency_png(rows: dict, protocol: str, path: str, title: str) -> Optional[str]:
+    """Test accuracy against the share of labels, one line per method (from the reports)."""
+    from fgssl_tf import plots
+
+    series = {}
+    for row, cells in rows.items():
+        points = sorted((float(c.split("@")[1][:-1]), _cell(paths, "accuracy")[1]) for c, paths in cells.items() if c.startswith(protocol + "@"))
+        if points:
+            series[row] = points
+    if not series or max(len(p) for p in series.values()) < 2:
+        return None
+    return plots.lines_png(series, path, title, "labels used (% of the training split)", "test accuracy")
+
+
+def machine_description() -> str:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"{platform.machine()} with {os.cpu_count()} CPU cores{f' and {len(gpus)} GPU' if gpus else ', no GPU'}, TensorFlow {tf.__version__}"

@@ -1,0 +1,92 @@
+"""One command reproduces the paper's comparison on one honest protocol.
+
+    python tools/reproduce.py --dataset=elpv --budget=small --results=docs/RESULTS.md
+    python tools/reproduce.py --budget=tiny --output_dir=/tmp/repro          # a minute: two methods, one seed
+    python tools/reproduce.py --budget=paper --dataset=cassava                 # a GPU machine with internet
+
+Every method runs from its flagfile (flags/*.cfg) with the budget's image size, width,
+batch and number of images seen put on top, on splits loaded once; then every encoder
+and baseline goes through the same protocols, label fractions and seeds. Re-running the
+command resumes: finished runs and reports are kept. Writes RESULTS.md (mean ± std from
+the reports, beside the paper's numbers) and label_efficiency.png.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+from fgssl_tf import flags as fgssl_flags  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = flags.FLAGS
+fgssl_flags.define_data_flags()
+fgssl_flags.define_backbone_flags()
+fgssl_flags.define_train_flags()
+flags.DEFINE_enum("budget", "small", ["tiny", "small", "paper"], "tiny: a minute (tests); small: under 2 hours on a 2-core CPU; paper: the paper's sizes, a GPU.")
+flags.DEFINE_string("output_dir", None, "Runs, exports and reports; default reproduce/<dataset>-<budget>.")
+flags.DEFINE_string("results", None, "Where RESULTS.md goes (default <output_dir>/RESULTS.md); the plot goes beside it.")
+flags.DEFINE_list("methods", [], "A subset of the budget's methods (default: all of them).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from fgssl_tf import reproduce, trainer
+    from fgssl_tf.config import DataConfig
+    from fgssl_tf.data import load_splits
+    from fgssl_tf.errors import FgsslError
+
+    budget = reproduce.BUDGETS[FLAGS.budget]
+    dataset = FLAGS.dataset
+    dataset_name = dataset.split(":", 1)[0]
+    output_dir = FLAGS.output_dir or os.path.join("reproduce", f"{dataset_name}-{budget.name}")
+    results = FLAGS.results or os.path.join(output_dir, "RESULTS.md")
+    methods = tuple(FLAGS.methods) or budget.methods
+    unknown = [m for m in methods if m not in reproduce.METHODS]
+    if unknown:
+        raise FgsslError(f"unknown --methods {', '.join(unknown)}; choose from {', '.join(reproduce.METHODS)}")
+    command = "python tools/reproduce.py " + " ".join(a for a in sys.argv[1:])
+    machine = reproduce.machine_description()
+    splits = load_splits(DataConfig(dataset=dataset, image_size=budget.image_size, max_images_per_split=budget.max_images_per_split,
+                                    tfds_data_dir=FLAGS.tfds_data_dir))
+
+    def pretrain(method, seed, stage):
+        """Parse the method's flagfile with the budget's overrides, then train (or resume, or skip)."""
+        FLAGS.unparse_flags()
+        FLAGS(["reproduce", f"--flagfile={os.path.join(REPO, 'flags', method.flagfile)}",
+               *reproduce.overrides(budget, method, dataset, output_dir, seed, stage)])
+        train = fgssl_flags.train_config()
+        wanted = [s for s in method.encoders if stage != "psnr" or s in ("", "generator")]
+        names = {suffix: f"{train.export_name}_{suffix}" if suffix else train.export_name for suffix in wanted}
+        exports = {suffix: os.path.join(train.export_dir, name, "1") for suffix, name in names.items()}
+        if all(os.path.isfile(os.path.join(path, "saved_model.pb")) for path in exports.values()):
+            return exports  # finished before: exports are written only after the last epoch
+        for name in names.values():  # a half-written export of an interrupted run
+            shutil.rmtree(os.path.join(train.export_dir, name), ignore_errors=True)
+        result = trainer.pretrain(train, fgssl_flags.data_config(), fgssl_flags.backbone_config(), fgssl_flags.pretext_config(), splits=splits)
+        return {suffix: result.exports[name] for suffix, name in names.items()}
+
+    rows = reproduce.run_comparison(budget, dataset, output_dir, splits, pretrain, methods)
+    os.makedirs(os.path.dirname(os.path.abspath(results)), exist_ok=True)
+    markdown = reproduce.results_markdown(budget, dataset, rows, output_dir, command, machine)
+    plot = reproduce.label_efficiency_png(rows, "linear", os.path.join(os.path.dirname(os.path.abspath(results)), "label_efficiency.png"),
+                                          f"{dataset} ({budget.name} budget): linear probe accuracy against labels")
+    if plot:
+        markdown += f"\n![label efficiency]({os.path.basename(plot)})\n"
+    with open(results, "w") as f:
+        f.write(markdown)
+    print(markdown)
+    print(f"results: {results}")
+
+
+if __name__ == "__main__":
+    from fgssl_tf import cli
+
+    app.run(lambda argv: cli.run_main(main, argv))
