@@ -61,6 +61,15 @@ def test_psnr_stage_beats_bicubic_on_validation(psnr_run):
     assert list(result.exports) == ["srgan_generator_elpv"]  # an untrained critic is not exported
     files = os.listdir(result.exports["srgan_generator_elpv"])
     assert {"saved_model.pb", "encoder.keras", srgan.GENERATOR_FILE} <= set(files)
+    # TensorBoard: bicubic | SR | HR triplets at the start and after each epoch.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(os.path.join(train.model_dir, "logs", "outputs"), size_guidance={"tensors": 0})
+    events.Reload()
+    triplets = [tag for tag in events.Tags()["tensors"] if tag.startswith("bicubic_sr_hr")]
+    assert len(triplets) == 4 and [e.step for e in events.Tensors(triplets[0])] == [0, 1, 2]
+    width, height = (int(v) for v in events.Tensors(triplets[0])[0].tensor_proto.string_val[:2])
+    assert (width, height) == (3 * 32, 32)
 
 
 @pytest.fixture(scope="module")
