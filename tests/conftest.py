@@ -63,12 +63,15 @@ def tiny_train_config(tmp_path, **overrides) -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def trained_encoder(tmp_path_factory, elpv_small):
-    """A briefly pretrained SimCLR encoder, exported once for the export and evaluation tests."""
+    """A briefly pretrained SimCLR encoder, exported once for the export and evaluation tests
+    (with the pretraining monitor on, which tests/test_monitor.py checks)."""
     from fgssl_tf import trainer
+    from fgssl_tf.monitor import MonitorConfig
 
     tmp_path = tmp_path_factory.mktemp("pretrained")
     config = tiny_train_config(tmp_path, epochs=2, steps_per_epoch=6)
-    result = trainer.pretrain(config, DataConfig(image_size=IMAGE_SIZE), TINY_BACKBONE, splits=elpv_small)
+    monitor = MonitorConfig(every=1, max_bank_images=200, max_query_images=100, probe_epochs=3)
+    result = trainer.pretrain(config, DataConfig(image_size=IMAGE_SIZE), TINY_BACKBONE, splits=elpv_small, monitor=monitor)
     return result, result.exports["tiny"]
 
 

@@ -61,7 +61,7 @@ def test_evaluate_bad_encoder_is_one_clear_line(tmp_path):
 def test_benchmark_prints_its_figures(tmp_path, pretext):
     result = run(
         [os.path.join(REPO, "tools", "benchmark.py"), f"--pretext={pretext}", "--image_size=32", "--width=8",
-         "--batch_size=8", "--steps=2", "--warmup=1"],
+         "--batch_size=8", "--steps=2", "--warmup=1", "--peak_matrix=256", "--srgan_residual_blocks=2"],
         cwd=str(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-3000:]

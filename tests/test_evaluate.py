@@ -99,7 +99,7 @@ def test_finetune_from_block4_trains_only_block4_and_the_head(elpv_small):
         assert moved == weight.path.startswith("block4"), weight.path
     head, head_before = heads[0]
     assert not np.allclose(head.get_weights()[0], head_before)  # the paper's frozen-head bug is not here
-    with pytest.raises(FgsslError, match="choose all or one of stem, block1"):
+    with pytest.raises(FgsslError, match="choose all, none or one of stem, block1"):
         protocols.freeze_before(encoder, "layer4")
 
 

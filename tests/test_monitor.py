@@ -1,14 +1,12 @@
 """Monitoring during pretraining: collapse signals that tell collapse from spread, and a
 monitor that runs before training and after epochs, logged where users look."""
 
+import json
 import os
 
 import numpy as np
 
-from conftest import IMAGE_SIZE, TINY_BACKBONE, tiny_train_config
-from fgssl_tf import trainer
-from fgssl_tf.config import DataConfig
-from fgssl_tf.monitor import MonitorConfig, embedding_stats, knn_accuracy
+from fgssl_tf.monitor import embedding_stats, knn_accuracy
 
 
 def test_collapse_signals_separate_collapse_from_spread():
@@ -30,15 +28,19 @@ def test_knn_accuracy_on_separable_and_random_features():
     assert knn_accuracy(noise[:200], labels[:200], noise[200:], labels[200:], 20) < 0.6
 
 
-def test_monitor_runs_before_training_and_after_each_epoch(tmp_path, elpv_small):
-    train = tiny_train_config(tmp_path, epochs=2, steps_per_epoch=4)
-    monitor = MonitorConfig(every=1, max_bank_images=200, max_query_images=100, probe_epochs=3)
-    result = trainer.pretrain(train, DataConfig(image_size=IMAGE_SIZE), TINY_BACKBONE, splits=elpv_small, monitor=monitor)
+def test_monitor_runs_before_training_and_after_each_epoch(trained_encoder):
+    result, version = trained_encoder  # pretrained with the monitor on, every epoch
     for name in ("monitor_knn_accuracy", "monitor_linear_probe_accuracy", "monitor_embedding_std", "monitor_effective_rank", "monitor_seconds"):
         values = result.history[name]
         assert len(values) == 2 and np.all(np.isfinite(values)), (name, values)
     for name in ("monitor_knn_accuracy", "monitor_linear_probe_accuracy"):
         assert all(0.0 <= v <= 1.0 for v in result.history[name])
     assert all(v > 1.0 for v in result.history["monitor_effective_rank"])
-    events = os.listdir(os.path.join(train.model_dir, "logs", "monitor"))
-    assert any(name.startswith("events.out.tfevents") for name in events)
+    # TensorBoard holds the random-init reference (step 0) and each epoch.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with open(os.path.join(version, "fgssl_metadata.json")) as f:
+        model_dir = json.load(f)["run_config"]["train"]["model_dir"]
+    events = EventAccumulator(os.path.join(model_dir, "logs", "monitor"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert [e.step for e in events.Tensors("knn_accuracy")] == [0, 1, 2]

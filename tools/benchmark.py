@@ -36,6 +36,8 @@ flags.DEFINE_integer("steps", 12, "Timed steps per measurement (after warm-up)."
 flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocation).", lower_bound=1)
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step (SimCLR refuses it for now).")
 flags.DEFINE_string("dataset", "elpv", "Images for the real-pipeline measurement.")
+flags.DEFINE_integer("peak_matrix", 2048, "Side of the matrices whose product measures the float32 peak.", lower_bound=64)
+flags.DEFINE_integer("srgan_residual_blocks", 16, "SRGAN: generator residual blocks.", lower_bound=1)
 
 
 class _Timer:
@@ -125,7 +127,7 @@ def main(argv):
     if FLAGS.pretext == "srgan":
         import dataclasses
 
-        config = dataclasses.replace(config, hr_size=size, width=FLAGS.width)
+        config = dataclasses.replace(config, hr_size=size, width=FLAGS.width, residual_blocks=FLAGS.srgan_residual_blocks)
     backbone = resolve_backbone(FLAGS.pretext, BackboneConfig(name=FLAGS.backbone, width=FLAGS.width), data, config)
     splits = load_splits(data)
     steps = FLAGS.warmup + FLAGS.steps
@@ -148,7 +150,7 @@ def main(argv):
     premade_ips = measure(premade_model, premade)
 
     flops_per_image = 3 * forward_flops(forward, input_shape) / batch  # fwd + bwd
-    peak = matmul_peak_flops()
+    peak = matmul_peak_flops(FLAGS.peak_matrix)
     achieved = real_ips * flops_per_image
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
