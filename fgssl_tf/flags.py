@@ -79,9 +79,9 @@ def define_train_flags() -> None:
     flags.DEFINE_float("clip_norm", 4.0, "Global gradient-norm clipping (jigsaw).", lower_bound=1e-6)
     flags.DEFINE_integer("plateau_patience", 2, "Epochs without improvement before the learning rate drops 10x (jigsaw).", lower_bound=1)
     # SRGAN
-    flags.DEFINE_enum("srgan_stage", "psnr", ["psnr", "gan"], "SRGAN stage: psnr (generator, pixel MSE; first) or gan (adversarial and perceptual; second).")
+    flags.DEFINE_enum("srgan_stage", "both", ["both", "psnr", "gan"], "SRGAN stage: psnr (generator, pixel MSE), gan (adversarial and perceptual, from a psnr run), or both in one run (half the epochs each).")
     flags.DEFINE_enum("srgan_scale", "4", ["2", "4", "8"], "Super-resolution factor (the paper: 4).")
-    flags.DEFINE_integer("srgan_hr_size", 96, "Side of the high-resolution crops (at most --image_size); the encoders' input size.", lower_bound=16)
+    flags.DEFINE_integer("srgan_hr_size", None, "Side of the high-resolution crops (at most --image_size; default min(96, --image_size)); the encoders' input size.", lower_bound=16)
     flags.DEFINE_integer("srgan_residual_blocks", 16, "Generator residual blocks.", lower_bound=1)
     flags.DEFINE_integer("srgan_width", 64, "Generator channels.", lower_bound=1)
     flags.DEFINE_integer("srgan_discriminator_width", 64, "Discriminator channels of the first conv (doubled every other conv).", lower_bound=1)
@@ -89,7 +89,7 @@ def define_train_flags() -> None:
     flags.DEFINE_float("pixel_weight", 1.0, "SRGAN: weight of the pixel MSE.", lower_bound=0.0)
     flags.DEFINE_float("perceptual_weight", 0.006, "SRGAN gan stage: weight of the VGG19 feature MSE.", lower_bound=0.0)
     flags.DEFINE_float("adversarial_weight", 0.001, "SRGAN gan stage: weight of the adversarial loss.", lower_bound=0.0)
-    flags.DEFINE_string("perceptual_weights", "imagenet", "SRGAN VGG19: imagenet (Keras' weights, downloads once), a path to a weights file, or none (no perceptual term).")
+    flags.DEFINE_string("perceptual_weights", "auto", "SRGAN VGG19: imagenet (Keras' weights, downloads once), a path to a weights file, none (no perceptual term), or auto (imagenet if it can be had, else none, with a warning).")
     flags.DEFINE_float("perceptual_scale", 1 / 12.75, "SRGAN: VGG features are multiplied by this before the MSE (Ledig et al.).", lower_bound=0.0)
     flags.DEFINE_string("srgan_generator_init", None, "SRGAN gan stage: the --model_dir of the psnr run whose generator it starts from.")
     # PMG
@@ -225,7 +225,7 @@ def pretext_config():
         return srgan.SRGANConfig(
             stage=FLAGS.srgan_stage,
             scale=int(FLAGS.srgan_scale),
-            hr_size=FLAGS.srgan_hr_size,
+            hr_size=FLAGS.srgan_hr_size or (min(96, FLAGS.image_size) // int(FLAGS.srgan_scale) * int(FLAGS.srgan_scale)),
             residual_blocks=FLAGS.srgan_residual_blocks,
             width=FLAGS.srgan_width,
             discriminator_width=FLAGS.srgan_discriminator_width,

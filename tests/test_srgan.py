@@ -22,7 +22,7 @@ from fgssl_tf.export import preprocess
 from fgssl_tf.pretext import srgan
 
 DATA = DataConfig(image_size=IMAGE_SIZE)
-TINY = srgan.SRGANConfig(scale=4, hr_size=32, residual_blocks=2, width=16, discriminator_width=8, discriminator_dense=16, perceptual_weights="none")
+TINY = srgan.SRGANConfig(stage="psnr", scale=4, hr_size=32, residual_blocks=2, width=16, discriminator_width=8, discriminator_dense=16, perceptual_weights="none")
 
 
 def test_generator_scales_and_discriminator_input_size():
@@ -108,6 +108,16 @@ def test_gan_step_moves_both_networks_and_not_vgg(tmp_path, psnr_run, vgg_weight
     assert int(model.discriminator_optimizer.iterations.numpy()) == 1 and int(model.optimizer.iterations.numpy()) == 1
 
 
+def test_both_stages_in_one_run_switch_at_half_time_and_export_both(tmp_path, elpv_small):
+    train = tiny_train_config(tmp_path, pretext="srgan", export_name=None, batch_size=16, epochs=3, steps_per_epoch=2)
+    result = trainer.pretrain(train, DATA, TINY_BACKBONE, dataclasses.replace(TINY, stage="both"), splits=elpv_small)
+    model = result.model
+    assert int(model.optimizer.iterations.numpy()) == 6  # the generator every step
+    assert int(model.discriminator_optimizer.iterations.numpy()) == 2  # the critic in the last epoch only (epochs 1-2: psnr)
+    assert "d_loss" not in result.history or len(result.history["d_loss"]) == 1
+    assert set(result.exports) == {"srgan_generator_elpv", "srgan_discriminator_elpv"}
+
+
 def test_perceptual_weights_choices_fail_clearly(tmp_path, monkeypatch):
     with pytest.raises(FgsslError, match="no such file.*imagenet.*none"):
         srgan._load_perceptual(str(tmp_path / "missing.weights.h5"))
@@ -118,8 +128,9 @@ def test_perceptual_weights_choices_fail_clearly(tmp_path, monkeypatch):
     import keras.src.applications.vgg19 as keras_vgg19
 
     monkeypatch.setattr(keras_vgg19.file_utils, "get_file", offline)
-    with pytest.raises(FgsslError, match="could not load the VGG19 weights 'imagenet'.*a path to a weights file, or none"):
+    with pytest.raises(FgsslError, match="could not load the VGG19 weights 'imagenet'.*a path to a weights file, none"):
         srgan._load_perceptual("imagenet")
+    assert srgan._load_perceptual("auto") is None  # the default: a warning, and no perceptual term
     train = tiny_train_config(tmp_path, pretext="srgan")
     with pytest.raises(FgsslError, match="no checkpoint.*run the psnr stage first"):
         trainer.build_pretext_model(train, DATA, TINY_BACKBONE, dataclasses.replace(TINY, stage="gan", generator_init=str(tmp_path / "nothing")))

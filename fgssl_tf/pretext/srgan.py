@@ -13,6 +13,7 @@ restored crops from real ones. Two stages, as Lornatang/SRGAN-PyTorch:
   perceptual term a feature MSE through Keras' VGG19 up to `block5_conv4`.
   It starts from a `psnr` run's generator (`generator_init`); the learning rates
   drop tenfold halfway (StepLR(epochs // 2)).
+- `both` (the default): one run, the first half of the epochs `psnr`, the rest `gan`.
 Validation reports PSNR and SSIM of the restored crops beside the PSNR of plain
 bicubic upsampling of the same crops, the bar the generator has to clear.
 
@@ -37,6 +38,7 @@ Differences from the paper's and Lornatang's code, on purpose:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from typing import Optional
@@ -53,13 +55,16 @@ from fgssl_tf.models.layers import CaffePreprocess, FixedInputSize, PixelShuffle
 from fgssl_tf.objectives import global_batch_position, replica_info
 from fgssl_tf.optim import add_coupled_weight_decay
 
+log = logging.getLogger(__name__)
+
 DEFAULT_LEARNING_RATE = 1e-4  # Adam for both networks, as Lornatang
 DEFAULT_WEIGHT_DECAY = 0.0
 USES_BACKBONE = False  # builds its own networks; --backbone does not apply
-STAGES = ("psnr", "gan")
+STAGES = ("both", "psnr", "gan")
 SCALES = (2, 4, 8)
 PERCEPTUAL_LAYER = "block5_conv4"  # torchvision VGG19 features[:36]: conv5_4 and its ReLU
-PERCEPTUAL_HELP = "--perceptual_weights=imagenet (Keras' ImageNet VGG19, downloaded once), a path to a weights file, or none (no perceptual term)"
+PERCEPTUAL_HELP = ("--perceptual_weights=imagenet (Keras' ImageNet VGG19, downloaded once), a path to a weights file, none (no perceptual term), "
+                   "or auto (imagenet when it can be had, else none with a warning)")
 # Discriminator convs: (channels as a multiple of its width, stride), as SRGAN.
 DISCRIMINATOR_CONVS = ((1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2))
 GENERATOR_FILE = "generator.keras"  # saved beside the exported encoders, for the paper's variants
@@ -68,7 +73,7 @@ DISCRIMINATOR_FILE = "discriminator.keras"
 
 @dataclasses.dataclass(frozen=True)
 class SRGANConfig:
-    stage: str = "psnr"  # psnr | gan
+    stage: str = "both"  # both (psnr, then gan) | psnr | gan
     scale: int = 4  # 2, 4 or 8
     hr_size: int = 96  # side of the HR crop (Lornatang: 96); LR = hr_size / scale
     residual_blocks: int = 16
@@ -78,7 +83,7 @@ class SRGANConfig:
     pixel_weight: float = 1.0
     perceptual_weight: float = 0.006
     adversarial_weight: float = 0.001
-    perceptual_weights: str = "imagenet"  # imagenet | none | PATH
+    perceptual_weights: str = "auto"  # auto | imagenet | none | PATH
     perceptual_scale: float = 1 / 12.75  # VGG features are multiplied by this (Ledig et al.)
     generator_init: Optional[str] = None  # gan stage: model_dir of the psnr run to start from
     beta_1: float = 0.9
@@ -90,11 +95,11 @@ class SRGANConfig:
 
     @property
     def uses_perceptual(self) -> bool:
-        return self.stage == "gan" and self.perceptual_weight > 0 and self.perceptual_weights != "none"
+        return self.stage != "psnr" and self.perceptual_weight > 0 and self.perceptual_weights != "none"
 
     def check(self, image_size: int) -> None:
         if self.stage not in STAGES:
-            raise FgsslError(f"unknown --srgan_stage={self.stage!r}; choose psnr (pixel loss, first) or gan (second)")
+            raise FgsslError(f"unknown --srgan_stage={self.stage!r}; choose both, psnr (pixel loss, first) or gan (second)")
         if self.scale not in SCALES:
             raise FgsslError(f"--srgan_scale={self.scale}: choose 2, 4 or 8")
         if self.hr_size % self.scale or self.lr_size < 4:
@@ -212,8 +217,15 @@ def discriminator_features(discriminator: keras.Model, remove_conv_blocks: int =
     return keras.Model(discriminator.inputs, features, name=name)
 
 
-def _load_perceptual(weights: str) -> keras.Model:
-    """VGG19 up to block5_conv4, frozen, on [0, 1] RGB input."""
+def _load_perceptual(weights: str) -> Optional[keras.Model]:
+    """VGG19 up to block5_conv4, frozen, on [0, 1] RGB input; 'auto' gives None when ImageNet's cannot be had."""
+    if weights == "auto":
+        try:
+            return _load_perceptual("imagenet")
+        except FgsslError as err:
+            log.warning("no VGG19 ImageNet weights (%s): the perceptual term is off. Pass --perceptual_weights=PATH "
+                        "(a local copy) to have it, or --perceptual_weights=imagenet to make its absence an error", err)
+            return None
     if weights != "imagenet" and not os.path.isfile(weights):
         raise FgsslError(f"--perceptual_weights={weights!r}: no such file; use {PERCEPTUAL_HELP}")
     try:
@@ -246,8 +258,10 @@ class SRGANModel(keras.Model):
         self.srgan_config, self.seed, self.weight_decay = config, seed, weight_decay
         self._perceptual = _Untracked(perceptual)  # rebuilt from its weights file, not saved with the run
         self.built = True
+        # The stage the train step is traced for; `both` switches from psnr to gan at an epoch (_Schedule).
+        self.active_stage = "gan" if config.stage == "gan" else "psnr"
         names = ["loss", "pixel_loss"]
-        if config.stage == "gan":
+        if config.stage != "psnr":
             names += ["perceptual_loss", "adversarial_loss", "d_loss", "d_real_accuracy", "d_fake_accuracy"]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names + ["psnr", "ssim", "bicubic_psnr"]}
 
@@ -309,7 +323,7 @@ class SRGANModel(keras.Model):
             sr = self.generator(lr, training=True)
             pixel = self._global_mean(tf.square(sr - hr))
             loss = config.pixel_weight * pixel
-            if config.stage == "gan":
+            if self.active_stage == "gan":
                 with generator_tape.stop_recording():  # the critic first, on a detached SR batch
                     with tf.GradientTape() as discriminator_tape:
                         real_logits = self.discriminator(hr, training=True)
@@ -326,13 +340,14 @@ class SRGANModel(keras.Model):
         self._apply(self.optimizer, generator_tape, loss, generator_variables)
         self.trackers["loss"].update_state(loss * replicas)
         self.trackers["pixel_loss"].update_state(pixel * replicas)
-        if config.stage == "gan":
+        if self.active_stage == "gan":
             self.trackers["perceptual_loss"].update_state(perceptual * replicas)
             self.trackers["adversarial_loss"].update_state(adversarial * replicas)
             self.trackers["d_loss"].update_state(d_loss * replicas)
             self.trackers["d_real_accuracy"].update_state(tf.cast(real_logits > 0, tf.float32))
             self.trackers["d_fake_accuracy"].update_state(tf.cast(fake_logits < 0, tf.float32))
-        return {name: self.trackers[name].result() for name in self.trackers if name not in ("psnr", "ssim", "bicubic_psnr")}
+        shown = ("loss", "pixel_loss") if self.active_stage == "psnr" else [n for n in self.trackers if n not in ("psnr", "ssim", "bicubic_psnr")]
+        return {name: self.trackers[name].result() for name in shown}
 
     def test_step(self, data):
         """Centre crops: pixel loss, PSNR and SSIM of the restored crops, PSNR of bicubic upsampling."""
@@ -355,9 +370,9 @@ class SRGANModel(keras.Model):
         return {f"bicubic_sr_hr{i}": img for i, img in enumerate(tf.cast(tf.round(triplets * 255.0), tf.uint8).numpy())}
 
     def exportable_encoders(self) -> dict:
-        """The generator trunk, and after the gan stage the discriminator's convs (a psnr-stage critic is untrained)."""
+        """The generator trunk, and the discriminator's convs once it has been trained (not after a psnr stage alone)."""
         encoders = {"generator": generator_features(self.generator)}
-        if self.srgan_config.stage == "gan":
+        if int(self.discriminator_optimizer.iterations.numpy()) > 0:
             encoders["discriminator"] = discriminator_features(self.discriminator)
         return encoders
 
@@ -370,21 +385,31 @@ class SRGANModel(keras.Model):
         return self.srgan_config.hr_size
 
     def training_callbacks(self, monitor: str) -> list:
-        return [_StepDecay(self)] if self.srgan_config.stage == "gan" else []
+        return [] if self.srgan_config.stage == "psnr" else [_Schedule(self)]
 
 
-class _StepDecay(keras.callbacks.Callback):
-    """Lornatang's GAN stage: StepLR(step_size=epochs // 2, gamma=0.1) on both optimizers, set from the epoch (so resume-safe)."""
+class _Schedule(keras.callbacks.Callback):
+    """Set from the epoch, so a resumed run does the same: `both` switches to the gan stage
+    after the first ceil(epochs / 2) epochs (re-tracing the train step); in the gan stage,
+    Lornatang's StepLR(step_size=gan epochs // 2, gamma=0.1) on both optimizers."""
 
     def __init__(self, model: SRGANModel):
         super().__init__()
         self.srgan = model
 
     def on_epoch_begin(self, epoch, logs=None):
-        step = max(1, self.params["epochs"] // 2)
-        rate = self.srgan.base_learning_rate * 0.1 ** (epoch // step)
-        self.srgan.optimizer.learning_rate.assign(rate)
-        self.srgan.discriminator_optimizer.learning_rate.assign(rate)
+        epochs = self.params["epochs"]
+        gan_start = -(-epochs // 2) if self.srgan.srgan_config.stage == "both" else 0
+        stage = "gan" if epoch >= gan_start else "psnr"
+        if stage != self.srgan.active_stage:
+            self.srgan.active_stage = stage
+            self.srgan.make_train_function(force=True)
+            log.info("SRGAN: gan stage from epoch %d", epoch + 1)
+        if stage == "gan":
+            step = max(1, (epochs - gan_start) // 2)
+            rate = self.srgan.base_learning_rate * 0.1 ** ((epoch - gan_start) // step)
+            self.srgan.optimizer.learning_rate.assign(rate)
+            self.srgan.discriminator_optimizer.learning_rate.assign(rate)
 
 
 def load_generator_from_run(generator: keras.Model, model_dir: str) -> str:
@@ -422,7 +447,7 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
     """Generator and discriminator with an Adam each; the gan stage starts from `generator_init`."""
     config.check(data.image_size)
     model = build(config, train.learning_rate, train.seed, train.weight_decay)
-    if config.stage == "gan" and config.generator_init:
+    if config.stage != "psnr" and config.generator_init:
         load_generator_from_run(model.generator, config.generator_init)
     return model
 
