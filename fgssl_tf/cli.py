@@ -9,7 +9,7 @@ import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner out of the console
 
-from fgssl_tf.errors import FgsslError  # noqa: E402
+from fgssl_tf.errors import FgsslError, Interrupted  # noqa: E402
 
 
 def run_main(main, argv) -> None:
@@ -26,5 +26,24 @@ def run_main(main, argv) -> None:
     try:
         main(argv)
     except FgsslError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{'stopped' if isinstance(err, Interrupted) else 'error'}: {err}", file=sys.stderr)
+        sys.exit(143 if isinstance(err, Interrupted) else 2)  # 143: 128 + SIGTERM, what schedulers expect
+
+
+def parse_flags(argv):
+    """absl's parsing, with a bad flag (unknown, invalid value, failed validator) reported
+    as one `error:` line and exit code 2, like every other user error."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as err:  # several failed validators give one line each: keep them on one
+        print("error: " + "; ".join(line for line in str(err).splitlines() if line.strip()), file=sys.stderr)
         sys.exit(2)
+
+
+def run(main) -> None:
+    """What an entry point's `if __name__ == "__main__"` calls."""
+    from absl import app
+
+    app.run(lambda argv: run_main(main, argv), flags_parser=parse_flags)

@@ -73,3 +73,4 @@ class TrainConfig:
     checkpoints_to_keep: int = 3
     validate: bool = True  # the pretext loss on the validation split after each epoch
     verbose: int = 1
+    nan_policy: str = "stop"  # a non-finite loss: stop (naming the step) | skip_batch (go on without that step)

@@ -96,6 +96,11 @@ def export_encoder(encoder: keras.Model, export_dir: str, name: str, image_size:
         with open(os.path.join(staging, METADATA_FILE), "w") as f:
             json.dump({"name": name, "version": version, "image_size": image_size, **metadata}, f, indent=2, default=str)
         os.rename(staging, final)
+    except OSError as err:  # a full disk, a quota, a read-only folder: earlier versions are untouched
+        shutil.rmtree(staging, ignore_errors=True)
+        kept = f"version {version - 1} of {name} is intact" if version > 1 else "no earlier version existed"
+        raise FgsslError(f"exporting {name} version {version} failed ({err}); nothing was left half-written and {kept}; "
+                         "free space and re-run the same command (training resumes from its checkpoint, so only the export is redone)") from err
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

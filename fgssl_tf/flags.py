@@ -5,13 +5,93 @@ Only entry points import this module; the library never reads flags.
 
 from __future__ import annotations
 
+import os
+
 from absl import flags
 
 from fgssl_tf.config import AugmentConfig, BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.distribute import STRATEGIES
+from fgssl_tf.errors import FgsslError
 from fgssl_tf.models import BACKBONES
 
 FLAGS = flags.FLAGS
+
+# Flags that only one pretext reads; setting one with another --pretext is a mistake.
+PRETEXT_FLAGS = {
+    "simclr": (
+        "temperature", "projection_dim", "projection_hidden_dim", "crop_scale_min", "color_jitter_strength", "color_jitter_prob",
+        "grayscale_prob", "blur_prob", "horizontal_flip", "random_crop", "view1_pre_ops", "view1_post_ops", "view2_pre_ops",
+        "view2_post_ops", "extra_augmentation_mode", "gamma_min", "gamma_max", "dropout_holes_min", "dropout_holes_max",
+        "dropout_size_min", "dropout_size_max", "dropout_fill", "swap_patch", "random_jigsaw_grid", "dcl_grid", "dcl_border",
+        "region_crop_min", "region_crop_max",
+    ),
+    "jigsaw": ("jigsaw_permutations", "jigsaw_num_permutations", "jigsaw_brightness", "jigsaw_normalize_tiles", "jigsaw_dropout",
+               "jigsaw_pool_grid", "clip_norm", "plateau_patience"),
+    "srgan": ("srgan_stage", "srgan_scale", "srgan_hr_size", "srgan_residual_blocks", "srgan_width", "srgan_discriminator_width",
+              "srgan_discriminator_dense", "pixel_weight", "perceptual_weight", "adversarial_weight", "perceptual_weights",
+              "perceptual_scale", "srgan_generator_init"),
+    "pmg": ("backbone_weights", "backbone_lr_ratio", "pmg_feature_size", "pmg_head_channels"),
+}
+
+
+def validate(name: str, check) -> None:
+    """Register `check(value) -> error message or None` as the validator of flag `name`."""
+
+    def checker(value):
+        error = check(value)
+        if error:
+            raise flags.ValidationError(error)
+        return True
+
+    flags.register_validator(name, checker)
+
+
+def dataset_error(value: str):
+    if value in ("elpv", "cassava"):
+        return None
+    if value.startswith("folder:"):
+        path = value[len("folder:"):]
+        return None if os.path.isdir(path) else f"folder {path!r} does not exist; pass folder:PATH with PATH/<label>/*.jpg"
+    return f"unknown --dataset={value!r}; choose one of elpv, cassava, folder:PATH"
+
+
+def existing_dir_error(value):
+    return None if value is None or os.path.isdir(value) else f"{value!r} is not an existing folder"
+
+
+def not_a_file_error(value):
+    return f"{value!r} is a file; a folder is expected" if value and os.path.isfile(value) else None
+
+
+def name_error(value):
+    if value is not None and (not value or os.sep in value or value.startswith(".")):
+        return f"{value!r} is not a plain name (no '/', not starting with '.')"
+    return None
+
+
+def weights_choice_error(choices):
+    def check(value):
+        if value in choices or os.path.isfile(value):
+            return None
+        return f"{value!r}: no such file; use one of {', '.join(choices)}, or the path of a weights file"
+
+    return check
+
+
+def check_pretext_flags() -> None:
+    """Refuse, before any work, a flag set explicitly (command line or flagfile) that
+    only another pretext reads: it would be silently ignored."""
+    for pretext, names in PRETEXT_FLAGS.items():
+        if pretext == FLAGS.pretext:
+            continue
+        wrong = [name for name in names if FLAGS[name].present]
+        if wrong:
+            raise FgsslError(
+                f"{', '.join('--' + n for n in wrong)} only apply to --pretext={pretext}, not --pretext={FLAGS.pretext}; "
+                "remove them or change --pretext"
+            )
+    if FLAGS.pretext == "srgan" and FLAGS.srgan_generator_init and FLAGS.srgan_stage != "gan":
+        raise FgsslError("--srgan_generator_init is for --srgan_stage=gan (it starts from a psnr run's generator)")
 
 
 def define_data_flags() -> None:
@@ -22,6 +102,9 @@ def define_data_flags() -> None:
     flags.DEFINE_float("val_fraction", 0.2, "Share carved out of train for validation when a folder has no val split.", lower_bound=0.01, upper_bound=0.45)
     flags.DEFINE_integer("max_images_per_split", None, "Use a stratified subset of at most this many images per split (smoke runs).", lower_bound=2)
     flags.DEFINE_float("max_cache_gb", None, "Memory allowed for decoded images; default half the RAM.", lower_bound=0.01)
+    validate("dataset", dataset_error)
+    validate("unlabeled_dir", existing_dir_error)
+    validate("tfds_data_dir", not_a_file_error)
 
 
 def define_backbone_flags() -> None:
@@ -29,6 +112,8 @@ def define_backbone_flags() -> None:
     flags.DEFINE_enum("small_stem", "auto", ["auto", "true", "false"], "3x3 stem without max-pool; auto: on for encoder inputs of 32 px and less (images; jigsaw: tile crops).")
     flags.DEFINE_integer("width", 64, "Channels of the first ResNet stage (64 = standard).", lower_bound=4)
     flags.DEFINE_boolean("sync_bn", False, "Synchronize batch-norm statistics across replicas.")
+
+
 
 
 def data_config() -> DataConfig:
@@ -58,12 +143,13 @@ def define_train_flags() -> None:
     flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch; default one pass over the pretraining pool.", lower_bound=1)
     flags.DEFINE_float("learning_rate", None, "Initial learning rate; default the paper's for the pretext (simclr: Adam 1e-3, jigsaw: SGD 1e-2, srgan: Adam 1e-4, pmg: SGD 2e-3).", lower_bound=0.0)
     flags.DEFINE_float("weight_decay", None, "Coupled L2 weight decay, as PyTorch; default the paper's (simclr 1e-5, jigsaw 5e-4, srgan 0, pmg 5e-4).", lower_bound=0.0)
-    flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and initialisation.")
+    flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and initialisation.", lower_bound=0)
     flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy; auto = mirrored over several GPUs.")
     flags.DEFINE_boolean("validate", True, "Compute the pretext loss on the validation split after each epoch.")
     flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step (not yet for simclr: its augmentation has no XLA kernel).")
     flags.DEFINE_integer("monitor_every", 1, "Every this many epochs: kNN accuracy, online linear probe and collapse signals on held-out labels (0: off).", lower_bound=0)
     flags.DEFINE_integer("monitor_images", 1000, "Labelled training images the monitor uses (validation queries: half as many).", lower_bound=10)
+    flags.DEFINE_enum("nan_policy", "stop", ["stop", "skip_batch"], "A NaN or Inf loss: stop naming the step (weights and checkpoints keep their last finite values), or skip that batch and go on.")
     flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 progress bar, 2 a line per epoch.", lower_bound=0, upper_bound=2)
     # SimCLR
     flags.DEFINE_float("temperature", 0.5, "NT-Xent temperature.", lower_bound=1e-3)
@@ -126,6 +212,38 @@ def define_train_flags() -> None:
     flags.DEFINE_float("region_crop_max", 300 / 512, "Cropped regions: largest window side, a fraction of the image side.", lower_bound=0.01, upper_bound=1.0)
 
 
+    def pretext_error(value):
+        from fgssl_tf.pretext import check_pretext
+
+        try:
+            check_pretext(value)
+        except FgsslError as err:
+            return str(err)
+        return None
+
+    def ops_error(names):
+        if not names:
+            return None
+        from fgssl_tf.fine_grained import check_ops
+
+        try:
+            check_ops(names)
+        except FgsslError as err:
+            return str(err)
+        return None
+
+    validate("pretext", pretext_error)
+    validate("model_dir", not_a_file_error)
+    validate("export_dir", not_a_file_error)
+    validate("export_name", name_error)
+    validate("perceptual_weights", weights_choice_error(("auto", "imagenet", "none")))
+    validate("backbone_weights", weights_choice_error(("auto", "imagenet", "none")))
+    validate("srgan_generator_init", not_a_file_error)  # a run made later; its absence is reported when the gan stage starts
+    for view in ("view1", "view2"):
+        for stage in ("pre", "post"):
+            validate(f"{view}_{stage}_ops", ops_error)
+
+
 def train_config() -> TrainConfig:
     dataset = FLAGS.dataset.split(":", 1)[0]
     return TrainConfig(
@@ -143,6 +261,7 @@ def train_config() -> TrainConfig:
         jit_compile=FLAGS.jit_compile,
         validate=FLAGS.validate,
         verbose=FLAGS.verbose,
+        nan_policy=FLAGS.nan_policy,
     )
 
 

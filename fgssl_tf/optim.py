@@ -8,7 +8,9 @@ wrong norm on several replicas, so clipping and coupled L2 are done here.
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
+from keras.src.utils import tracking  # what Keras' own optimizers use to keep build() variables out of auto-tracking
 
 from fgssl_tf.objectives import replica_info
 
@@ -31,3 +33,60 @@ def clip_by_global_norm_across_replicas(gradients, clip_norm: float):
     norm = tf.linalg.global_norm(total)
     scale = clip_norm / tf.maximum(norm, clip_norm)
     return [g * scale for g in gradients], norm
+
+
+class NonFiniteGuard(keras.optimizers.LossScaleOptimizer):
+    """An optimizer that applies a step only when every gradient is finite, and counts
+    the steps it refused (`nonfinite_steps`), so a NaN or Inf never reaches the weights.
+
+    Keras' LossScaleOptimizer already skips non-finite steps, also across replicas;
+    this keeps its skip and drops its loss scaling (the scale stays 1, nothing is
+    scaled or unscaled). The trainer reads the count to stop or go on (--nan_policy).
+    """
+
+    def __init__(self, inner_optimizer, name=None, **kwargs):
+        super().__init__(inner_optimizer, initial_scale=1.0, name=name or f"guarded_{inner_optimizer.name}", **kwargs)
+
+    @tracking.no_automatic_dependency_tracking
+    def build(self, var_list):
+        self.nonfinite_steps = self.add_variable(
+            shape=(), dtype="int", initializer=keras.initializers.Zeros(), aggregation="none", name="nonfinite_steps"
+        )
+        super().build(var_list)
+
+    def check_finite(self, grads):
+        finite = super().check_finite(grads)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:  # one replica's NaN stops every replica's step
+            finite = context.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32)) < 0.5
+        return finite
+
+    def _stateful_handle_finite_grads(self, grads, trainable_variables):
+        self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
+
+    def _stateful_handle_non_finite_grads(self):
+        self.nonfinite_steps.assign_add(1)
+
+
+def guard(optimizer) -> NonFiniteGuard:
+    return NonFiniteGuard(optimizer)
+
+
+def nonfinite_steps(model) -> int:
+    """Steps refused so far by every guarded optimizer of `model` (the pretext's may have several)."""
+    guards = {id(o): o for o in [model.optimizer, *vars(model).values()] if isinstance(o, NonFiniteGuard) and o.built}
+    return sum(int(o.nonfinite_steps.numpy()) for o in guards.values())
+
+
+@keras.saving.register_keras_serializable(package="fgssl_tf")
+class FiniteMean(keras.metrics.Mean):
+    """A running mean that leaves out non-finite values: a step the guard refused
+    (its loss NaN or Inf) does not turn the epoch's logged loss into NaN."""
+
+    def update_state(self, values, sample_weight=None):
+        values = tf.convert_to_tensor(values, tf.float32)
+        finite = tf.math.is_finite(values)
+        weight = tf.cast(finite, tf.float32)
+        if sample_weight is not None:
+            weight *= tf.cast(sample_weight, tf.float32)
+        return super().update_state(tf.where(finite, values, 0.0), sample_weight=weight)

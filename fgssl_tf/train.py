@@ -14,7 +14,6 @@ from absl import app, flags  # noqa: E402
 
 from fgssl_tf import cli  # noqa: E402
 from fgssl_tf import flags as fgssl_flags  # noqa: E402
-from fgssl_tf.pretext import check_pretext  # noqa: E402
 
 FLAGS = flags.FLAGS
 fgssl_flags.define_data_flags()
@@ -25,7 +24,7 @@ fgssl_flags.define_train_flags()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    check_pretext(FLAGS.pretext)  # before any data is loaded
+    fgssl_flags.check_pretext_flags()  # before any data is loaded (each flag's own validator ran at parsing)
     from fgssl_tf import trainer  # TensorFlow imports only after flags are valid
 
     result = trainer.pretrain(
@@ -40,7 +39,7 @@ def main(argv):
 
 
 def run():
-    app.run(lambda argv: cli.run_main(main, argv))
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import time
 
 import keras
@@ -26,8 +27,9 @@ from fgssl_tf import export as export_lib
 from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.data import Splits, load_splits, pipeline
 from fgssl_tf.distribute import is_chief, make_strategy
-from fgssl_tf.errors import FgsslError
+from fgssl_tf.errors import FgsslError, Interrupted
 from fgssl_tf.monitor import Monitor, MonitorConfig
+from fgssl_tf.optim import nonfinite_steps
 from fgssl_tf.pretext import get_pretext, resolve_backbone, with_pretext_defaults
 
 log = logging.getLogger(__name__)
@@ -86,17 +88,127 @@ def build_pretext_model(train: TrainConfig, data: DataConfig, backbone: Backbone
     return model
 
 
-class _EpochCheckpoint(keras.callbacks.Callback):
-    """Saves model, optimizer and the number of finished epochs at each epoch end."""
+class _Checkpointing(keras.callbacks.Callback):
+    """Saves model, optimizer and position (epoch, batches done in it) at each epoch end,
+    and in the middle of an epoch when the run is asked to stop (SIGTERM, SIGINT).
 
-    def __init__(self, manager: tf.train.CheckpointManager, epoch: tf.Variable, write: bool):
+    Nothing is saved over a good checkpoint if a weight is NaN or Inf (batch-norm
+    statistics can turn non-finite on a bad batch even where the guard refused its step).
+    Checkpoints are numbered by batches trained, so mid-epoch ones sort in place.
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager, epoch: tf.Variable, step: tf.Variable, steps_per_epoch: int,
+                 first_step: int, write: bool, stop_signal: "_StopSignal"):
         super().__init__()
-        self.manager, self.epoch, self.write = manager, epoch, write
+        self.manager, self.epoch, self.step, self.steps_per_epoch = manager, epoch, step, steps_per_epoch
+        self.first_step, self.write, self.stop_signal = first_step, write, stop_signal
+        self.current_epoch = 0
+
+    def _save(self, epoch: int, step: int) -> str | None:
+        self.epoch.assign(epoch)
+        self.step.assign(step)
+        if not self.write:
+            return None
+        bad = [v.path for v in self.model.variables if "float" in str(v.dtype) and not np.all(np.isfinite(v.numpy()))]
+        if bad:
+            raise FgsslError(
+                f"after epoch {epoch} (batch {step}) {len(bad)} model variables hold NaN or Inf (e.g. {bad[0]}); nothing was saved over "
+                f"the last good checkpoint {self.manager.latest_checkpoint}; lower --learning_rate and re-run to resume from it"
+            )
+        try:
+            return self.manager.save(checkpoint_number=epoch * self.steps_per_epoch + step)
+        except (OSError, tf.errors.OpError) as err:  # a full disk, a quota: the state file still names the last good one
+            raise FgsslError(f"could not write a checkpoint after epoch {epoch} (batch {step}): {str(err).splitlines()[0][:200]}; "
+                             f"the last good checkpoint {self.manager.latest_checkpoint} is kept; free space and re-run to resume from it") from err
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current_epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.stop_signal.received:
+            step = self.first_step + batch + 1
+            path = self._save(self.current_epoch, step)
+            raise Interrupted(
+                f"stopped by {self.stop_signal.received} in epoch {self.current_epoch + 1}, batch {step} of {self.steps_per_epoch}; "
+                f"saved {path}; re-run the same command to resume from there"
+            )
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epoch.assign(epoch + 1)
-        if self.write:
-            self.manager.save(checkpoint_number=epoch + 1)
+        self.first_step = 0  # only a resumed partial epoch starts past batch 0
+        self._save(epoch + 1, 0)
+
+
+class _NonFiniteWatch(keras.callbacks.Callback):
+    """Reads the guarded optimizers' count of refused (non-finite) steps after each batch.
+
+    nan_policy "stop": the first one ends the run with the step named; the weights and
+    the checkpoints hold only finite values, since the guard never applied that step.
+    "skip_batch": the run goes on; the count is logged each epoch (and a whole epoch of
+    refused steps still stops it: nothing is being learnt).
+    """
+
+    def __init__(self, policy: str, steps_per_epoch: int, first_step: int):
+        super().__init__()
+        self.policy, self.steps_per_epoch, self.first_step = policy, steps_per_epoch, first_step
+        self.seen = self.bad_batches = self.current_epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self.seen = nonfinite_steps(self.model)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current_epoch = epoch
+        self.bad_batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        count = nonfinite_steps(self.model)  # refused updates: a pretext may make several per batch (PMG: 8)
+        if count > self.seen:
+            self.bad_batches += 1
+            if self.policy == "stop":
+                step = self.first_step + batch + 1
+                raise FgsslError(
+                    f"non-finite loss or gradients in epoch {self.current_epoch + 1}, batch {step} "
+                    f"(step {self.current_epoch * self.steps_per_epoch + step}); that step was not applied and the last good "
+                    "checkpoint is kept; lower --learning_rate, or pass --nan_policy=skip_batch to skip such batches"
+                )
+        self.seen = count
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["skipped_nonfinite_steps"] = float(self.bad_batches)
+        if self.bad_batches:
+            log.warning("epoch %d: skipped %d batches with a non-finite loss or gradients", epoch + 1, self.bad_batches)
+        if self.bad_batches and self.bad_batches >= self.steps_per_epoch - self.first_step:
+            raise FgsslError(f"every batch of epoch {epoch + 1} had a non-finite loss or gradients; the run learns nothing; lower --learning_rate")
+        self.first_step = 0
+
+
+class _StopSignal:
+    """Records SIGTERM (what schedulers send before pre-empting) and SIGINT during training,
+    so the batch in flight finishes and a checkpoint is written before the run exits."""
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        for name in self.SIGNALS:
+            try:
+                self._previous[name] = signal.signal(getattr(signal, name), self._handle)
+            except ValueError:  # not the main thread: leave the signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        log.warning("%s received: finishing this batch, saving a checkpoint, then stopping", self.received)
+
+    def __exit__(self, *exc):
+        for name, handler in self._previous.items():
+            signal.signal(getattr(signal, name), handler)
 
 
 class _SummaryImages(keras.callbacks.Callback):
@@ -133,6 +245,17 @@ class _EpochImages(keras.callbacks.Callback):
         self._write(epoch + 1)
 
 
+def _write_data_stats(log_dir: str, stats: dict, step: int) -> None:
+    """The data's counts (skipped unreadable files, dropped duplicates, split sizes) to TensorBoard `data/`."""
+    with tf.summary.create_file_writer(os.path.join(log_dir, "data")).as_default():
+        for key, value in stats.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                tf.summary.scalar(f"data/{key}", value, step=step)
+        skipped = stats.get("skipped_paths") or []
+        lines = [f"{stats.get('skipped_files', 0)} unreadable image files skipped"] + [f"- {p}" for p in skipped[:100]]
+        tf.summary.text("data/skipped_paths", "\n".join(lines), step=step)
+
+
 def _monitor(model, splits: Splits, config: MonitorConfig, input_size: int, log_dir: str, seed: int, initial_epoch: int) -> Monitor:
     """The monitor on the pretext's first exportable encoder, over stratified subsets of train (bank) and val (queries)."""
     from fgssl_tf.data import label_fraction_subset
@@ -145,6 +268,25 @@ def _monitor(model, splits: Splits, config: MonitorConfig, input_size: int, log_
     encoder = next(iter(model.exportable_encoders().values()))
     return Monitor(encoder, input_size, subset("train", config.max_bank_images), subset("val", config.max_query_images),
                    splits.num_classes, config, log_dir, seed, initial_epoch)
+
+
+def _restore_newest_readable(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> None:
+    """Restore the newest checkpoint that reads back whole; an unreadable one (a torn
+    write, a full disk) is reported and the one before it is used, so one bad file never
+    costs the whole run."""
+    error = None
+    for path in reversed(manager.checkpoints):
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched()
+        except Exception as err:  # a torn file fails in the reader with IndexError, DataLossError, ...
+            error = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            log.warning("checkpoint %s is unreadable (%s); trying the one before it", path, error)
+            continue
+        epoch, step = (int(v.numpy()) for v in (checkpoint.epoch, checkpoint.step_in_epoch))
+        log.info("resumed from %s (epoch %d%s)", path, epoch, f", batch {step}" if step else "")
+        return
+    if manager.checkpoints:
+        raise FgsslError(f"no checkpoint under {manager.directory} could be read (last: {error}); move that folder away to start over")
 
 
 def default_export_name(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, suffix: str = "") -> str:
@@ -201,14 +343,15 @@ def pretrain(
     steps = train.steps_per_epoch or len(pool) // train.batch_size
 
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")  # > 0: saved mid-epoch
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch, step_in_epoch=step)
     manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(train.model_dir, "checkpoints"), max_to_keep=train.checkpoints_to_keep
+        checkpoint, os.path.join(train.model_dir, "checkpoints"), max_to_keep=max(2, train.checkpoints_to_keep)
     )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log.info("resumed from %s (epoch %d)", manager.latest_checkpoint, int(epoch.numpy()))
-    initial_epoch = int(epoch.numpy())
+    _restore_newest_readable(checkpoint, manager)
+    initial_epoch, initial_step = int(epoch.numpy()), int(step.numpy())
+    if initial_step >= steps:  # stopped after an epoch's last batch, before its end: that epoch is done
+        initial_epoch, initial_step = initial_epoch + 1, 0
     if chief:
         os.makedirs(train.model_dir, exist_ok=True)
         with open(os.path.join(train.model_dir, RUN_CONFIG_FILE), "w") as f:
@@ -216,7 +359,6 @@ def pretrain(
 
     history: dict = {}
     if initial_epoch < train.epochs:
-        dataset = pipeline.epoch_batches(pool, pool_side, train.batch_size, train.seed, initial_epoch, train.epochs, steps)
         validation, val_images = None, None
         if train.validate and len(splits.val_images) >= train.batch_size:
             count = len(splits.val_images) // train.batch_size * train.batch_size
@@ -226,27 +368,35 @@ def pretrain(
         if hasattr(model, "prepare_data"):
             model.prepare_data(pool, val_images)
         log_dir = os.path.join(train.model_dir, "logs")
+        if chief:
+            _write_data_stats(log_dir, splits.stats, initial_epoch)
+        stop_signal = _StopSignal()
         # The pretext's schedule first, so the checkpoint holds the learning rate it set.
         callbacks = model.training_callbacks("val_loss" if validation is not None else "loss") if hasattr(model, "training_callbacks") else []
-        callbacks.append(_EpochCheckpoint(manager, epoch, write=chief))
+        callbacks.append(_NonFiniteWatch(train.nan_policy, steps, initial_step))
+        callbacks.append(_Checkpointing(manager, epoch, step, steps, initial_step, chief, stop_signal))
         if monitor is not None and monitor.every > 0 and chief:
             callbacks.append(_monitor(model, splits, monitor, getattr(model, "export_image_size", data.image_size), log_dir, train.seed, initial_epoch))
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
-        if initial_epoch == 0 and chief:
+        if initial_epoch == 0 and initial_step == 0 and chief:
             callbacks.append(_SummaryImages(pool[:8], log_dir, train.seed))
         if hasattr(model, "epoch_images") and chief:
             callbacks.append(_EpochImages(val_images[:4] if val_images is not None else pool[:4], log_dir, initial_epoch))
         started = time.time()
-        fit = model.fit(
-            dataset,
-            epochs=train.epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps,
-            validation_data=validation,
-            callbacks=callbacks,
-            verbose=train.verbose,
-        )
-        history = fit.history
+        # A run stopped mid-epoch first finishes that epoch's remaining batches (the
+        # batch order is a function of (seed, epoch), so skipping the done ones is exact).
+        segments = [(initial_epoch, train.epochs, initial_step)]
+        if initial_step:
+            segments = [(initial_epoch, initial_epoch + 1, initial_step), (initial_epoch + 1, train.epochs, 0)]
+        with stop_signal:
+            for first, last, skip in segments:
+                if first >= last:
+                    continue
+                dataset = pipeline.epoch_batches(pool, pool_side, train.batch_size, train.seed, first, last, steps).skip(skip)
+                fit = model.fit(dataset, epochs=last, initial_epoch=first, steps_per_epoch=steps - skip, validation_data=validation,
+                                callbacks=callbacks, verbose=train.verbose)
+                for key, values in fit.history.items():
+                    history.setdefault(key, []).extend(values)
         log.info("trained epochs %d..%d in %.1f s", initial_epoch + 1, train.epochs, time.time() - started)
 
     exports = {}

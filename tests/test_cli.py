@@ -13,16 +13,24 @@ def run(args, cwd, timeout=300):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+# The pretexts with their own networks, made small enough for the smoke run (the paper:
+# SRGAN 96 px crops and 16 blocks of 64; PMG heads of 512 and 1024).
+SMALL_NETWORKS = {
+    "srgan": ["--srgan_hr_size=32", "--srgan_residual_blocks=2", "--srgan_width=16", "--perceptual_weights=none"],
+    "pmg": ["--pmg_feature_size=32", "--pmg_head_channels=64"],
+}
+
+
 @pytest.mark.parametrize("pretext", ["simclr", "jigsaw", "srgan"])
 def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path, pretext):
     flagfile = os.path.join(REPO, "flags", "smoke.cfg")
-    result = run(["-m", "fgssl_tf.train", f"--flagfile={flagfile}", f"--pretext={pretext}"], cwd=str(tmp_path))
+    result = run(["-m", "fgssl_tf.train", f"--flagfile={flagfile}", f"--pretext={pretext}", *SMALL_NETWORKS.get(pretext, [])], cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     name = "smoke_generator" if pretext == "srgan" else "smoke"  # SRGAN's psnr stage exports its generator
     assert f"exported {name}: savedmodels/{name}/1" in result.stdout
     assert os.path.isfile(tmp_path / "savedmodels" / name / "1" / "saved_model.pb")
     checkpoints = os.listdir(tmp_path / "runs" / "smoke" / "checkpoints")
-    assert "checkpoint" in checkpoints and any(name.startswith("ckpt-2") for name in checkpoints)
+    assert "checkpoint" in checkpoints and any(name.startswith("ckpt-6.") for name in checkpoints)  # 2 epochs of 3 batches
 
 
 @pytest.mark.parametrize(
@@ -37,17 +45,34 @@ def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path, pretext):
         (["--pretext=jigsaw", "--jigsaw_permutations=paper", "--jigsaw_num_permutations=7"], "must be even"),
         (["--view2_pre_ops=gamma,sepia"], "unknown augmentation 'sepia'"),
         (["--pretext=srgan", "--srgan_hr_size=96"], "--srgan_hr_size=96 is larger than --image_size=64"),
-        (["--pretext=srgan", "--srgan_stage=gan", "--perceptual_weights=/no/vgg.h5", "--srgan_hr_size=64"], "no such file; use --perceptual_weights=imagenet"),
+        (["--pretext=srgan", "--srgan_stage=gan", "--perceptual_weights=/no/vgg.h5", "--srgan_hr_size=64"], "no such file; use one of auto, imagenet, none"),
         (["--gamma_min=2", "--gamma_max=1"], "--gamma_min=2.0 is larger than --gamma_max=1.0"),
+        # Contradictory flags: a flag that only another pretext reads, refused before any work.
+        (["--pretext=jigsaw", "--view2_pre_ops=gamma", "--temperature=0.1"], "--temperature, --view2_pre_ops only apply to --pretext=simclr, not --pretext=jigsaw"),
+        (["--pretext=srgan", "--srgan_generator_init=."], "--srgan_generator_init is for --srgan_stage=gan"),
+        (["--flagfile=BADFILE"], "Unknown command line flag 'no_such_flag'"),
+        (["--export_name=../elsewhere"], "is not a plain name"),
+        (["--seed=-1"], "--seed=-1"),
+        (["--nan_policy=ignore"], "--nan_policy"),
     ],
 )
-def test_train_bad_input_is_one_clear_line(tmp_path, args, message):
+def test_train_bad_input_is_one_clear_line(tmp_path, args, message, capsys, monkeypatch):
+    """`python -m fgssl_tf.train ARGS` in this process (no interpreter start per case): exit 2, one `error:` line."""
+    from absl import flags
+
+    from fgssl_tf import cli, train  # defines the training flags here, once
+
     (tmp_path / "empty").mkdir()
-    args = [a.replace("EMPTY", str(tmp_path / "empty")) for a in args]
-    result = run(["-m", "fgssl_tf.train", f"--model_dir={tmp_path / 'run'}", *args], cwd=str(tmp_path))
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
+    (tmp_path / "bad.cfg").write_text("--epochs=2\n--no_such_flag=1\n")
+    args = [a.replace("EMPTY", str(tmp_path / "empty")).replace("BADFILE", str(tmp_path / "bad.cfg")) for a in args]
+    monkeypatch.chdir(tmp_path)
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit) as stopped:
+        cli.run_main(train.main, cli.parse_flags(["train", f"--model_dir={tmp_path / 'run'}", *args]))
+    stderr = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last
 
 
@@ -55,19 +80,25 @@ def test_evaluate_bad_encoder_is_one_clear_line(tmp_path):
     result = run([os.path.join(REPO, "tools", "evaluate.py"), f"--encoder={tmp_path}"], cwd=str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "saved_model.pb" in result.stderr.strip().splitlines()[-1]
+    result = run([os.path.join(REPO, "tools", "evaluate.py"), f"--encoder={tmp_path / 'missing'}", "--seeds=0,x"], cwd=str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "does not exist" in result.stderr and "--seeds must be comma-separated integers" in result.stderr
 
 
-@pytest.mark.parametrize("pretext", ["simclr", "jigsaw", "srgan"])
-def test_benchmark_prints_its_figures(tmp_path, pretext):
+def test_benchmark_prints_figures_for_every_pretext(tmp_path):
     result = run(
-        [os.path.join(REPO, "tools", "benchmark.py"), f"--pretext={pretext}", "--image_size=32", "--width=8",
+        [os.path.join(REPO, "tools", "benchmark.py"), "--pretext=simclr,jigsaw,srgan,pmg", "--image_size=32", "--width=8",
          "--batch_size=8", "--steps=2", "--warmup=1", "--peak_matrix=256", "--srgan_residual_blocks=2"],
         cwd=str(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    figures = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line and " " not in line)
-    assert {"images_per_s", "flop_ratio", "pipeline_ratio", "peak_rss_mb"} <= set(figures)
-    assert all(float(value) > 0 for value in figures.values())
+    blocks = result.stdout.split("pretext=")[1:]
+    assert [block.split()[0] for block in blocks] == ["simclr", "jigsaw", "srgan", "pmg"]
+    for block in blocks:
+        figures = dict(line.split("=", 1) for line in block.splitlines() if "=" in line and " " not in line)
+        assert set(figures) == {"images_per_s", "flop_ratio", "pipeline_ratio", "peak_rss_mb"}
+        assert all(float(value) > 0 for value in figures.values())
 
 
 def test_every_flagfile_parses_with_its_entry_point(tmp_path):
@@ -86,8 +117,10 @@ def test_every_flagfile_parses_with_its_entry_point(tmp_path):
         "    if os.path.basename(path).startswith('eval_') != evaluation:\n"
         "        continue\n"
         "    FLAGS.unparse_flags()\n"
-        "    FLAGS(['check', '--flagfile=' + path])\n"
+        "    # eval_*.cfg name encoders trained later: the check that they exist is tested elsewhere\n"
+        "    FLAGS(['check', '--flagfile=' + path] + (['--encoder=' + sys.argv[2]] if evaluation else []))\n"
         "    if not evaluation:\n"
+        "        fgssl_flags.check_pretext_flags()\n"
         "        config = fgssl_flags.pretext_config()\n"
         "        if hasattr(config, 'check') and FLAGS.pretext == 'srgan':\n"
         "            config.check(FLAGS.image_size)\n"
@@ -99,3 +132,30 @@ def test_every_flagfile_parses_with_its_entry_point(tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
         names |= {line.split()[1] for line in result.stdout.splitlines() if line.startswith("ok ")}
     assert names == {name for name in os.listdir(os.path.join(REPO, "flags")) if name.endswith(".cfg")}
+
+
+def test_every_flag_of_train_and_evaluate_is_checked_when_parsed():
+    """Each flag is an enum, a boolean, a bounded number, or has a validator of its own."""
+    script = (
+        "import os, runpy, sys\n"
+        "from absl import flags\n"
+        "from absl.flags import _argument_parser as parsers\n"
+        "if sys.argv[2] == 'train':\n"
+        "    import fgssl_tf.train\n"
+        "else:\n"
+        "    runpy.run_path(os.path.join(sys.argv[1], 'tools', 'evaluate.py'), run_name='evaluate_tool')\n"
+        "for module in ('fgssl_tf.flags', 'evaluate_tool'):\n"
+        "    for flag in flags.FLAGS.get_flags_for_module(module):\n"
+        "        parser = flag.parser\n"
+        "        bounded = getattr(parser, 'lower_bound', None) is not None or getattr(parser, 'upper_bound', None) is not None\n"
+        "        enum = isinstance(parser, (parsers.EnumParser, parsers.EnumClassParser))\n"
+        "        checked = flag.boolean or enum or bounded or bool(flag.validators)\n"
+        "        print(('ok ' if checked else 'unchecked ') + flag.name)\n"
+    )
+    lines = []
+    for entry_point in ("train", "evaluate"):
+        result = run(["-c", script, REPO, entry_point], cwd=REPO, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines += result.stdout.splitlines()
+    assert len([line for line in lines if line.startswith("ok ")]) > 80
+    assert [line for line in lines if not line.startswith("ok ")] == []

@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fgssl_tf import export
 from fgssl_tf.errors import FgsslError
@@ -97,7 +99,51 @@ def test_failed_export_leaves_no_version_behind(tmp_path, trained_encoder, monke
         raise OSError("No space left on device")
 
     monkeypatch.setattr(type(encoder), "save", disk_full)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(FgsslError, match="version 2 failed .*No space left on device.*version 1 of x is intact.*re-run"):
         export.export_encoder(encoder, str(tmp_path), "x", 32, {})
     assert sorted(os.listdir(tmp_path / "x")) == ["1"]
     assert export.ServingEncoder(first).image_size == 32
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batch=st.integers(1, 5),
+    height=st.integers(1, 120),
+    width=st.integers(1, 120),
+    channels=st.sampled_from([1, 2, 3, 4, 5]),
+    rank_change=st.sampled_from([0, 0, 0, -1, 1]),
+    dtype=st.sampled_from([tf.uint8, tf.uint8, tf.float32, tf.int32]),
+)
+def test_signature_embeds_every_valid_input_and_explains_every_invalid_one(trained_encoder, batch, height, width, channels, rank_change, dtype):
+    """What a TF Serving client can send: valid batches give finite embeddings of the
+    export's size; a wrong dtype, rank or channel count gives an explanation, not a crash."""
+    signature = _signature(trained_encoder[1])
+    shape = [batch, height, width, channels][: 4 + rank_change] if rank_change <= 0 else [batch, height, width, channels, 1]
+    images = tf.cast(tf.random.stateless_uniform(shape, seed=[batch, height], maxval=255, dtype=tf.int32), dtype)
+    if dtype != tf.uint8:
+        with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError), match="uint8|dtype|type"):
+            signature(images=images)
+    elif rank_change or channels not in (1, 3, 4):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[batch, height, width, channels\]|1 \(gray\), 3 \(RGB\) or 4"):
+            signature(images=images)
+    else:
+        embedding = signature(images=images)["embedding"].numpy()
+        assert embedding.shape == (batch, 64) and np.all(np.isfinite(embedding))
+
+
+def test_large_batches_embed_like_single_images(trained_encoder):
+    signature = _signature(trained_encoder[1])
+    images = tf.constant(np.random.RandomState(1).randint(0, 255, (300, 32, 32, 3)).astype(np.uint8))
+    together = signature(images=images)["embedding"].numpy()
+    alone = np.concatenate([signature(images=images[i : i + 1])["embedding"].numpy() for i in (0, 150, 299)])
+    np.testing.assert_allclose(together[[0, 150, 299]], alone, rtol=1e-4, atol=1e-5)
+
+
+_LOADED: dict = {}
+
+
+def _signature(path):
+    """The export's serving signature, loaded once (the loaded object is kept alive with it)."""
+    if path not in _LOADED:
+        _LOADED[path] = tf.saved_model.load(path)
+    return _LOADED[path].signatures["serving_default"]

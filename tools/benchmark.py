@@ -1,7 +1,7 @@
 """Measure a pretext's training step on this machine, side by side in one run.
 
     python tools/benchmark.py --pretext=simclr
-    python tools/benchmark.py --pretext=jigsaw --batch_size=32
+    python tools/benchmark.py --pretext=simclr,jigsaw,srgan,pmg      # one block each, data loaded once
     python tools/benchmark.py --pretext=srgan --image_size=96 --batch_size=16
 
 Prints images/s of the full step (tf.data pipeline + on-device augmentation or
@@ -11,7 +11,8 @@ measured in the same run, and the peak resident memory. Training FLOPs are
 counted as 3x the forward FLOPs TensorFlow's profiler reports for what the step
 runs (SimCLR: encoder and projection head on both views; Jigsaw: nine tiles and
 the classifier; SRGAN: the generator on the LR crops, psnr stage, HR crop = the
-image size, --width = the generator's channels). The last lines are `key=value`, one a figure.
+image size, --width = the generator's channels; PMG: four passes of the whole network
+per batch, one per granularity). Each block's last lines are `key=value`, one a figure.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("pretext", "simclr", ["simclr", "jigsaw", "srgan"], "Pretext to measure.")
+PRETEXTS = ("simclr", "jigsaw", "srgan", "pmg")
+flags.DEFINE_list("pretext", ["simclr"], f"Pretexts to measure, one after the other (a comma list of {', '.join(PRETEXTS)}).")
+flags.register_validator("pretext", lambda names: bool(names) and set(names) <= set(PRETEXTS), f"choose a comma list of {', '.join(PRETEXTS)}")
 flags.DEFINE_integer("width", 64, "Channels of the first ResNet stage.", lower_bound=4)
 flags.DEFINE_enum("backbone", "resnet18", ["resnet18", "resnet50"], "Encoder.")
 flags.DEFINE_integer("image_size", 64, "Image size.", lower_bound=8)
@@ -92,44 +95,58 @@ def forward_flops(forward, input_shape) -> int:
 
 def premade_inputs(model, pretext: str, batch: int, size: int):
     """Replace the model's on-device input making with fixed tensors; return (the forward
-    the step runs, its input shape) for FLOP counting."""
+    the step runs, its input shape, passes per batch) for FLOP counting."""
     import tensorflow as tf
 
     if pretext == "simclr":
         model.views = lambda images, *args, **kwargs: (images, images)
-        return (lambda x: model.projector(model.encoder(x, training=False))), [2 * batch, size, size, 3]
+        return (lambda x: model.projector(model.encoder(x, training=False))), [2 * batch, size, size, 3], 1
     if pretext == "srgan":
         lr_size = model.srgan_config.lr_size
         pairs = (tf.random.uniform([batch, size, size, 3]), tf.random.uniform([batch, lr_size, lr_size, 3]))
         model.crop_pairs = lambda images, *args, **kwargs: pairs
-        return (lambda x: model.generator(x, training=False)), [batch, lr_size, lr_size, 3]
+        return (lambda x: model.generator(x, training=False)), [batch, lr_size, lr_size, 3], 1
+    if pretext == "pmg":  # four forward-backward passes per batch (one per granularity), augmentation off
+        model._augment = lambda images, *args, **kwargs: tf.image.convert_image_dtype(images, tf.float32)
+        return (lambda x: model(x, training=False)), [batch, size, size, 3], 4
     crop = model.puzzle.crop
     tiles = tf.random.uniform([batch, 9, crop, crop, 3])
     labels = tf.zeros([batch], tf.int32)
     model.puzzles = lambda images, *args, **kwargs: (tiles, labels)
-    return (lambda x: model(x, training=False)), [batch, 9, crop, crop, 3]
+    return (lambda x: model(x, training=False)), [batch, 9, crop, crop, 3], 1
 
 
 def main(argv):
+    from fgssl_tf.config import DataConfig
+    from fgssl_tf.data import load_splits
+
+    splits = load_splits(DataConfig(dataset=FLAGS.dataset, image_size=FLAGS.image_size))
+    peak = matmul_peak_flops(FLAGS.peak_matrix)
+    for pretext in dict.fromkeys(FLAGS.pretext):
+        benchmark(pretext, splits, peak)
+
+
+def benchmark(pretext: str, splits, peak: float) -> None:
+    """Prints one block of figures for `pretext` on the loaded `splits`."""
+    import dataclasses
     import tempfile
 
     import tensorflow as tf
 
     from fgssl_tf import trainer
     from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
-    from fgssl_tf.data import load_splits, pipeline
+    from fgssl_tf.data import pipeline
     from fgssl_tf.pretext import get_pretext, resolve_backbone
 
     size, batch = FLAGS.image_size, FLAGS.batch_size
-    train = TrainConfig(pretext=FLAGS.pretext, model_dir=tempfile.mkdtemp(), batch_size=batch, jit_compile=FLAGS.jit_compile, verbose=0)
+    train = TrainConfig(pretext=pretext, model_dir=tempfile.mkdtemp(), batch_size=batch, jit_compile=FLAGS.jit_compile, verbose=0)
     data = DataConfig(dataset=FLAGS.dataset, image_size=size)
-    config = get_pretext(FLAGS.pretext).Config()
-    if FLAGS.pretext == "srgan":
-        import dataclasses
-
+    config = get_pretext(pretext).Config()
+    if pretext == "srgan":
         config = dataclasses.replace(config, hr_size=size, width=FLAGS.width, residual_blocks=FLAGS.srgan_residual_blocks)
-    backbone = resolve_backbone(FLAGS.pretext, BackboneConfig(name=FLAGS.backbone, width=FLAGS.width), data, config)
-    splits = load_splits(data)
+    if pretext == "pmg":
+        config = dataclasses.replace(config, num_classes=splits.num_classes)
+    backbone = resolve_backbone(pretext, BackboneConfig(name=FLAGS.backbone, width=FLAGS.width), data, config)
     steps = FLAGS.warmup + FLAGS.steps
 
     def measure(model, dataset) -> float:
@@ -144,29 +161,28 @@ def main(argv):
 
     # 2. The same step fed pre-made inputs: no input pipeline, no augmentation.
     premade_model = trainer.build_pretext_model(train, data, backbone, config)
-    forward, input_shape = premade_inputs(premade_model, FLAGS.pretext, batch, size)
+    forward, input_shape, passes = premade_inputs(premade_model, pretext, batch, size)
     images = tf.random.uniform([batch, size, size, 3])
     premade = tf.data.Dataset.from_tensors((images, tf.zeros([batch], tf.int64))).repeat()
     premade_ips = measure(premade_model, premade)
 
-    flops_per_image = 3 * forward_flops(forward, input_shape) / batch  # fwd + bwd
-    peak = matmul_peak_flops(FLAGS.peak_matrix)
+    flops_per_image = passes * 3 * forward_flops(forward, input_shape) / batch  # fwd + bwd, per pass over the network
     achieved = real_ips * flops_per_image
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    print(f"pretext={FLAGS.pretext} backbone={FLAGS.backbone} width={FLAGS.width} small_stem={backbone.small_stem} "
+    print(f"pretext={pretext} backbone={FLAGS.backbone} width={FLAGS.width} small_stem={backbone.small_stem} "
           f"image_size={size} batch={batch} jit={FLAGS.jit_compile} "
           f"cpus={os.cpu_count()} gpus={len(tf.config.list_physical_devices('GPU'))} tf={tf.__version__}")
-    print(f"training GFLOP per image (3x forward): {flops_per_image / 1e9:.3f}")
+    print(f"training GFLOP per image (3x forward{f' x {passes} passes' if passes > 1 else ''}): {flops_per_image / 1e9:.3f}")
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s; achieved: {achieved / 1e9:.1f} GFLOP/s")
     print(f"step with pipeline + augmentation: {real_ips:.1f} images/s; with pre-made inputs: {premade_ips:.1f} images/s")
     print(f"images_per_s={real_ips:.2f}")
     print(f"flop_ratio={achieved / peak:.3f}")
     print(f"pipeline_ratio={real_ips / premade_ips:.3f}")
-    print(f"peak_rss_mb={rss_mb:.0f}")
+    print(f"peak_rss_mb={rss_mb:.0f}")  # the process's peak so far: pretexts measured earlier count too
 
 
 if __name__ == "__main__":
     from fgssl_tf import cli
 
-    app.run(lambda argv: cli.run_main(main, argv))
+    cli.run(main)

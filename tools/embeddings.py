@@ -61,4 +61,4 @@ def main(argv):
 if __name__ == "__main__":
     from fgssl_tf import cli
 
-    app.run(lambda argv: cli.run_main(main, argv))
+    cli.run(main)

@@ -12,6 +12,7 @@ savedmodels/NAME/evaluations/).
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -45,6 +46,12 @@ flags.DEFINE_integer("batch_size", 64, "Batch size for features and fine-tuning.
 flags.DEFINE_integer("max_images_per_split", None, "Stratified subset per split (quick checks).", lower_bound=2)
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).")
 fgssl_flags.define_backbone_flags()
+fgssl_flags.validate("encoder", lambda v: None if v is None or os.path.exists(v) else f"{v!r} does not exist; pass savedmodels/NAME or savedmodels/NAME/VERSION")
+fgssl_flags.validate("dataset", fgssl_flags.dataset_error)
+fgssl_flags.validate("seeds", lambda v: None if v and all(s.strip().lstrip("-").isdigit() for s in v) else f"--seeds must be comma-separated integers, got {','.join(v)!r}")
+fgssl_flags.validate("output_dir", fgssl_flags.not_a_file_error)
+fgssl_flags.validate("trainable_from", lambda v: None if re.fullmatch(r"all|none|[a-z]+[0-9]*", v) else f"{v!r} is not all, none or a stage name such as block4")
+fgssl_flags.validate("tfds_data_dir", fgssl_flags.not_a_file_error)
 
 
 def main(argv):
@@ -91,4 +98,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: cli.run_main(main, argv))
+    cli.run(main)

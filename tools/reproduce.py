@@ -62,6 +62,7 @@ def main(argv):
         FLAGS.unparse_flags()
         FLAGS(["reproduce", f"--flagfile={os.path.join(REPO, 'flags', method.flagfile)}",
                *reproduce.overrides(budget, method, dataset, output_dir, seed, stage)])
+        fgssl_flags.check_pretext_flags()
         train = fgssl_flags.train_config()
         wanted = [s for s in method.encoders if stage != "psnr" or s in ("", "generator")]
         names = {suffix: f"{train.export_name}_{suffix}" if suffix else train.export_name for suffix in wanted}
@@ -89,4 +90,4 @@ def main(argv):
 if __name__ == "__main__":
     from fgssl_tf import cli
 
-    app.run(lambda argv: cli.run_main(main, argv))
+    cli.run(main)

@@ -64,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: cli.run_main(main, argv))
+    cli.run(main)

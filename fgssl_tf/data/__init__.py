@@ -81,6 +81,7 @@ def load_splits(config: DataConfig) -> Splits:
         "dataset": name,
         "image_size": config.image_size,
         "skipped_files": len(raw.skipped_files),
+        "skipped_paths": [str(p) for p in raw.skipped_files[:100]],  # the first 100, for the log and TensorBoard
         "split_sizes": {k: int(len(v[1])) for k, v in split_arrays.items()},
         "split_fingerprint": fingerprint(*(raw.ids.get(s, raw.labels[s]) for s in ("train", "val", "test"))),
     }
@@ -92,6 +93,7 @@ def load_splits(config: DataConfig) -> Splits:
         duplicate = dedup.near_duplicates(dedup.dhash(unlabeled), dedup.dhash(held_out), config.near_duplicate_bits)
         unlabeled = unlabeled[~duplicate]
         stats["skipped_files"] += len(skipped)
+        stats["skipped_paths"] = (stats["skipped_paths"] + [str(p) for p in skipped])[:100]
         stats["unlabeled_kept"] = int(len(unlabeled))
         stats["unlabeled_dropped_as_val_test_duplicates"] = int(duplicate.sum())
         log.info(

@@ -41,7 +41,7 @@ from fgssl_tf.export import preprocess
 from fgssl_tf.grid import join_grid, split_grid
 from fgssl_tf.models import build_resnet
 from fgssl_tf.objectives import global_batch_position, replica_info
-from fgssl_tf.optim import add_coupled_weight_decay, clip_by_global_norm_across_replicas
+from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, clip_by_global_norm_across_replicas, guard
 
 log = logging.getLogger(__name__)
 
@@ -275,9 +275,9 @@ class JigsawModel(keras.Model):
         self.classifier.build((None, TILES * encoder.output_shape[-1]))
         # Weightless layers marked built, so Keras never traces `call` on raw images to build them.
         self.puzzle.built = self.dropout.built = self.built = True
-        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.loss_tracker = FiniteMean(name="loss")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        self.gradient_norm_tracker = keras.metrics.Mean(name="gradient_norm")
+        self.gradient_norm_tracker = FiniteMean(name="gradient_norm")
 
     @property
     def metrics(self):
@@ -368,7 +368,7 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
     )
     encoder = build_resnet(backbone, data.image_size, pool_grid=config.pool_grid)
     model = build(encoder, data.image_size, permutations, config, train.seed, train.weight_decay)
-    optimizer = keras.optimizers.SGD(train.learning_rate, momentum=config.momentum)
+    optimizer = guard(keras.optimizers.SGD(train.learning_rate, momentum=config.momentum))
     model.compile(optimizer=optimizer, jit_compile=train.jit_compile)
     return model
 

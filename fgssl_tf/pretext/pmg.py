@@ -37,7 +37,7 @@ from fgssl_tf.fine_grained import random_jigsaw
 from fgssl_tf.models import build_resnet
 from fgssl_tf.models.layers import CaffePreprocess
 from fgssl_tf.objectives import global_batch_position, replica_info
-from fgssl_tf.optim import add_coupled_weight_decay
+from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, guard
 
 DEFAULT_LEARNING_RATE = 2e-3  # SGD for the new heads; the backbone gets a tenth
 DEFAULT_WEIGHT_DECAY = 5e-4
@@ -140,7 +140,7 @@ class PMGModel(keras.Model):
         self.classifier_concat.build((None, 3 * config.head_channels))
         self.built = True
         self.head_variables = [v for layer in self.blocks + self.classifiers + [self.classifier_concat] for v in layer.trainable_variables]
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "loss_granularity_8", "loss_granularity_4", "loss_granularity_2", "loss_whole")}
+        self.trackers = {name: FiniteMean(name=name) for name in ("loss", "loss_granularity_8", "loss_granularity_4", "loss_granularity_2", "loss_whole")}
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")  # concatenated head
         self.combined_tracker = keras.metrics.SparseCategoricalAccuracy(name="combined_accuracy")  # sum of the four
 
@@ -256,8 +256,8 @@ def build(features, image_size, config: PMGConfig, seed: int, weight_decay: floa
         raise FgsslError("PMG needs the number of classes (at least 2) of the labelled data")
     model = PMGModel(features, image_size, config, seed=seed, weight_decay=weight_decay, name="pmg")
     model.base_learning_rate = learning_rate
-    model.backbone_optimizer = keras.optimizers.SGD(learning_rate * config.backbone_lr_ratio, momentum=momentum, name="backbone_sgd")
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=momentum, name="heads_sgd"), jit_compile=False)
+    model.backbone_optimizer = guard(keras.optimizers.SGD(learning_rate * config.backbone_lr_ratio, momentum=momentum, name="backbone_sgd"))
+    model.compile(optimizer=guard(keras.optimizers.SGD(learning_rate, momentum=momentum, name="heads_sgd")), jit_compile=False)
     model.backbone_optimizer.build(model.features.trainable_variables)
     model.optimizer.build(model.head_variables)
     return model

@@ -36,7 +36,7 @@ from fgssl_tf.errors import FgsslError
 from fgssl_tf.export import preprocess
 from fgssl_tf.models import build_resnet
 from fgssl_tf.objectives import global_batch_position, nt_xent, replica_info
-from fgssl_tf.optim import add_coupled_weight_decay
+from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, guard
 
 DEFAULT_LEARNING_RATE = 1e-3  # Adam, constant (the paper's schedule was never stepped)
 DEFAULT_WEIGHT_DECAY = 1e-5
@@ -103,8 +103,8 @@ class SimCLRModel(keras.Model):
         self.built = True  # encoder and projector are built; the augmenter has no weights
         self.needs_centroids = bool(set(config.extra_ops()) & set(fine_grained.NEEDS_CENTROIDS))
         self.image_tables: dict = {}  # split -> per-image tables, from prepare_data
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.accuracy_tracker = keras.metrics.Mean(name="contrastive_accuracy")
+        self.loss_tracker = FiniteMean(name="loss")
+        self.accuracy_tracker = FiniteMean(name="contrastive_accuracy")
 
     @property
     def metrics(self):
@@ -228,7 +228,7 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
         )
     config.check(data.image_size)
     model = build(build_resnet(backbone, data.image_size), data.image_size, config, train.seed, train.weight_decay)
-    model.compile(optimizer=keras.optimizers.Adam(train.learning_rate), jit_compile=False)
+    model.compile(optimizer=guard(keras.optimizers.Adam(train.learning_rate)), jit_compile=False)
     return model
 
 

@@ -53,7 +53,7 @@ from fgssl_tf.errors import FgsslError
 from fgssl_tf.export import read_metadata
 from fgssl_tf.models.layers import CaffePreprocess, FixedInputSize, PixelShuffle
 from fgssl_tf.objectives import global_batch_position, replica_info
-from fgssl_tf.optim import add_coupled_weight_decay
+from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, guard
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ class SRGANModel(keras.Model):
         names = ["loss", "pixel_loss"]
         if config.stage != "psnr":
             names += ["perceptual_loss", "adversarial_loss", "d_loss", "d_real_accuracy", "d_fake_accuracy"]
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in names + ["psnr", "ssim", "bicubic_psnr"]}
+        self.trackers = {name: FiniteMean(name=name) for name in names + ["psnr", "ssim", "bicubic_psnr"]}
 
     @property
     def metrics(self):
@@ -436,8 +436,8 @@ def build(config: SRGANConfig, learning_rate: float, seed: int = 0, weight_decay
     perceptual = _load_perceptual(config.perceptual_weights) if config.uses_perceptual else None
     model = SRGANModel(generator, discriminator, config, perceptual=perceptual, seed=seed, weight_decay=weight_decay, name="srgan")
     model.base_learning_rate = learning_rate
-    model.discriminator_optimizer = keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2, name="discriminator_adam")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2, name="generator_adam"), jit_compile=False)
+    model.discriminator_optimizer = guard(keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2, name="discriminator_adam"))
+    model.compile(optimizer=guard(keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2, name="generator_adam")), jit_compile=False)
     model.optimizer.build(generator.trainable_variables)
     model.discriminator_optimizer.build(discriminator.trainable_variables)
     return model

@@ -1,0 +1,218 @@
+"""Reliability: NaN losses, unreadable checkpoints, pre-emption (SIGTERM) and kills (SIGKILL)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import IMAGE_SIZE, REPO, TINY_BACKBONE, tiny_train_config
+from fgssl_tf import trainer
+from fgssl_tf.config import DataConfig
+from fgssl_tf.errors import FgsslError
+from fgssl_tf.optim import nonfinite_steps
+from fgssl_tf.pretext import simclr
+
+DATA = DataConfig(image_size=IMAGE_SIZE)
+
+
+@pytest.fixture
+def nan_at_call(monkeypatch):
+    """Make SimCLR's training loss NaN on its n-th training call (1-based)."""
+
+    def poison(n):
+        calls = tf.Variable(0, dtype=tf.int64, trainable=False)
+        original = simclr.SimCLRModel._loss
+
+        def poisoned(self, view1, view2, training):
+            loss, hits, replicas = original(self, view1, view2, training)
+            if training:
+                calls.assign_add(1)
+                loss = loss * tf.where(tf.equal(calls, n), np.nan, 1.0)
+            return loss, hits, replicas
+
+        monkeypatch.setattr(simclr.SimCLRModel, "_loss", poisoned)
+
+    return poison
+
+
+def _checkpoint_numbers(run_dir):
+    state = tf.train.get_checkpoint_state(os.path.join(run_dir, "checkpoints"))
+    return [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths] if state else []
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_finite_checkpoints(tmp_path, elpv_small, nan_at_call):
+    nan_at_call(5)  # 3 steps per epoch: epoch 2, batch 2
+    config = tiny_train_config(tmp_path, epochs=3)
+    with pytest.raises(FgsslError, match=r"non-finite loss or gradients in epoch 2, batch 2 \(step 5\).*--nan_policy=skip_batch"):
+        trainer.pretrain(config, DATA, TINY_BACKBONE, splits=elpv_small)
+    assert _checkpoint_numbers(config.model_dir) == [3]  # epoch 1 only; nothing written after the NaN
+    reader = tf.train.load_checkpoint(os.path.join(config.model_dir, "checkpoints", "ckpt-3"))
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if np.issubdtype(np.asarray(value).dtype, np.floating):
+            assert np.all(np.isfinite(value)), name
+
+
+def test_nan_policy_skip_batch_goes_on_without_that_step(tmp_path, elpv_small, nan_at_call):
+    nan_at_call(5)
+    config = tiny_train_config(tmp_path, epochs=2, nan_policy="skip_batch")
+    result = trainer.pretrain(config, DATA, TINY_BACKBONE, splits=elpv_small)
+    assert nonfinite_steps(result.model) == 1
+    assert int(result.model.optimizer.iterations.numpy()) == 5  # 6 batches, one refused
+    assert result.history["skipped_nonfinite_steps"] == [0.0, 1.0]
+    assert all(np.isfinite(result.history["loss"]))  # the refused step's loss is not in the mean
+    for variable in result.model.variables:
+        if "float" in str(variable.dtype):
+            assert np.all(np.isfinite(variable.numpy())), variable.path
+
+
+def test_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path, elpv_small, caplog):
+    trainer.pretrain(tiny_train_config(tmp_path, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
+    checkpoints = os.path.join(tmp_path, "run", "checkpoints")
+    data_file = next(f for f in os.listdir(checkpoints) if f.startswith("ckpt-6.data"))
+    with open(os.path.join(checkpoints, data_file), "r+b") as f:  # a torn write: half the file
+        f.truncate(os.path.getsize(f.name) // 2)
+    resumed = trainer.pretrain(tiny_train_config(tmp_path, epochs=3), DATA, TINY_BACKBONE, splits=elpv_small)
+    assert "ckpt-6 is unreadable" in caplog.text
+    assert resumed.initial_epoch == 1 and int(resumed.model.optimizer.iterations.numpy()) == 9
+    for name in os.listdir(checkpoints):
+        if name.startswith("ckpt-"):
+            os.remove(os.path.join(checkpoints, name))
+    with open(os.path.join(checkpoints, "ckpt-9.index"), "w") as f:
+        f.write("garbage")
+    with pytest.raises(FgsslError, match="no checkpoint under .* could be read .*move that folder away"):
+        trainer.pretrain(tiny_train_config(tmp_path, epochs=4), DATA, TINY_BACKBONE, splits=elpv_small)
+
+
+def _train_command(run_dir, epochs):
+    return [
+        sys.executable, "-m", "fgssl_tf.train", "--pretext=simclr", "--dataset=elpv", "--image_size=32", "--width=8", "--small_stem=false",
+        "--batch_size=16", "--steps_per_epoch=8", f"--epochs={epochs}", "--max_images_per_split=160", "--monitor_every=0", "--novalidate",
+        "--verbose=0", "--strategy=one_device", f"--model_dir={run_dir}", f"--export_dir={run_dir}/savedmodels",
+    ]
+
+
+def _wait_for_checkpoint(process, run_dir, newer_than, timeout=240):
+    """Poll until the run has saved a checkpoint numbered above `newer_than`; returns its number."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        numbers = [n for n in _checkpoint_numbers(run_dir) if n > newer_than]
+        if numbers:
+            return max(numbers)
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_sigterm_saves_mid_epoch_and_sigkill_loses_only_the_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
+    env = {**os.environ, "PYTHONPATH": REPO, "CUDA_VISIBLE_DEVICES": ""}
+    straight_dir, broken_dir = str(tmp_path / "straight"), str(tmp_path / "broken")
+    straight = subprocess.Popen(_train_command(straight_dir, 3), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    # Pre-emption: SIGTERM somewhere after epoch 1 -> the batch in flight ends, a checkpoint is saved, exit 143.
+    run = subprocess.Popen(_train_command(broken_dir, 3), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(run, broken_dir, 0)
+    time.sleep(0.1)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143, err
+    assert "stopped: stopped by SIGTERM in epoch" in err and "re-run the same command to resume" in err
+    saved = max(_checkpoint_numbers(broken_dir))
+    assert saved % 8, saved  # saved mid-epoch
+    reader = tf.train.load_checkpoint(os.path.join(broken_dir, "checkpoints", f"ckpt-{saved}"))
+    positions = {k.split("/")[0]: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith(("epoch/", "step_in_epoch/"))}
+    assert positions["epoch"] * 8 + positions["step_in_epoch"] == saved
+
+    # A kill: SIGKILL after the next checkpoint; the re-run resumes from the last one written.
+    run = subprocess.Popen(_train_command(broken_dir, 3), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(run, broken_dir, saved)
+    time.sleep(0.2)
+    run.kill()
+    run.wait()
+    assert not os.path.isdir(os.path.join(broken_dir, "savedmodels"))  # it died before the end
+    resumed = subprocess.run(_train_command(broken_dir, 3), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    straight.communicate(timeout=300)
+    assert straight.returncode == 0
+
+    final = {}
+    for name, run_dir in (("straight", straight_dir), ("broken", broken_dir)):
+        assert max(_checkpoint_numbers(run_dir)) == 24
+        reader = tf.train.load_checkpoint(os.path.join(run_dir, "checkpoints", "ckpt-24"))
+        final[name] = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if not k.startswith(("_CHECKPOINTABLE", "save_counter"))}
+    assert final["straight"].keys() == final["broken"].keys()
+    compared = 0
+    for key, value in final["straight"].items():
+        if np.issubdtype(np.asarray(value).dtype, np.number):
+            np.testing.assert_allclose(final["broken"][key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+            compared += 1
+    assert compared > 100  # weights, batch-norm statistics, Adam moments, step counters
+    with open(os.path.join(broken_dir, "run_config.json")) as f:
+        assert json.load(f)["train"]["epochs"] == 3
+
+
+def test_awkward_image_files_are_converted_or_skipped_and_counted_in_tensorboard(tmp_path):
+    """The data-fault table of docs/reliability.md: what each kind of file becomes."""
+    from PIL import Image
+
+    from conftest import write_image
+    from fgssl_tf.data import load_splits
+
+    rng = np.random.RandomState(0)
+    root = tmp_path / "data"
+    for label in ("alpha", "beta"):
+        for i in range(8):
+            write_image(str(root / label / f"{i}.png"), rng.randint(0, 255, (24, 24, 3)).astype(np.uint8))
+    faults = root / "alpha"
+    Image.new("RGB", (10_000, 10_000), (100, 150, 200)).save(faults / "huge.jpg", quality=80)
+    Image.fromarray(np.full((20, 30), 51400, np.uint16)).save(faults / "sixteen_bit.png")  # 51400 / 65535 = 200 / 255
+    Image.new("RGB", (20, 20), (200, 50, 10)).convert("CMYK").save(faults / "cmyk.jpg", quality=95)
+    Image.new("RGB", (1, 1), (7, 8, 9)).save(faults / "one_pixel.png")
+    (faults / "zero_bytes.jpg").write_bytes(b"")
+    (faults / "text.png").write_text("not an image")
+    (faults / "truncated.jpg").write_bytes((faults / "huge.jpg").read_bytes()[:3000])
+    splits = load_splits(DataConfig(dataset=f"folder:{root}", image_size=16, val_fraction=0.2))
+    assert splits.stats["skipped_files"] == 3
+    assert {os.path.basename(p) for p in splits.stats["skipped_paths"]} == {"zero_bytes.jpg", "text.png", "truncated.jpg"}
+    everything = np.concatenate([splits.split(n)[0] for n in ("train", "val", "test")])
+    assert len(everything) == 16 + 4
+
+    def has(colour, tolerance):
+        return bool(np.any(np.all(np.abs(everything.astype(int) - colour).reshape(len(everything), -1, 3).max(axis=1) <= tolerance, axis=-1)))
+    assert has((100, 150, 200), 3)  # the 10,000 x 10,000 JPEG, squashed to 16 px
+    assert has((200, 200, 200), 1)  # 16-bit gray, scaled to 8 bits
+    assert has((200, 50, 10), 8)  # CMYK JPEG, back to RGB
+    assert has((7, 8, 9), 0)  # one pixel, repeated
+
+    trainer.pretrain(tiny_train_config(tmp_path, epochs=1, steps_per_epoch=1, batch_size=4), DataConfig(dataset=f"folder:{root}", image_size=16),
+                     TINY_BACKBONE, splits=splits)
+    values = {}
+    for path in tf.io.gfile.glob(str(tmp_path / "run" / "logs" / "data" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                values[value.tag] = value
+    assert float(tf.make_ndarray(values["data/skipped_files"].tensor)) == 3
+    listing = tf.make_ndarray(values["data/skipped_paths"].tensor).item().decode()
+    assert listing.startswith("3 unreadable image files skipped") and "truncated.jpg" in listing
+
+
+def test_a_full_disk_at_checkpoint_time_keeps_the_last_good_one(tmp_path, elpv_small, monkeypatch):
+    config = tiny_train_config(tmp_path, epochs=1)
+    trainer.pretrain(config, DATA, TINY_BACKBONE, splits=elpv_small)
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", disk_full)
+    with pytest.raises(FgsslError, match=r"could not write a checkpoint after epoch 2 .*No space left.*ckpt-3 is kept; free space and re-run"):
+        trainer.pretrain(tiny_train_config(tmp_path, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
+    monkeypatch.undo()
+    assert _checkpoint_numbers(config.model_dir) == [3]
+    resumed = trainer.pretrain(tiny_train_config(tmp_path, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
+    assert resumed.initial_epoch == 1 and int(resumed.model.optimizer.iterations.numpy()) == 6
