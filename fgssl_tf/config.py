@@ -73,4 +73,5 @@ class TrainConfig:
     checkpoints_to_keep: int = 3
     validate: bool = True  # the pretext loss on the validation split after each epoch
     verbose: int = 1
+    export: bool = True  # False: train and checkpoint only (tests, or a sweep that exports the runs it keeps)
     nan_policy: str = "stop"  # a non-finite loss: stop (naming the step) | skip_batch (go on without that step)

@@ -258,11 +258,11 @@ def _write_data_stats(log_dir: str, stats: dict, step: int) -> None:
 
 def _monitor(model, splits: Splits, config: MonitorConfig, input_size: int, log_dir: str, seed: int, initial_epoch: int) -> Monitor:
     """The monitor on the pretext's first exportable encoder, over stratified subsets of train (bank) and val (queries)."""
-    from fgssl_tf.data import label_fraction_subset
+    from fgssl_tf.data import stratified_at_most
 
     def subset(name, limit):
         images, labels = splits.split(name)
-        chosen = label_fraction_subset(labels, min(1.0, limit / max(len(labels), 1)), seed)
+        chosen = stratified_at_most(labels, limit, seed)
         return images[chosen], np.asarray(labels)[chosen]
 
     encoder = next(iter(model.exportable_encoders().values()))
@@ -332,6 +332,7 @@ def pretrain(
     chief = is_chief(strategy)
     with strategy.scope():  # before the data: a setting the model refuses fails fast
         model = build_pretext_model(train, data, backbone, pretext_config)
+    export_size = getattr(model, "export_image_size", data.image_size)  # the encoders' input size (SRGAN: its HR crop)
     splits = splits or load_splits(data)
     if supervised:
         pool, pool_side = splits.split("train")
@@ -376,7 +377,7 @@ def pretrain(
         callbacks.append(_NonFiniteWatch(train.nan_policy, steps, initial_step))
         callbacks.append(_Checkpointing(manager, epoch, step, steps, initial_step, chief, stop_signal))
         if monitor is not None and monitor.every > 0 and chief:
-            callbacks.append(_monitor(model, splits, monitor, getattr(model, "export_image_size", data.image_size), log_dir, train.seed, initial_epoch))
+            callbacks.append(_monitor(model, splits, monitor, export_size, log_dir, train.seed, initial_epoch))
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
         if initial_epoch == 0 and initial_step == 0 and chief:
             callbacks.append(_SummaryImages(pool[:8], log_dir, train.seed))
@@ -400,8 +401,7 @@ def pretrain(
         log.info("trained epochs %d..%d in %.1f s", initial_epoch + 1, train.epochs, time.time() - started)
 
     exports = {}
-    if chief:
-        export_size = getattr(model, "export_image_size", data.image_size)
+    if chief and train.export:
         metadata = {
             "pretext": train.pretext,
             "backbone": dataclasses.asdict(backbone) if getattr(module, "USES_BACKBONE", True) else None,

@@ -48,7 +48,7 @@ def _checkpoint_numbers(run_dir):
 
 def test_nan_loss_stops_naming_the_step_and_keeps_finite_checkpoints(tmp_path, elpv_small, nan_at_call):
     nan_at_call(5)  # 3 steps per epoch: epoch 2, batch 2
-    config = tiny_train_config(tmp_path, epochs=3)
+    config = tiny_train_config(tmp_path, export=False, epochs=3)
     with pytest.raises(FgsslError, match=r"non-finite loss or gradients in epoch 2, batch 2 \(step 5\).*--nan_policy=skip_batch"):
         trainer.pretrain(config, DATA, TINY_BACKBONE, splits=elpv_small)
     assert _checkpoint_numbers(config.model_dir) == [3]  # epoch 1 only; nothing written after the NaN
@@ -61,7 +61,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_finite_checkpoints(tmp_path, e
 
 def test_nan_policy_skip_batch_goes_on_without_that_step(tmp_path, elpv_small, nan_at_call):
     nan_at_call(5)
-    config = tiny_train_config(tmp_path, epochs=2, nan_policy="skip_batch")
+    config = tiny_train_config(tmp_path, export=False, epochs=2, nan_policy="skip_batch")
     result = trainer.pretrain(config, DATA, TINY_BACKBONE, splits=elpv_small)
     assert nonfinite_steps(result.model) == 1
     assert int(result.model.optimizer.iterations.numpy()) == 5  # 6 batches, one refused
@@ -73,12 +73,12 @@ def test_nan_policy_skip_batch_goes_on_without_that_step(tmp_path, elpv_small, n
 
 
 def test_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path, elpv_small, caplog):
-    trainer.pretrain(tiny_train_config(tmp_path, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
+    trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
     checkpoints = os.path.join(tmp_path, "run", "checkpoints")
     data_file = next(f for f in os.listdir(checkpoints) if f.startswith("ckpt-6.data"))
     with open(os.path.join(checkpoints, data_file), "r+b") as f:  # a torn write: half the file
         f.truncate(os.path.getsize(f.name) // 2)
-    resumed = trainer.pretrain(tiny_train_config(tmp_path, epochs=3), DATA, TINY_BACKBONE, splits=elpv_small)
+    resumed = trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=3), DATA, TINY_BACKBONE, splits=elpv_small)
     assert "ckpt-6 is unreadable" in caplog.text
     assert resumed.initial_epoch == 1 and int(resumed.model.optimizer.iterations.numpy()) == 9
     for name in os.listdir(checkpoints):
@@ -87,7 +87,7 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path, elp
     with open(os.path.join(checkpoints, "ckpt-9.index"), "w") as f:
         f.write("garbage")
     with pytest.raises(FgsslError, match="no checkpoint under .* could be read .*move that folder away"):
-        trainer.pretrain(tiny_train_config(tmp_path, epochs=4), DATA, TINY_BACKBONE, splits=elpv_small)
+        trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=4), DATA, TINY_BACKBONE, splits=elpv_small)
 
 
 def _train_command(run_dir, epochs):
@@ -190,7 +190,7 @@ def test_awkward_image_files_are_converted_or_skipped_and_counted_in_tensorboard
     assert has((200, 50, 10), 8)  # CMYK JPEG, back to RGB
     assert has((7, 8, 9), 0)  # one pixel, repeated
 
-    trainer.pretrain(tiny_train_config(tmp_path, epochs=1, steps_per_epoch=1, batch_size=4), DataConfig(dataset=f"folder:{root}", image_size=16),
+    trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=1, steps_per_epoch=1, batch_size=4), DataConfig(dataset=f"folder:{root}", image_size=16),
                      TINY_BACKBONE, splits=splits)
     values = {}
     for path in tf.io.gfile.glob(str(tmp_path / "run" / "logs" / "data" / "events.out.tfevents.*")):
@@ -203,7 +203,7 @@ def test_awkward_image_files_are_converted_or_skipped_and_counted_in_tensorboard
 
 
 def test_a_full_disk_at_checkpoint_time_keeps_the_last_good_one(tmp_path, elpv_small, monkeypatch):
-    config = tiny_train_config(tmp_path, epochs=1)
+    config = tiny_train_config(tmp_path, export=False, epochs=1)
     trainer.pretrain(config, DATA, TINY_BACKBONE, splits=elpv_small)
 
     def disk_full(self, *args, **kwargs):
@@ -211,8 +211,8 @@ def test_a_full_disk_at_checkpoint_time_keeps_the_last_good_one(tmp_path, elpv_s
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", disk_full)
     with pytest.raises(FgsslError, match=r"could not write a checkpoint after epoch 2 .*No space left.*ckpt-3 is kept; free space and re-run"):
-        trainer.pretrain(tiny_train_config(tmp_path, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
+        trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
     monkeypatch.undo()
     assert _checkpoint_numbers(config.model_dir) == [3]
-    resumed = trainer.pretrain(tiny_train_config(tmp_path, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
+    resumed = trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
     assert resumed.initial_epoch == 1 and int(resumed.model.optimizer.iterations.numpy()) == 6

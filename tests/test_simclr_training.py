@@ -1,4 +1,4 @@
-"""SimCLR training on real elpv images: the loss falls, runs resume exactly, replicas agree."""
+"""SimCLR training on real elpv images: the loss falls, replicas agree (exact resume after a kill: test_reliability.py)."""
 
 import glob
 import os
@@ -35,23 +35,6 @@ def test_a_few_steps_lower_the_loss(tmp_path, elpv_small):
     model.fit(dataset, epochs=1, steps_per_epoch=40, verbose=0)
     after = _fixed_view_loss(model, held_out)
     assert after < before - 0.05, (before, after)
-
-
-def test_interrupted_run_resumes_where_it_stopped(tmp_path, elpv_small):
-    straight = trainer.pretrain(tiny_train_config(tmp_path / "a", epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
-    first = trainer.pretrain(tiny_train_config(tmp_path / "b", epochs=1), DATA, TINY_BACKBONE, splits=elpv_small)
-    assert int(first.model.optimizer.iterations.numpy()) == 3
-    resumed = trainer.pretrain(tiny_train_config(tmp_path / "b", epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
-    assert resumed.initial_epoch == 1
-    assert list(resumed.history) and len(resumed.history["loss"]) == 1  # only epoch 2 ran
-    assert int(resumed.model.optimizer.iterations.numpy()) == 6
-    # Same data order, same augmentation, same optimizer state: the same weights.
-    for a, b in zip(straight.model.weights, resumed.model.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
-    for a, b in zip(straight.model.optimizer.variables, resumed.model.optimizer.variables):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.path)
-    # Each run exported a new version of the encoder.
-    assert os.path.basename(resumed.exports["tiny"]) == "2"
 
 
 def test_tensorboard_logs_and_refusal_to_resume_other_settings(tmp_path, elpv_small):

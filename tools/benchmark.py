@@ -12,7 +12,7 @@ counted as 3x the forward FLOPs TensorFlow's profiler reports for what the step
 runs (SimCLR: encoder and projection head on both views; Jigsaw: nine tiles and
 the classifier; SRGAN: the generator on the LR crops, psnr stage, HR crop = the
 image size, --width = the generator's channels; PMG: four passes of the whole network
-per batch, one per granularity). Each block's last lines are `key=value`, one a figure.
+per batch, one per granularity, heads of 8 and 16 x --width channels, the paper's at 64). Each block's last lines are `key=value`, one a figure.
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ def benchmark(pretext: str, splits, peak: float) -> None:
     if pretext == "srgan":
         config = dataclasses.replace(config, hr_size=size, width=FLAGS.width, residual_blocks=FLAGS.srgan_residual_blocks)
     if pretext == "pmg":
-        config = dataclasses.replace(config, num_classes=splits.num_classes)
+        # Heads sized with the backbone: the paper's 512 and 1024 at the standard width 64.
+        config = dataclasses.replace(config, num_classes=splits.num_classes, feature_size=8 * FLAGS.width, head_channels=16 * FLAGS.width)
     backbone = resolve_backbone(pretext, BackboneConfig(name=FLAGS.backbone, width=FLAGS.width), data, config)
     steps = FLAGS.warmup + FLAGS.steps
 

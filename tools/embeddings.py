@@ -37,14 +37,14 @@ def main(argv):
 
     from fgssl_tf import embeddings, plots
     from fgssl_tf.config import DataConfig
-    from fgssl_tf.data import label_fraction_subset, load_splits
+    from fgssl_tf.data import load_splits, stratified_at_most
     from fgssl_tf.export import ServingEncoder
 
     encoder = ServingEncoder(FLAGS.encoder)
     splits = load_splits(DataConfig(dataset=FLAGS.dataset, image_size=encoder.image_size or 64, tfds_data_dir=FLAGS.tfds_data_dir))
     images, labels = splits.split(FLAGS.split)
-    if FLAGS.max_images and FLAGS.max_images < len(labels):
-        chosen = label_fraction_subset(labels, FLAGS.max_images / len(labels), FLAGS.seed)
+    if FLAGS.max_images:
+        chosen = stratified_at_most(labels, FLAGS.max_images, FLAGS.seed)
         images, labels = images[chosen], np.asarray(labels)[chosen]
     features = encoder.embed(images)
     output_dir = FLAGS.output_dir or os.path.join(os.path.dirname(encoder.path), "evaluations", f"embeddings-{FLAGS.split}")

@@ -71,7 +71,7 @@ def _load_images(image_size: int):
     import numpy as np
 
     from fgssl_tf.config import DataConfig
-    from fgssl_tf.data import label_fraction_subset, load_splits
+    from fgssl_tf.data import load_splits, stratified_at_most
     from fgssl_tf.data.images import decode_files, list_image_files
     from fgssl_tf.errors import FgsslError
 
@@ -92,7 +92,7 @@ def _load_images(image_size: int):
         return decoded.images, names, None
     splits = load_splits(DataConfig(dataset=FLAGS.dataset, image_size=image_size))
     images, labels = splits.split(FLAGS.split)
-    chosen = label_fraction_subset(labels, min(1.0, FLAGS.max_images / len(labels)), 0)[: FLAGS.max_images]
+    chosen = stratified_at_most(labels, FLAGS.max_images, 0)[: FLAGS.max_images]
     names = [f"{FLAGS.split}{i}_{splits.class_names[labels[i]]}" for i in chosen]
     return images[chosen], names, np.asarray(labels)[chosen]
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from fgssl_tf.config import DataConfig
 from fgssl_tf.data import dedup, pipeline, sources
-from fgssl_tf.data.splits import fingerprint, label_fraction_subset, stratified_split
+from fgssl_tf.data.splits import fingerprint, label_fraction_subset, stratified_at_most, stratified_split
 from fgssl_tf.errors import FgsslError
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Splits:
 def _subsample(images, labels, limit, seed=0):
     if limit is None or len(labels) <= limit:
         return images, labels
-    idx = label_fraction_subset(labels, limit / len(labels), seed)[:limit]
+    idx = stratified_at_most(labels, limit, seed)[:limit]
     return images[idx], labels[idx]
 
 
@@ -115,4 +115,4 @@ def load_splits(config: DataConfig) -> Splits:
     )
 
 
-__all__ = ["DATASETS", "Splits", "load_splits", "label_fraction_subset", "stratified_split", "pipeline"]
+__all__ = ["DATASETS", "Splits", "load_splits", "label_fraction_subset", "stratified_at_most", "stratified_split", "pipeline"]

@@ -53,6 +53,11 @@ def label_fraction_subset(labels: np.ndarray, fraction: float, seed: int) -> np.
     return np.sort(np.concatenate(chosen))
 
 
+def stratified_at_most(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """A stratified subset of about `limit` images (every image when there are fewer)."""
+    return label_fraction_subset(labels, min(1.0, limit / max(len(labels), 1)), seed)
+
+
 def fingerprint(*index_arrays: np.ndarray) -> str:
     """A short hash of split indices, logged and stored so a changed split is noticed."""
     digest = hashlib.sha256()
