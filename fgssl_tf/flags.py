@@ -35,10 +35,14 @@ PRETEXT_FLAGS = {
 
 
 def validate(name: str, check) -> None:
-    """Register `check(value) -> error message or None` as the validator of flag `name`."""
+    """Register `check(value)` as the validator of flag `name`: it returns an error message
+    or None, or raises FgsslError (the library's checks) with the message."""
 
     def checker(value):
-        error = check(value)
+        try:
+            error = check(value)
+        except FgsslError as err:  # the library's own check, raising its message
+            error = str(err)
         if error:
             raise flags.ValidationError(error)
         return True
@@ -215,22 +219,13 @@ def define_train_flags() -> None:
     def pretext_error(value):
         from fgssl_tf.pretext import check_pretext
 
-        try:
-            check_pretext(value)
-        except FgsslError as err:
-            return str(err)
-        return None
+        check_pretext(value)
 
     def ops_error(names):
-        if not names:
-            return None
-        from fgssl_tf.fine_grained import check_ops
+        if names:
+            from fgssl_tf.fine_grained import check_ops
 
-        try:
             check_ops(names)
-        except FgsslError as err:
-            return str(err)
-        return None
 
     validate("pretext", pretext_error)
     validate("model_dir", not_a_file_error)
