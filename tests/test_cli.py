@@ -160,3 +160,10 @@ def test_every_flag_of_train_and_evaluate_is_checked_when_parsed():
         lines += result.stdout.splitlines()
     assert len([line for line in lines if line.startswith("ok ")]) > 80
     assert [line for line in lines if not line.startswith("ok ")] == []
+
+
+def test_benchmark_refuses_an_unknown_pretext_in_its_list(tmp_path):
+    result = run([os.path.join(REPO, "tools", "benchmark.py"), "--pretext=simclr,rotnet"], cwd=str(tmp_path), timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: flag --pretext=") and "rotnet" in last and "choose a comma list of simclr, jigsaw, srgan, pmg" in last
