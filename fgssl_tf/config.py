@@ -30,7 +30,7 @@ class BackboneConfig:
 
     name: str = "resnet18"  # "resnet18" or "resnet50"
     small_stem: Optional[bool] = None  # None: on for images of 32 px and less
-    synchronized_bn: bool = False  # BN statistics over the global batch across replicas
+    synchronized_bn: Optional[bool] = None  # BN statistics over the global batch; None: when there are several replicas
     width: int = 64  # channels of the first stage; 64 is the standard ResNet
 
     def resolved_small_stem(self, image_size: int) -> bool:

@@ -115,7 +115,7 @@ def define_backbone_flags() -> None:
     flags.DEFINE_enum("backbone", "resnet18", list(BACKBONES), "Encoder architecture.")
     flags.DEFINE_enum("small_stem", "auto", ["auto", "true", "false"], "3x3 stem without max-pool; auto: on for encoder inputs of 32 px and less (images; jigsaw: tile crops).")
     flags.DEFINE_integer("width", 64, "Channels of the first ResNet stage (64 = standard).", lower_bound=4)
-    flags.DEFINE_boolean("sync_bn", False, "Synchronize batch-norm statistics across replicas.")
+    flags.DEFINE_enum("sync_bn", "auto", ["auto", "true", "false"], "Batch-norm statistics over the global batch across replicas; auto: whenever there are several.")
 
 
 
@@ -134,7 +134,7 @@ def data_config() -> DataConfig:
 
 def backbone_config() -> BackboneConfig:
     small_stem = {"auto": None, "true": True, "false": False}[FLAGS.small_stem]
-    return BackboneConfig(name=FLAGS.backbone, small_stem=small_stem, synchronized_bn=FLAGS.sync_bn, width=FLAGS.width)
+    return BackboneConfig(name=FLAGS.backbone, small_stem=small_stem, synchronized_bn={"auto": None, "true": True, "false": False}[FLAGS.sync_bn], width=FLAGS.width)
 
 
 def define_train_flags() -> None:

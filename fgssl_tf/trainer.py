@@ -26,7 +26,7 @@ import tensorflow as tf
 from fgssl_tf import export as export_lib
 from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.data import Splits, load_splits, pipeline
-from fgssl_tf.distribute import is_chief, make_strategy
+from fgssl_tf.distribute import check_workers_agree, is_chief, make_strategy, wait_for_workers
 from fgssl_tf.errors import FgsslError, Interrupted
 from fgssl_tf.monitor import Monitor, MonitorConfig
 from fgssl_tf.optim import nonfinite_steps
@@ -310,6 +310,7 @@ def pretrain(
 ) -> PretrainResult:
     """Train `train.pretext` on `data`, resume from `train.model_dir` if it holds a checkpoint, export.
     `monitor` (every > 0) adds kNN, online linear probe and collapse signals during training."""
+    strategy = make_strategy(train.strategy)  # first: a multi-worker cluster must be joined before TensorFlow's first op
     backbone = backbone or BackboneConfig()
     train = with_pretext_defaults(train)
     module = get_pretext(train.pretext)
@@ -324,7 +325,6 @@ def pretrain(
     summary = _summary(train, data, backbone, pretext_config)
     _check_resumable(train.model_dir, summary)
 
-    strategy = make_strategy(train.strategy)
     if train.batch_size % strategy.num_replicas_in_sync:
         raise FgsslError(
             f"--batch_size={train.batch_size} does not split evenly over {strategy.num_replicas_in_sync} replicas"
@@ -353,6 +353,7 @@ def pretrain(
     initial_epoch, initial_step = int(epoch.numpy()), int(step.numpy())
     if initial_step >= steps:  # stopped after an epoch's last batch, before its end: that epoch is done
         initial_epoch, initial_step = initial_epoch + 1, 0
+    check_workers_agree(strategy, initial_epoch * steps + initial_step, "the batches already trained (the checkpoint to resume from)")
     if chief:
         os.makedirs(train.model_dir, exist_ok=True)
         with open(os.path.join(train.model_dir, RUN_CONFIG_FILE), "w") as f:
@@ -378,7 +379,8 @@ def pretrain(
         callbacks.append(_Checkpointing(manager, epoch, step, steps, initial_step, chief, stop_signal))
         if monitor is not None and monitor.every > 0 and chief:
             callbacks.append(_monitor(model, splits, monitor, export_size, log_dir, train.seed, initial_epoch))
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
+        if chief:  # other workers train the same replicas' logs: one writer per run
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
         if initial_epoch == 0 and initial_step == 0 and chief:
             callbacks.append(_SummaryImages(pool[:8], log_dir, train.seed))
         if hasattr(model, "epoch_images") and chief:
@@ -427,4 +429,5 @@ def pretrain(
             output_dir = os.path.join(model_root, "evaluations", f"v{version}-{dataset_name}-classifier-labels100")
             report = classifier_report(model.predict_classes, splits, data.dataset, data.image_size, f"{name} (trained classifier)", metadata, train.seed, output_dir)
             log.info("classifier report: %s/report.json", report["output_dir"])
+    wait_for_workers(strategy)
     return PretrainResult(model, history, exports, initial_epoch, splits)

@@ -43,6 +43,15 @@ def test_synchronized_bn_and_width_options():
     assert {f"block{i}_unit1_conv1" for i in range(1, 5)} <= {layer.name for layer in model.layers}
 
 
+def test_batch_norm_synchronizes_by_default_only_with_several_replicas():
+    from fgssl_tf.distribute import make_strategy
+
+    for strategy, expected in ((make_strategy("one_device"), False), (make_strategy("mirrored"), True)):
+        with strategy.scope():
+            assert build_resnet(BackboneConfig(width=4), 32).get_layer("stem_bn").synchronized is expected
+            assert build_resnet(BackboneConfig(width=4, synchronized_bn=False), 32).get_layer("stem_bn").synchronized is False
+
+
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(FgsslError, match="resnet18"):
         build_resnet(BackboneConfig(name="vgg"), 32)

@@ -106,3 +106,29 @@ def test_backbone_weights_imagenet_path_and_none(tmp_path, monkeypatch):
     source.save_weights(path)
     loaded = pmg.build_stage_features(resnet50, 32, path)
     np.testing.assert_array_equal(loaded.get_layer("resnet50").get_layer("conv1_conv").kernel.numpy(), source.get_layer("conv1_conv").kernel.numpy())
+
+
+def _one_batch(strategy, tmp_path, images, labels):
+    """One batch (four updates) from the same initial weights; the logs and each weight's change."""
+    with strategy.scope():
+        model = _model(tmp_path)
+    initial = [v.numpy() for v in model.trainable_weights]
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64))).batch(len(images))
+    logs = model.fit(dataset, epochs=1, verbose=0).history
+    return logs, [v.numpy() - w for v, w in zip(model.trainable_weights, initial)]
+
+
+def test_two_replicas_train_like_one(tmp_path, elpv_small):
+    """Batch norm synchronized (the default with several replicas), the same jigsaw for
+    the whole global batch, crops drawn for the global batch: 2 replicas = 1 replica."""
+    from fgssl_tf.distribute import make_strategy
+
+    images, labels = elpv_small.train_images[:16], elpv_small.train_labels[:16]
+    one, updates_one = _one_batch(make_strategy("one_device"), tmp_path / "one", images, labels)
+    two, updates_two = _one_batch(make_strategy("mirrored"), tmp_path / "two", images, labels)
+    for name in ("loss_granularity_8", "loss_granularity_4", "loss_granularity_2", "loss_whole", "loss"):
+        # Four updates in sequence: the later heads see weights that differ by float rounding.
+        assert two[name][0] == pytest.approx(one[name][0], rel=1e-4), name
+    assert abs(two["accuracy"][0] - one["accuracy"][0]) <= 1 / 16
+    for a, b in zip(updates_one, updates_two):
+        assert np.abs(b - a).max() <= 2e-3 * np.abs(a).max() + 1e-8

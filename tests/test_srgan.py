@@ -210,3 +210,37 @@ def test_evaluation_tool_runs_a_variant_and_names_it(gan_exports, elpv_small, tm
         evaluate(EvalConfig(encoder=version, head="paper"), splits=elpv_small)
     with pytest.raises(FgsslError, match="applies to SRGAN discriminator"):
         evaluate(EvalConfig(encoder=version, remove_conv_blocks=1), splits=elpv_small)
+
+
+def _one_gan_step(strategy, images):
+    """One gan-stage step (critic, then generator) with plain SGD on both: Adam's first
+    step divides each gradient by its own magnitude and so amplifies float rounding."""
+    config = dataclasses.replace(TINY, stage="gan")
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = srgan.build(config, learning_rate=0.05, seed=0)
+        model.discriminator_optimizer = keras.optimizers.SGD(0.05)
+        model.compile(optimizer=keras.optimizers.SGD(0.05))
+        model.optimizer.build(model.generator.trainable_variables)
+        model.discriminator_optimizer.build(model.discriminator.trainable_variables)
+    weights = model.generator.trainable_weights + model.discriminator.trainable_weights
+    initial = [v.numpy() for v in weights]
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(len(images), np.int64))).batch(len(images))
+    logs = model.fit(dataset, epochs=1, verbose=0).history
+    return logs, [v.numpy() - w for v, w in zip(weights, initial)]
+
+
+def test_two_replicas_train_like_one(elpv_small):
+    """Generator and critic losses, and both networks' updates, equal on 2 replicas and 1
+    (batch norm synchronized: the default with several replicas; crops drawn for the global batch)."""
+    from fgssl_tf.distribute import make_strategy
+
+    images = elpv_small.train_images[:16]
+    one, updates_one = _one_gan_step(make_strategy("one_device"), images)
+    two, updates_two = _one_gan_step(make_strategy("mirrored"), images)
+    for name in ("loss", "pixel_loss", "adversarial_loss", "d_loss"):
+        assert two[name][0] == pytest.approx(one[name][0], rel=1e-5), name
+    assert two["d_real_accuracy"][0] == one["d_real_accuracy"][0] and two["d_fake_accuracy"][0] == one["d_fake_accuracy"][0]
+    assert sum(np.abs(u).max() > 0 for u in updates_one) == len(updates_one)  # every weight of both networks moved
+    for a, b in zip(updates_one, updates_two):
+        assert np.abs(b - a).max() <= 1e-3 * np.abs(a).max() + 1e-9

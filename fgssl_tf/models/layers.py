@@ -6,6 +6,15 @@ import keras
 import tensorflow as tf
 
 
+def batch_norm(name: str, momentum: float = 0.9, epsilon: float = 1e-5, synchronized: bool | None = None) -> keras.layers.Layer:
+    """BatchNormalization (defaults: PyTorch's momentum 0.1 and eps 1e-5). `synchronized=None`:
+    statistics over the global batch whenever the strategy the layer is built under has
+    several replicas, so R replicas train as one replica with the same global batch."""
+    if synchronized is None:
+        synchronized = tf.distribute.get_strategy().num_replicas_in_sync > 1
+    return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, synchronized=synchronized, name=name)
+
+
 @keras.saving.register_keras_serializable(package="fgssl_tf")
 class GridAveragePooling(keras.layers.Layer):
     """PyTorch `AdaptiveAvgPool2d((g, g))` followed by a flatten: [B, H, W, C] -> [B, g*g*C].

@@ -14,7 +14,7 @@ from keras import layers
 
 from fgssl_tf.config import BackboneConfig
 from fgssl_tf.errors import FgsslError
-from fgssl_tf.models.layers import GridAveragePooling
+from fgssl_tf.models.layers import GridAveragePooling, batch_norm
 
 STAGES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
 BACKBONES = tuple(STAGES)
@@ -29,7 +29,7 @@ def _conv_init() -> keras.initializers.Initializer:
 
 def _bn(config: BackboneConfig, name: str) -> layers.Layer:
     # PyTorch BN: momentum 0.1 (Keras 0.9), eps 1e-5.
-    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=config.synchronized_bn, name=name)
+    return batch_norm(name, synchronized=config.synchronized_bn)
 
 
 def _conv(x, filters, kernel, stride, name):

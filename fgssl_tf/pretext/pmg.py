@@ -35,7 +35,7 @@ from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.fine_grained import random_jigsaw
 from fgssl_tf.models import build_resnet
-from fgssl_tf.models.layers import CaffePreprocess
+from fgssl_tf.models.layers import CaffePreprocess, batch_norm
 from fgssl_tf.objectives import global_batch_position, replica_info
 from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, guard
 
@@ -99,7 +99,7 @@ def _conv_block(filters: int, kernel: int, name: str) -> list:
     # PMG's BasicConv: conv without bias, BN (PyTorch momentum 0.01 = Keras 0.99, eps 1e-5), ReLU.
     return [
         keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv"),
-        keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-5, name=f"{name}_bn"),
+        batch_norm(f"{name}_bn", momentum=0.99),
         keras.layers.ReLU(name=f"{name}_relu"),
     ]
 
@@ -107,9 +107,9 @@ def _conv_block(filters: int, kernel: int, name: str) -> list:
 def _classifier(config: PMGConfig, name: str) -> keras.Sequential:
     return keras.Sequential(
         [
-            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn1"),
+            batch_norm(f"{name}_bn1"),
             keras.layers.Dense(config.feature_size, name=f"{name}_dense1"),
-            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn2"),
+            batch_norm(f"{name}_bn2"),
             keras.layers.ELU(name=f"{name}_elu"),
             keras.layers.Dense(config.num_classes, name=f"{name}_logits"),
         ],

@@ -51,7 +51,7 @@ from fgssl_tf.augment import step_seed
 from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.export import read_metadata
-from fgssl_tf.models.layers import CaffePreprocess, FixedInputSize, PixelShuffle
+from fgssl_tf.models.layers import CaffePreprocess, FixedInputSize, PixelShuffle, batch_norm
 from fgssl_tf.objectives import global_batch_position, replica_info
 from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, guard
 
@@ -121,7 +121,7 @@ def _prelu(name):
 
 
 def _bn(name):
-    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)  # PyTorch momentum 0.1, eps 1e-5
+    return batch_norm(name)  # PyTorch momentum 0.1, eps 1e-5; synchronized over several replicas
 
 
 def _generator_graph(x, layer, width: int, blocks: int, upsample_blocks: int, until: str):
@@ -462,7 +462,7 @@ def paper_generator_head(num_classes: int, dropout: float, hidden: int = 1024) -
         [
             layers.ZeroPadding2D(1, name="head_pad"),
             layers.Conv2D(3, 3, 2, padding="valid", name="head_conv"),
-            layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="head_bn"),
+            batch_norm("head_bn"),
             layers.LeakyReLU(0.2, name="head_lrelu1"),
             layers.Flatten(name="head_flatten"),
             layers.Dense(hidden, name="head_dense1"),
