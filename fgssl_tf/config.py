@@ -70,6 +70,7 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "auto"  # auto | one_device | mirrored | multiworker
     jit_compile: bool = False
+    mixed_precision: str = "none"  # none | bfloat16: bfloat16 compute, float32 weights and losses
     checkpoints_to_keep: int = 3
     validate: bool = True  # the pretext loss on the validation split after each epoch
     verbose: int = 1

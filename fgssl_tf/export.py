@@ -83,7 +83,7 @@ def export_encoder(encoder: keras.Model, export_dir: str, name: str, image_size:
 
     def serve(images):
         x = preprocess(_check_and_convert(images), image_size)
-        return {OUTPUT_NAME: encoder(x, training=False)}
+        return {OUTPUT_NAME: tf.cast(encoder(x, training=False), tf.float32)}  # float32 also from a mixed-precision encoder
 
     archive = keras.export.ExportArchive()
     archive.track(encoder)

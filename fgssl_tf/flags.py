@@ -150,6 +150,9 @@ def define_train_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and initialisation.", lower_bound=0)
     flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy; auto = mirrored over several GPUs.")
     flags.DEFINE_boolean("validate", True, "Compute the pretext loss on the validation split after each epoch.")
+    flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16"],
+                      "bfloat16: layers compute in bfloat16, weights and losses stay float32 (GPUs from Ampere on, TPUs; "
+                      "slower on most CPUs). float16 is not offered: it needs loss scaling, which would fight the NaN guard.")
     flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step (not yet for simclr: its augmentation has no XLA kernel).")
     flags.DEFINE_integer("monitor_every", 1, "Every this many epochs: kNN accuracy, online linear probe and collapse signals on held-out labels (0: off).", lower_bound=0)
     flags.DEFINE_integer("monitor_images", 1000, "Labelled training images the monitor uses (validation queries: half as many).", lower_bound=10)
@@ -254,6 +257,7 @@ def train_config() -> TrainConfig:
         seed=FLAGS.seed,
         strategy=FLAGS.strategy,
         jit_compile=FLAGS.jit_compile,
+        mixed_precision=FLAGS.mixed_precision,
         validate=FLAGS.validate,
         verbose=FLAGS.verbose,
         nan_policy=FLAGS.nan_policy,

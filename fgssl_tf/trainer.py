@@ -35,6 +35,7 @@ from fgssl_tf.pretext import get_pretext, resolve_backbone, with_pretext_default
 log = logging.getLogger(__name__)
 
 RUN_CONFIG_FILE = "run_config.json"
+MIXED_PRECISION_POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16"}
 # Settings that must match to resume from a model_dir's checkpoint.
 _RESUME_KEYS = ("pretext", "backbone", "image_size", "batch_size", "seed", "dataset")
 
@@ -82,7 +83,12 @@ def build_pretext_model(train: TrainConfig, data: DataConfig, backbone: Backbone
     """The pretext model, compiled, with optimizer variables created (so restore is exact)."""
     module = get_pretext(train.pretext)
     keras.utils.set_random_seed(train.seed)
-    model = module.build_model(with_pretext_defaults(train), data, backbone, pretext_config or module.Config())
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(MIXED_PRECISION_POLICIES[train.mixed_precision])  # layers keep the policy they are made with
+    try:
+        model = module.build_model(with_pretext_defaults(train), data, backbone, pretext_config or module.Config())
+    finally:
+        keras.config.set_dtype_policy(previous)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     return model

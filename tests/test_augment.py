@@ -1,9 +1,12 @@
 """SimCLR view augmentation: shapes, seeds, replica slicing, and the paper's semantics."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import REPO
 from fgssl_tf.augment import SimCLRAugmentation, blur_kernel_size, sample_view_params
 from fgssl_tf.config import AugmentConfig
 
@@ -89,3 +92,19 @@ def test_layer_config_round_trips():
     layer = SimCLRAugmentation(48, AugmentConfig(blur_prob=0.25), name="views")
     clone = SimCLRAugmentation.from_config(layer.get_config())
     assert clone.image_size == 48 and clone.config.blur_prob == 0.25
+
+
+def test_reference_loop_view_is_a_simclr_view(images):
+    """tools/reference_loop.py's per-image view (the baseline of the speed comparison): the
+    output size, values in [0, 1], and a different view on each call."""
+    import importlib.util
+
+    from fgssl_tf.config import AugmentConfig
+
+    spec = importlib.util.spec_from_file_location("reference_loop", os.path.join(REPO, "tools", "reference_loop.py"))
+    reference_loop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference_loop)
+    tf.random.set_seed(0)
+    views = [reference_loop.reference_view(tf.constant(images[0]), 24, AugmentConfig()).numpy() for _ in range(4)]
+    assert all(v.shape == (24, 24, 3) and v.dtype == np.float32 and 0.0 <= v.min() and v.max() <= 1.0 for v in views)
+    assert min(np.abs(a - b).mean() for i, a in enumerate(views) for b in views[i + 1 :]) > 1e-3

@@ -37,7 +37,8 @@ flags.DEFINE_integer("image_size", 64, "Image size.", lower_bound=8)
 flags.DEFINE_integer("batch_size", 64, "Global batch size.", lower_bound=2)
 flags.DEFINE_integer("steps", 12, "Timed steps per measurement (after warm-up).", lower_bound=2)
 flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocation).", lower_bound=1)
-flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step (SimCLR refuses it for now).")
+flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step (Jigsaw; SimCLR refuses it, SRGAN and PMG ignore it).")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16"], "Compute dtype of the layers (weights stay float32).")
 flags.DEFINE_string("dataset", "elpv", "Images for the real-pipeline measurement.")
 flags.DEFINE_integer("peak_matrix", 2048, "Side of the matrices whose product measures the float32 peak.", lower_bound=64)
 flags.DEFINE_integer("srgan_residual_blocks", 16, "SRGAN: generator residual blocks.", lower_bound=1)
@@ -139,7 +140,8 @@ def benchmark(pretext: str, splits, peak: float) -> None:
     from fgssl_tf.pretext import get_pretext, resolve_backbone
 
     size, batch = FLAGS.image_size, FLAGS.batch_size
-    train = TrainConfig(pretext=pretext, model_dir=tempfile.mkdtemp(), batch_size=batch, jit_compile=FLAGS.jit_compile, verbose=0)
+    train = TrainConfig(pretext=pretext, model_dir=tempfile.mkdtemp(), batch_size=batch, jit_compile=FLAGS.jit_compile,
+                        mixed_precision=FLAGS.mixed_precision, verbose=0)
     data = DataConfig(dataset=FLAGS.dataset, image_size=size)
     config = get_pretext(pretext).Config()
     if pretext == "srgan":
@@ -172,7 +174,7 @@ def benchmark(pretext: str, splits, peak: float) -> None:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     print(f"pretext={pretext} backbone={FLAGS.backbone} width={FLAGS.width} small_stem={backbone.small_stem} "
-          f"image_size={size} batch={batch} jit={FLAGS.jit_compile} "
+          f"image_size={size} batch={batch} jit={FLAGS.jit_compile} mixed_precision={FLAGS.mixed_precision} "
           f"cpus={os.cpu_count()} gpus={len(tf.config.list_physical_devices('GPU'))} tf={tf.__version__}")
     print(f"training GFLOP per image (3x forward{f' x {passes} passes' if passes > 1 else ''}): {flops_per_image / 1e9:.3f}")
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s; achieved: {achieved / 1e9:.1f} GFLOP/s")

@@ -269,7 +269,7 @@ class JigsawModel(keras.Model):
         self.jigsaw_config = config
         self.seed = seed
         self.weight_decay = weight_decay
-        self.puzzle = JigsawPuzzle(image_size, permutations, config, name="puzzle")
+        self.puzzle = JigsawPuzzle(image_size, permutations, config, name="puzzle", dtype="float32")  # image ops in float32 under mixed precision
         self.dropout = keras.layers.Dropout(config.dropout, name="dropout")
         self.classifier = keras.layers.Dense(len(permutations), name="permutation_classifier")
         self.classifier.build((None, TILES * encoder.output_shape[-1]))
@@ -297,7 +297,7 @@ class JigsawModel(keras.Model):
         return self.puzzle(images, seed=seed, **global_batch_position(tf.shape(images)[0]))
 
     def _loss(self, tiles, labels, training):
-        logits = self(tiles, training=training)
+        logits = tf.cast(self(tiles, training=training), tf.float32)  # float32 loss under mixed precision
         per_puzzle = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
         _, replicas, _ = replica_info()
         # The mean over the global batch; replicas' gradients are summed.

@@ -184,7 +184,7 @@ class PMGModel(keras.Model):
 
     def _head_loss(self, logits, labels):
         _, replicas, _ = replica_info()
-        losses = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        losses = keras.losses.sparse_categorical_crossentropy(labels, tf.cast(logits, tf.float32), from_logits=True)
         return tf.reduce_sum(losses) / tf.cast(tf.shape(labels)[0] * replicas, tf.float32), replicas
 
     def train_step(self, data):

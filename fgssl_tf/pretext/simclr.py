@@ -90,7 +90,7 @@ class SimCLRModel(keras.Model):
         self.simclr_config = config
         self.seed = seed
         self.weight_decay = weight_decay
-        self.augmenter = SimCLRAugmentation(image_size, config.augment, name="views")
+        self.augmenter = SimCLRAugmentation(image_size, config.augment, name="views", dtype="float32")  # image ops in float32 under mixed precision
         self.projector = keras.Sequential(
             [
                 keras.layers.Dense(config.hidden_dim, name="projection_hidden"),

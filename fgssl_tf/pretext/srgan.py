@@ -306,6 +306,7 @@ class SRGANModel(keras.Model):
         return tf.reduce_sum(values) / tf.cast(tf.size(values) * replicas, tf.float32)
 
     def _bce(self, logits, target: float):
+        logits = tf.cast(logits, tf.float32)
         labels = tf.fill(tf.shape(logits), target)
         return self._global_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
 
@@ -320,7 +321,7 @@ class SRGANModel(keras.Model):
         _, replicas, _ = replica_info()
         generator_variables = self.generator.trainable_variables
         with tf.GradientTape() as generator_tape:
-            sr = self.generator(lr, training=True)
+            sr = tf.cast(self.generator(lr, training=True), tf.float32)  # float32 losses under mixed precision
             pixel = self._global_mean(tf.square(sr - hr))
             loss = config.pixel_weight * pixel
             if self.active_stage == "gan":
@@ -335,7 +336,7 @@ class SRGANModel(keras.Model):
                 if self.perceptual is not None:
                     scale = config.perceptual_scale
                     target = tf.stop_gradient(self.perceptual(hr, training=False)) * scale
-                    perceptual = self._global_mean(tf.square(self.perceptual(sr, training=False) * scale - target))
+                    perceptual = self._global_mean(tf.square(tf.cast(self.perceptual(sr, training=False), tf.float32) * scale - tf.cast(target, tf.float32)))
                 loss += config.perceptual_weight * perceptual + config.adversarial_weight * adversarial
         self._apply(self.optimizer, generator_tape, loss, generator_variables)
         self.trackers["loss"].update_state(loss * replicas)
@@ -353,7 +354,7 @@ class SRGANModel(keras.Model):
         """Centre crops: pixel loss, PSNR and SSIM of the restored crops, PSNR of bicubic upsampling."""
         images = data[0] if isinstance(data, (tuple, list)) else data
         hr, lr = self.crop_pairs(images)
-        sr = self.generator(lr, training=False)
+        sr = tf.cast(self.generator(lr, training=False), tf.float32)
         _, replicas, _ = replica_info()
         self.trackers["loss"].update_state(self._global_mean(tf.square(sr - hr)) * replicas)
         restored = tf.clip_by_value(sr, 0.0, 1.0)
