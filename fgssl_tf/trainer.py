@@ -385,7 +385,7 @@ def pretrain(
         callbacks.append(_Checkpointing(manager, epoch, step, steps, initial_step, chief, stop_signal))
         if monitor is not None and monitor.every > 0 and chief:
             callbacks.append(_monitor(model, splits, monitor, export_size, log_dir, train.seed, initial_epoch))
-        if chief:  # other workers train the same replicas' logs: one writer per run
+        if chief:  # one writer per run: the other workers' logs would repeat the chief's
             callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
         if initial_epoch == 0 and initial_step == 0 and chief:
             callbacks.append(_SummaryImages(pool[:8], log_dir, train.seed))
