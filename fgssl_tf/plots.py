@@ -66,9 +66,10 @@ def embedding_map_png(points, labels, class_names, path: str, title: str = "") -
 def lines_png(series: dict, path: str, title: str, xlabel: str, ylabel: str) -> str:
     """One line per name: {name: [(x, y), ...]}, x on a log scale (label fractions)."""
     figure, axes = plt.subplots(figsize=(8, 5))
-    for name, points in series.items():
+    colours, markers = plt.get_cmap("tab20"), "osD^v<>ph*"
+    for k, (name, points) in enumerate(series.items()):  # 20 colours x 10 markers: no two lines alike
         xs, ys = zip(*points)
-        axes.plot(xs, ys, marker="o", label=name)
+        axes.plot(xs, ys, marker=markers[k % len(markers)], color=colours(k % colours.N), label=name)
     axes.set_xscale("log")
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
