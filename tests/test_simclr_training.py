@@ -26,15 +26,19 @@ def _fixed_view_loss(model, images):
     return float(model._loss(view1, view2, training=True)[0])
 
 
-def test_a_few_steps_lower_the_loss(tmp_path, elpv_small):
-    config = tiny_train_config(tmp_path)
-    model = trainer.build_pretext_model(config, DATA, TINY_BACKBONE, simclr.SimCLRConfig())
-    held_out = elpv_small.val_images[:64]
+def _assert_40_steps_lower_the_loss(model, splits):
+    held_out = splits.val_images[:64]
     before = _fixed_view_loss(model, held_out)
-    dataset = pipeline.epoch_batches(elpv_small.train_images, elpv_small.train_labels, 32, 0, 0, 1, 40)
+    dataset = pipeline.epoch_batches(splits.train_images, splits.train_labels, 32, 0, 0, 1, 40)
     model.fit(dataset, epochs=1, steps_per_epoch=40, verbose=0)
     after = _fixed_view_loss(model, held_out)
     assert after < before - 0.05, (before, after)
+
+
+def test_a_few_steps_lower_the_loss(tmp_path, elpv_small):
+    config = tiny_train_config(tmp_path)
+    model = trainer.build_pretext_model(config, DATA, TINY_BACKBONE, simclr.SimCLRConfig())
+    _assert_40_steps_lower_the_loss(model, elpv_small)
 
 
 def test_tensorboard_logs_and_refusal_to_resume_other_settings(tmp_path, elpv_small):
@@ -92,12 +96,7 @@ def test_bfloat16_mixed_precision_learns_and_exports_float32(tmp_path, elpv_smal
     assert keras.config.dtype_policy().name == "float32"
     conv = model.encoder.get_layer("stem_conv")
     assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
-    held_out = elpv_small.val_images[:64]
-    before = _fixed_view_loss(model, held_out)
-    dataset = pipeline.epoch_batches(elpv_small.train_images, elpv_small.train_labels, 32, 0, 0, 1, 40)
-    model.fit(dataset, epochs=1, steps_per_epoch=40, verbose=0)
-    after = _fixed_view_loss(model, held_out)
-    assert after < before - 0.05, (before, after)
+    _assert_40_steps_lower_the_loss(model, elpv_small)
 
     from fgssl_tf.export import export_encoder
 
