@@ -54,6 +54,8 @@ def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path, pretext):
         (["--export_name=../elsewhere"], "is not a plain name"),
         (["--seed=-1"], "--seed=-1"),
         (["--nan_policy=ignore"], "--nan_policy"),
+        (["--mixed_precision=float16"], "--mixed_precision"),
+        (["--sync_bn=yes"], "--sync_bn"),
     ],
 )
 def test_train_bad_input_is_one_clear_line(tmp_path, args, message, capsys, monkeypatch):
