@@ -72,3 +72,58 @@ def test_the_same_seed_builds_the_same_weights():
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for a, b in zip(first, other))
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_fast_conv_gradients_equal_tensorflows(stride, padding):
+    """The rewritten input gradient (flipped-kernel convolution, col2im on small strided maps,
+    the stock kernel on larger ones) and the filter gradient equal TensorFlow's own, for odd
+    and even kernels, non-square maps and sizes a stride does not divide."""
+    import tensorflow as tf
+
+    from fgssl_tf.models.layers import COL2IM_MAX_OUTPUT_POSITIONS, conv2d_fast_input_gradient
+
+    rng = np.random.default_rng(stride)
+    paths = set()
+    for size in (1, 2, 5, 8, 13):
+        for kernel_size in (1, 2, 3, 7):
+            if padding == "VALID" and size < kernel_size:
+                continue
+            x = tf.constant(rng.normal(size=(2, size, size + 1, 3)), tf.float32)
+            kernel = tf.constant(rng.normal(size=(kernel_size, kernel_size, 3, 4)), tf.float32)
+
+            @tf.function  # as in training: static shapes pick the path
+            def gradients(x, kernel):
+                with tf.GradientTape(persistent=True) as tape:
+                    tape.watch([x, kernel])
+                    stock = tf.nn.conv2d(x, kernel, stride, padding)
+                    ours = conv2d_fast_input_gradient(x, kernel, (stride, stride), padding)
+                    weights = tf.random.stateless_normal(tf.shape(stock), [0, 1])
+                    losses = tf.reduce_sum(stock * weights), tf.reduce_sum(ours * weights)
+                return stock, ours, tape.gradient(losses[0], [x, kernel]), tape.gradient(losses[1], [x, kernel])
+
+            stock, ours, expected, got = gradients(x, kernel)
+            np.testing.assert_array_equal(ours.numpy(), stock.numpy())
+            for want, have in zip(expected, got):
+                np.testing.assert_allclose(have.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+            positions = stock.shape[1] * stock.shape[2]
+            paths.add("flipped" if stride == 1 and padding == "SAME" and kernel_size % 2 else
+                      "col2im" if positions <= COL2IM_MAX_OUTPUT_POSITIONS else "stock")
+    assert paths >= ({"flipped", "col2im"} if stride == 1 and padding == "SAME" else {"col2im", "stock"})
+
+
+def test_resnet_convolutions_use_the_fast_gradient_and_save_as_such(tmp_path):
+    import keras
+
+    from fgssl_tf.models.layers import Conv2D
+
+    model = build_resnet(BackboneConfig(name="resnet18", width=8), image_size=32)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(isinstance(layer, Conv2D) for layer in convs)
+    path = tmp_path / "encoder.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert all(isinstance(layer, Conv2D) for layer in loaded.layers if isinstance(layer, keras.layers.Conv2D))
+    images = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(loaded(images, training=False), model(images, training=False), rtol=1e-5, atol=1e-6)

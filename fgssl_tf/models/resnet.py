@@ -14,7 +14,7 @@ from keras import layers
 
 from fgssl_tf.config import BackboneConfig
 from fgssl_tf.errors import FgsslError
-from fgssl_tf.models.layers import GridAveragePooling, batch_norm
+from fgssl_tf.models.layers import Conv2D, GridAveragePooling, batch_norm
 
 STAGES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
 BACKBONES = tuple(STAGES)
@@ -38,7 +38,7 @@ def _conv(x, filters, kernel, stride, name):
         padding = "valid"
     else:
         padding = "same"
-    return layers.Conv2D(filters, kernel, stride, padding=padding, use_bias=False, kernel_initializer=_conv_init(), name=name)(x)
+    return Conv2D(filters, kernel, stride, padding=padding, use_bias=False, kernel_initializer=_conv_init(), name=name)(x)
 
 
 def _basic_block(x, filters, stride, config, name):

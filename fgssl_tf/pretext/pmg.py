@@ -35,7 +35,7 @@ from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.fine_grained import random_jigsaw
 from fgssl_tf.models import build_resnet
-from fgssl_tf.models.layers import CaffePreprocess, batch_norm
+from fgssl_tf.models.layers import CaffePreprocess, Conv2D, batch_norm
 from fgssl_tf.objectives import global_batch_position, replica_info
 from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, guard
 
@@ -98,7 +98,7 @@ def build_stage_features(backbone: BackboneConfig, image_size: int, weights: str
 def _conv_block(filters: int, kernel: int, name: str) -> list:
     # PMG's BasicConv: conv without bias, BN (PyTorch momentum 0.01 = Keras 0.99, eps 1e-5), ReLU.
     return [
-        keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv"),
+        Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv"),
         batch_norm(f"{name}_bn", momentum=0.99),
         keras.layers.ReLU(name=f"{name}_relu"),
     ]

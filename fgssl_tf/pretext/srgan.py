@@ -51,7 +51,7 @@ from fgssl_tf.augment import step_seed
 from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.export import read_metadata
-from fgssl_tf.models.layers import CaffePreprocess, FixedInputSize, PixelShuffle, batch_norm
+from fgssl_tf.models.layers import CaffePreprocess, Conv2D, FixedInputSize, PixelShuffle, batch_norm
 from fgssl_tf.objectives import global_batch_position, replica_info
 from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, guard
 
@@ -130,7 +130,7 @@ def _generator_graph(x, layer, width: int, blocks: int, upsample_blocks: int, un
     until: 'trunk' (after the global skip), 'upsampled' (before the output conv) or 'output'."""
 
     def conv(filters, kernel, bias=False):
-        return lambda name: layers.Conv2D(filters, kernel, padding="same", use_bias=bias, name=name)
+        return lambda name: Conv2D(filters, kernel, padding="same", use_bias=bias, name=name)
 
     stem = layer("stem_prelu", _prelu)(layer("stem_conv", conv(width, 9, bias=True))(x))
     y = stem
@@ -195,7 +195,7 @@ def build_discriminator(config: SRGANConfig) -> keras.Model:
         if stride > 1:
             x = layers.ZeroPadding2D(1, name=f"conv{i}_pad")(x)
         # A bias only where no BN follows (the first conv).
-        x = layers.Conv2D(config.discriminator_width * multiple, 3, stride, padding="same" if stride == 1 else "valid", use_bias=i == 1, name=f"conv{i}_conv")(x)
+        x = Conv2D(config.discriminator_width * multiple, 3, stride, padding="same" if stride == 1 else "valid", use_bias=i == 1, name=f"conv{i}_conv")(x)
         if i > 1:
             x = _bn(f"conv{i}_bn")(x)
         x = layers.LeakyReLU(0.2, name=f"conv{i}_lrelu")(x)
@@ -462,7 +462,7 @@ def paper_generator_head(num_classes: int, dropout: float, hidden: int = 1024) -
     return keras.Sequential(
         [
             layers.ZeroPadding2D(1, name="head_pad"),
-            layers.Conv2D(3, 3, 2, padding="valid", name="head_conv"),
+            Conv2D(3, 3, 2, padding="valid", name="head_conv"),
             batch_norm("head_bn"),
             layers.LeakyReLU(0.2, name="head_lrelu1"),
             layers.Flatten(name="head_flatten"),
