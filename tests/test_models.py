@@ -127,3 +127,28 @@ def test_resnet_convolutions_use_the_fast_gradient_and_save_as_such(tmp_path):
     assert all(isinstance(layer, Conv2D) for layer in loaded.layers if isinstance(layer, keras.layers.Conv2D))
     images = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(loaded(images, training=False), model(images, training=False), rtol=1e-5, atol=1e-6)
+
+
+def _gradient_op_types(layer, x):
+    import tensorflow as tf
+
+    @tf.function
+    def gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+        return tape.gradient(y, x)
+
+    return {op.type for op in gradient.get_concrete_function(x).graph.get_operations()}
+
+
+def test_conv_layer_skips_the_slow_cpu_kernel_and_keeps_it_where_a_gpu_is_visible(monkeypatch):
+    import tensorflow as tf
+
+    from fgssl_tf.models import layers
+
+    x = tf.zeros([2, 8, 8, 4])
+    assert "Conv2DBackpropInput" not in _gradient_op_types(layers.Conv2D(4, 3, padding="same"), x)
+    assert "Conv2DBackpropInput" not in _gradient_op_types(layers.Conv2D(4, 3, 2, padding="valid"), x)  # 3x3 output: col2im
+    monkeypatch.setattr(layers.tf.config, "list_logical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+    assert "Conv2DBackpropInput" in _gradient_op_types(layers.Conv2D(4, 3, padding="same"), x)

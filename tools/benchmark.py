@@ -8,11 +8,15 @@ Prints images/s of the full step (tf.data pipeline + on-device augmentation or
 puzzles + forward/backward), the same step fed pre-made inputs (no pipeline, no
 augmentation), their ratio, the achieved FLOP/s over a float32 matmul peak
 measured in the same run, and the peak resident memory. Training FLOPs are
-counted as 3x the forward FLOPs TensorFlow's profiler reports for what the step
-runs (SimCLR: encoder and projection head on both views; Jigsaw: nine tiles and
-the classifier; SRGAN: the generator on the LR crops, psnr stage, HR crop = the
-image size, --width = the generator's channels; PMG: four passes of the whole network
-per batch, one per granularity, heads of 8 and 16 x --width channels, the paper's at 64). Each block's last lines are `key=value`, one a figure.
+counted from the forward FLOPs TensorFlow's profiler reports for what the step runs:
+for each forward-backward pass, the whole forward plus twice the forward of what that
+pass's loss reaches (a backward pass costs about two forwards), so 3x the forward for
+one pass (SimCLR: encoder and projection head on both views; Jigsaw: nine tiles and
+the classifier; SRGAN: the generator on the LR crops, psnr stage, HR crop = the image
+size, --width = the generator's channels). PMG makes four passes of the whole network
+per batch, one per granularity, and the loss of pass k reaches only head k and the
+stages below it; heads of 8 and 16 x --width channels, the paper's at 64. Each block's
+last lines are `key=value`, one a figure.
 """
 
 from __future__ import annotations
@@ -82,39 +86,55 @@ def matmul_peak_flops(size=2048, repeats=10) -> float:
     return 2 * size**3 * repeats / best
 
 
-def forward_flops(forward, input_shape) -> int:
+def forward_flops(forward, input_shape, output: int | None = None) -> int:
+    """FLOPs of `forward` on float32 inputs of `input_shape`; with `output`, only of the ops
+    its output number `output` depends on."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     concrete = tf.function(forward).get_concrete_function(tf.TensorSpec(input_shape, tf.float32))
     frozen = convert_variables_to_constants_v2(concrete)
+    graph = frozen.graph
+    if output is not None:
+        graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph.as_graph_def(), [frozen.outputs[output].op.name])
+        graph = tf.Graph()
+        with graph.as_default():
+            tf.graph_util.import_graph_def(graph_def, name="")
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
-    profile = tf.compat.v1.profiler.profile(graph=frozen.graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options)
+    profile = tf.compat.v1.profiler.profile(graph=graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options)
     return profile.total_float_ops
+
+
+def training_flops(forward, input_shape, losses_reach: tuple) -> int:
+    """One training step's FLOPs: per forward-backward pass, the whole forward plus twice the
+    forward FLOPs of the output its loss reaches (None: all of them)."""
+    whole = forward_flops(forward, input_shape)
+    return sum(whole + 2 * (whole if output is None else forward_flops(forward, input_shape, output)) for output in losses_reach)
 
 
 def premade_inputs(model, pretext: str, batch: int, size: int):
     """Replace the model's on-device input making with fixed tensors; return (the forward
-    the step runs, its input shape, passes per batch) for FLOP counting."""
+    the step runs, its input shape, the output each forward-backward pass's loss reaches)
+    for FLOP counting."""
     import tensorflow as tf
 
     if pretext == "simclr":
         model.views = lambda images, *args, **kwargs: (images, images)
-        return (lambda x: model.projector(model.encoder(x, training=False))), [2 * batch, size, size, 3], 1
+        return (lambda x: model.projector(model.encoder(x, training=False))), [2 * batch, size, size, 3], (None,)
     if pretext == "srgan":
         lr_size = model.srgan_config.lr_size
         pairs = (tf.random.uniform([batch, size, size, 3]), tf.random.uniform([batch, lr_size, lr_size, 3]))
         model.crop_pairs = lambda images, *args, **kwargs: pairs
-        return (lambda x: model.generator(x, training=False)), [batch, lr_size, lr_size, 3], 1
-    if pretext == "pmg":  # four forward-backward passes per batch (one per granularity), augmentation off
+        return (lambda x: model.generator(x, training=False)), [batch, lr_size, lr_size, 3], (None,)
+    if pretext == "pmg":  # four forward-backward passes per batch, pass k's loss on head k; augmentation off
         model._augment = lambda images, *args, **kwargs: tf.image.convert_image_dtype(images, tf.float32)
-        return (lambda x: model(x, training=False)), [batch, size, size, 3], 4
+        return (lambda x: model(x, training=False)), [batch, size, size, 3], (0, 1, 2, 3)
     crop = model.puzzle.crop
     tiles = tf.random.uniform([batch, 9, crop, crop, 3])
     labels = tf.zeros([batch], tf.int32)
     model.puzzles = lambda images, *args, **kwargs: (tiles, labels)
-    return (lambda x: model(x, training=False)), [batch, 9, crop, crop, 3], 1
+    return (lambda x: model(x, training=False)), [batch, 9, crop, crop, 3], (None,)
 
 
 def main(argv):
@@ -148,7 +168,9 @@ def benchmark(pretext: str, splits, peak: float) -> None:
         config = dataclasses.replace(config, hr_size=size, width=FLAGS.width, residual_blocks=FLAGS.srgan_residual_blocks)
     if pretext == "pmg":
         # Heads sized with the backbone: the paper's 512 and 1024 at the standard width 64.
-        config = dataclasses.replace(config, num_classes=splits.num_classes, feature_size=8 * FLAGS.width, head_channels=16 * FLAGS.width)
+        # Random weights: the step costs the same, and ImageNet's cannot be fetched offline.
+        config = dataclasses.replace(config, num_classes=splits.num_classes, feature_size=8 * FLAGS.width, head_channels=16 * FLAGS.width,
+                                     backbone_weights="none")
     backbone = resolve_backbone(pretext, BackboneConfig(name=FLAGS.backbone, width=FLAGS.width), data, config)
     steps = FLAGS.warmup + FLAGS.steps
 
@@ -164,19 +186,20 @@ def benchmark(pretext: str, splits, peak: float) -> None:
 
     # 2. The same step fed pre-made inputs: no input pipeline, no augmentation.
     premade_model = trainer.build_pretext_model(train, data, backbone, config)
-    forward, input_shape, passes = premade_inputs(premade_model, pretext, batch, size)
+    forward, input_shape, losses_reach = premade_inputs(premade_model, pretext, batch, size)
     images = tf.random.uniform([batch, size, size, 3])
     premade = tf.data.Dataset.from_tensors((images, tf.zeros([batch], tf.int64))).repeat()
     premade_ips = measure(premade_model, premade)
 
-    flops_per_image = passes * 3 * forward_flops(forward, input_shape) / batch  # fwd + bwd, per pass over the network
+    flops_per_image = training_flops(forward, input_shape, losses_reach) / batch
     achieved = real_ips * flops_per_image
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     print(f"pretext={pretext} backbone={FLAGS.backbone} width={FLAGS.width} small_stem={backbone.small_stem} "
           f"image_size={size} batch={batch} jit={FLAGS.jit_compile} mixed_precision={FLAGS.mixed_precision} "
           f"cpus={os.cpu_count()} gpus={len(tf.config.list_physical_devices('GPU'))} tf={tf.__version__}")
-    print(f"training GFLOP per image (3x forward{f' x {passes} passes' if passes > 1 else ''}): {flops_per_image / 1e9:.3f}")
+    passes = f"{len(losses_reach)} passes, each: forward + 2x the forward its loss reaches" if len(losses_reach) > 1 else "3x forward"
+    print(f"training GFLOP per image ({passes}): {flops_per_image / 1e9:.3f}")
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s; achieved: {achieved / 1e9:.1f} GFLOP/s")
     print(f"step with pipeline + augmentation: {real_ips:.1f} images/s; with pre-made inputs: {premade_ips:.1f} images/s")
     print(f"images_per_s={real_ips:.2f}")
