@@ -37,8 +37,8 @@ def conv2d_input_gradient(dy, kernel, input_shape, strides, padding: str):
         # and its channel axes swapped; symmetric "same" padding maps onto itself.
         flipped = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
         return tf.nn.conv2d(dy, flipped, 1, "SAME")
-    out_h, out_w = dy.shape[1], dy.shape[2]
-    if out_h is None or out_w is None or out_h * out_w > COL2IM_MAX_OUTPUT_POSITIONS:
+    static_h, static_w = dy.shape[1], dy.shape[2]
+    if static_h is None or static_w is None or static_h * static_w > COL2IM_MAX_OUTPUT_POSITIONS:
         # Larger strided maps: the stock kernel is as fast or faster there.
         return tf.raw_ops.Conv2DBackpropInput(
             input_sizes=input_shape, filter=kernel, out_backprop=dy, strides=[1, *strides, 1], padding=padding
