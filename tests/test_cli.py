@@ -104,6 +104,33 @@ def test_benchmark_prints_figures_for_each_pretext_in_one_run(tmp_path):
         assert all(float(value) > 0 for value in figures.values())
 
 
+def test_benchmark_counts_pmg_flops_per_pass(tmp_path):
+    """PMG's pass k backpropagates only through head k and the stages below it, so the count
+    for what each loss reaches must be a pruned part of the whole forward, not all of it."""
+    script = (
+        "import dataclasses, sys, tempfile\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "import benchmark\n"
+        "from absl import flags\n"
+        "flags.FLAGS(['benchmark'])\n"
+        "from fgssl_tf import trainer\n"
+        "from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig\n"
+        "from fgssl_tf.pretext import get_pretext\n"
+        "config = dataclasses.replace(get_pretext('pmg').Config(), num_classes=4, feature_size=32, head_channels=64, backbone_weights='none')\n"
+        "train = TrainConfig(pretext='pmg', model_dir=tempfile.mkdtemp(), batch_size=4, verbose=0)\n"
+        "model = trainer.build_pretext_model(train, DataConfig(dataset='elpv', image_size=32), BackboneConfig(name='resnet18', width=8), config)\n"
+        "forward, shape, reach = benchmark.premade_inputs(model, 'pmg', 4, 32)\n"
+        "print(*[benchmark.forward_flops(forward, shape, output) for output in (None, *reach)], benchmark.training_flops(forward, shape, reach))\n"
+    )
+    result = run(["-c", script, os.path.join(REPO, "tools")], cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    whole, *reached, total = map(int, result.stdout.split()[-6:])
+    assert len(reached) == 4
+    assert all(0 < flops < 0.9 * whole for flops in reached[:3])  # a granularity head and the stages below it
+    assert 0.95 * whole < reached[3] <= whole  # the concatenated head reaches (nearly) everything
+    assert total == 4 * whole + 2 * sum(reached)
+
+
 def test_every_flagfile_parses_with_its_entry_point(tmp_path):
     """Every flag in flags/*.cfg exists and has a valid value (eval_*.cfg: tools/evaluate.py; the rest: training)."""
     script = (
