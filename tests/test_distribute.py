@@ -70,12 +70,23 @@ def test_two_workers_train_resume_and_match_one_process(tmp_path, capsys, monkey
     cli.run_main(train.main, cli.parse_flags(["train", *common, "--epochs=3", "--strategy=mirrored"]))
     one_process = capsys.readouterr().out
 
-    # Losses to the 4 decimals Keras prints; accuracy (an argmax over near-ties) within 2 of its 192 anchors.
-    for key, tolerance in (("loss", 2e-4), ("val_loss", 2e-4), ("contrastive_accuracy", 2 / 192 + 1e-4)):
+    # Epochs 1-2: losses equal to the 4 decimals Keras prints. Epoch 3: float rounding in the
+    # input gradient of fgssl_tf's Conv2D differs between the two graphs (with Keras' own layer
+    # they agree to the last digit; the same with remapping or oneDNN off), and 9 updates grow
+    # it to 2e-4 in loss and 4e-3 in val_loss. The bugs this test is for move them far more: negatives not gathered across
+    # workers (ln 31 against ln 63 at the start), a wrong batch per worker, summed gradients.
+    # Accuracy (an argmax over near-ties): within 2 of its 192 anchors.
+    for key, tolerance, last_epoch_tolerance in (
+        ("loss", 2e-4, 1e-3),
+        ("val_loss", 2e-4, 1e-2),
+        ("contrastive_accuracy", 2 / 192 + 1e-4, 2 / 192 + 1e-4),
+    ):
         expected = _epoch_logs(one_process, key)
         assert len(expected) == 3
         for (_, before), (_, after) in zip(first, resumed):  # each worker logs the cluster's figures
-            assert _epoch_logs(before, key) + _epoch_logs(after, key) == pytest.approx(expected, abs=tolerance), key
+            logged = _epoch_logs(before, key) + _epoch_logs(after, key)
+            assert logged[:2] == pytest.approx(expected[:2], abs=tolerance), key
+            assert logged[2] == pytest.approx(expected[2], abs=last_epoch_tolerance), key
 
     # The chief (worker 0) alone writes: one export per run, one event file per run.
     assert "exported mw: savedmodels/mw/1" in first[0][1] and "exported mw: savedmodels/mw/2" in resumed[0][1]
