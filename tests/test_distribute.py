@@ -73,8 +73,9 @@ def test_two_workers_train_resume_and_match_one_process(tmp_path, capsys, monkey
     # Epochs 1-2: losses equal to the 4 decimals Keras prints. Epoch 3: float rounding in the
     # input gradient of fgssl_tf's Conv2D differs between the two graphs (with Keras' own layer
     # they agree to the last digit; the same with remapping or oneDNN off), and 9 updates grow
-    # it to 2e-4 in loss and 4e-3 in val_loss. The bugs this test is for move them far more: negatives not gathered across
-    # workers (ln 31 against ln 63 at the start), a wrong batch per worker, summed gradients.
+    # it to 2e-4 in loss and 4e-3 in val_loss. The bugs this test is for move them far more:
+    # negatives not gathered across workers (ln 31 against ln 63 at the start), a wrong batch
+    # per worker, summed gradients.
     # Accuracy (an argmax over near-ties): within 2 of its 192 anchors.
     for key, tolerance, last_epoch_tolerance in (
         ("loss", 2e-4, 1e-3),
