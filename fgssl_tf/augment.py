@@ -75,7 +75,12 @@ def sample_view_params(seed, batch: int, height: int, width: int, config: Augmen
     if not config.random_crop:
         boxes = tf.tile(tf.constant([[0.0, 0.0, 1.0, 1.0]]), [batch, 1])
     s = config.color_jitter_strength
+    # Drawn from a stream of their own, so the ten draws above stay what they were before these options.
+    flip_seeds = tf.unstack(tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, 1), num=2))
+    turns = {"quarter_turns": tf.cast(tf.floor(_uniform(flip_seeds[1], [batch], 0.0, 4.0)), tf.int32)} if config.rotate90 else {}
     return {
+        **turns,
+        "vertical_flip": _uniform(flip_seeds[0], [batch]) < (0.5 if config.vertical_flip else 0.0),
         "boxes": boxes,
         "flip": _uniform(seeds[4], [batch]) < (0.5 if config.horizontal_flip else 0.0),
         "jitter": _uniform(seeds[5], [batch]) < config.color_jitter_prob,
@@ -143,11 +148,25 @@ def _gaussian_blur(x, sigma, apply_mask, kernel_size):
     return tf.transpose(tf.reshape(folded, [height, width, batch, 3]), [2, 0, 1, 3])
 
 
+def _rotate_quarter_turns(x, turns):
+    """Each image turned by its own multiple of 90 degrees (square images)."""
+    turned = [x, tf.image.rot90(x, 1), tf.image.rot90(x, 2), tf.image.rot90(x, 3)]
+    return tf.gather(tf.stack(turned, axis=1), turns, batch_dims=1)
+
+
 def apply_view(images, params: dict, image_size: int):
-    """float [B, H, W, 3] in [0, 1] -> one augmented view [B, S, S, 3]."""
+    """float [B, H, W, 3] in [0, 1] -> one augmented view [B, S, S, 3]. From images larger
+    than the view, the crop is resized at a multiple of S and area-averaged down (an
+    antialiased resize, as the cached images were made), not sampled at S points."""
     batch = tf.shape(images)[0]
-    x = tf.image.crop_and_resize(images, params["boxes"], tf.range(batch), [image_size, image_size])
+    factor = max(1, min(4, (images.shape[1] or image_size) // image_size))
+    x = tf.image.crop_and_resize(images, params["boxes"], tf.range(batch), [image_size * factor, image_size * factor])
+    if factor > 1:
+        x = tf.nn.avg_pool2d(x, factor, factor, "VALID")
     x = tf.where(_per_image(params["flip"]), tf.reverse(x, axis=[2]), x)
+    x = tf.where(_per_image(params["vertical_flip"]), tf.reverse(x, axis=[1]), x)
+    if "quarter_turns" in params:
+        x = _rotate_quarter_turns(x, params["quarter_turns"])
     x = _color_jitter(x, params)
     x = tf.where(_per_image(params["grayscale"]), tf.repeat(_gray(x), 3, axis=-1), x)
     x = _gaussian_blur(x, params["blur_sigma"], params["blur"], blur_kernel_size(image_size))

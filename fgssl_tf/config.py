@@ -16,6 +16,9 @@ class DataConfig:
 
     dataset: str = "elpv"  # "elpv", "cassava" or "folder:PATH"
     image_size: int = 64  # every image is resized (squashed) to image_size x image_size
+    # Pretexts that cut random crops (SimCLR, VICReg) cut them from images cached at this larger
+    # size, as torchvision's RandomResizedCrop cuts from the original; None: from image_size.
+    source_size: Optional[int] = None
     unlabeled_dir: Optional[str] = None  # extra unlabelled images for pretraining
     tfds_data_dir: Optional[str] = None  # where TFDS keeps cassava
     val_fraction: float = 0.2  # carved from train when a source has no validation split
@@ -52,6 +55,8 @@ class AugmentConfig:
     blur_sigma_min: float = 0.1
     blur_sigma_max: float = 2.0
     horizontal_flip: bool = False  # the paper's Original has no flip
+    vertical_flip: bool = False  # top-bottom flip, p = 0.5 (for images with no "up": cells, tissue, leaves from above)
+    rotate90: bool = False  # a random multiple of 90 degrees (square views)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +70,9 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64  # global batch, split over replicas
     steps_per_epoch: Optional[int] = None  # None: one pass over the pretraining pool
-    learning_rate: Optional[float] = None  # None: the pretext's default (simclr 1e-3, jigsaw 1e-2)
+    learning_rate: Optional[float] = None  # None: the pretext's default (simclr 1e-3, jigsaw 1e-2); a schedule's peak
+    lr_schedule: str = "constant"  # constant (the paper's) | cosine: linear warm-up, then cosine decay to 0
+    warmup_epochs: float = 0.0  # cosine: epochs of linear warm-up
     weight_decay: Optional[float] = None  # coupled L2, as PyTorch; None: the pretext's default
     seed: int = 0
     strategy: str = "auto"  # auto | one_device | mirrored | multiworker

@@ -2,7 +2,8 @@
 
 On a bounded, stratified subset of the labelled training split (the memory bank)
 and of the validation split (the queries), with the encoder in inference mode:
-- kNN accuracy: cosine, k = 20, majority vote, as the SSL literature monitors it;
+- kNN accuracy and balanced accuracy: cosine, k = 20, majority vote, as the SSL
+  literature monitors it (balanced accuracy leads on imbalanced fine-grained data);
 - an online linear probe: one dense layer kept for the whole run and trained at
   every monitor step for a few epochs on the encoder's current features (features
   are computed without gradients, so the encoder never sees the labels), its
@@ -26,6 +27,7 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from sklearn.metrics import balanced_accuracy_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from fgssl_tf.export import preprocess
@@ -54,10 +56,21 @@ def embedding_stats(embeddings: np.ndarray) -> dict:
     return {"embedding_std": spread, "effective_rank": float(np.exp(-(p * np.log(p)).sum()))}
 
 
-def knn_accuracy(bank, bank_labels, queries, query_labels, k: int) -> float:
+def knn_predict(bank, bank_labels, queries, k: int) -> np.ndarray:
     model = KNeighborsClassifier(n_neighbors=min(k, len(bank_labels)), metric="cosine")
     model.fit(bank, bank_labels)
-    return float(np.mean(model.predict(queries) == query_labels))
+    return model.predict(queries)
+
+
+def knn_accuracy(bank, bank_labels, queries, query_labels, k: int) -> float:
+    return float(np.mean(knn_predict(bank, bank_labels, queries, k) == query_labels))
+
+
+def _scores(predictions, labels, prefix: str) -> dict:
+    return {
+        f"{prefix}_accuracy": float(np.mean(predictions == labels)),
+        f"{prefix}_balanced_accuracy": float(balanced_accuracy_score(labels, predictions)),
+    }
 
 
 class LinearProbe:
@@ -68,13 +81,12 @@ class LinearProbe:
         self.model = keras.Sequential([keras.layers.Dense(num_classes)])
         self.model.compile(keras.optimizers.Adam(config.probe_learning_rate), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
-    def update(self, features, labels, val_features, val_labels) -> float:
+    def update(self, features, labels, val_features, val_labels) -> np.ndarray:
         # Standardised with the current bank's statistics: the encoder's scale drifts during training.
         mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
         order = np.random.RandomState(self.seed).permutation(len(labels))
         self.model.fit((features[order] - mean) / std, labels[order], epochs=self.config.probe_epochs, batch_size=64, verbose=0)
-        predictions = np.argmax(self.model.predict((val_features - mean) / std, verbose=0), axis=1)
-        return float(np.mean(predictions == val_labels))
+        return np.argmax(self.model.predict((val_features - mean) / std, verbose=0), axis=1)
 
 
 class Monitor(keras.callbacks.Callback):
@@ -104,8 +116,8 @@ class Monitor(keras.callbacks.Callback):
         started = time.perf_counter()
         bank, queries = self._features(self.bank[0]), self._features(self.query[0])
         values = {
-            "knn_accuracy": knn_accuracy(bank, self.bank[1], queries, self.query[1], self.config.k),
-            "linear_probe_accuracy": self.probe.update(bank, self.bank[1], queries, self.query[1]),
+            **_scores(knn_predict(bank, self.bank[1], queries, self.config.k), self.query[1], "knn"),
+            **_scores(self.probe.update(bank, self.bank[1], queries, self.query[1]), self.query[1], "linear_probe"),
             **embedding_stats(queries),
         }
         values["seconds"] = time.perf_counter() - started

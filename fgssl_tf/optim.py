@@ -8,10 +8,13 @@ wrong norm on several replicas, so clipping and coupled L2 are done here.
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 from keras.src.utils import tracking  # what Keras' own optimizers use to keep build() variables out of auto-tracking
 
+from fgssl_tf.errors import FgsslError
 from fgssl_tf.objectives import replica_info
 
 
@@ -90,3 +93,75 @@ class FiniteMean(keras.metrics.Mean):
         if sample_weight is not None:
             weight *= tf.cast(sample_weight, tf.float32)
         return super().update_state(tf.where(finite, values, 0.0), sample_weight=weight)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@keras.saving.register_keras_serializable(package="fgssl_tf")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak`, then cosine decay to `peak * final_fraction` at the last step
+    (Goyal et al. 2017; Loshchilov & Hutter 2017), as SimCLR, BYOL and VICReg train.
+
+    A function of the optimizer step alone, so a resumed run continues on the same curve. The
+    run's length is known only once the data is loaded: the trainer calls `set_length` before
+    the first step (it refuses to run before).
+    """
+
+    def __init__(self, peak: float, warmup_epochs: float = 0.0, final_fraction: float = 0.0,
+                 steps_per_epoch: int | None = None, epochs: int | None = None):
+        self.peak, self.warmup_epochs, self.final_fraction = float(peak), float(warmup_epochs), float(final_fraction)
+        self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
+
+    def set_length(self, steps_per_epoch: int, epochs: int) -> None:
+        self.steps_per_epoch, self.epochs = int(steps_per_epoch), int(epochs)
+
+    def __call__(self, step):
+        if not self.steps_per_epoch or not self.epochs:
+            raise ValueError("WarmupCosine: call set_length(steps_per_epoch, epochs) before training")
+        total = float(self.steps_per_epoch * self.epochs)
+        warmup = min(self.warmup_epochs * self.steps_per_epoch, total)
+        step = tf.cast(step, tf.float32) + 1.0  # the learning rate of the step about to be taken
+        warm = self.peak * step / max(warmup, 1.0)
+        progress = tf.clip_by_value((step - warmup) / max(total - warmup, 1.0), 0.0, 1.0)
+        floor = self.peak * self.final_fraction
+        cosine = floor + (self.peak - floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        return tf.where(step <= warmup, warm, cosine)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_epochs": self.warmup_epochs, "final_fraction": self.final_fraction,
+                "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs}
+
+
+def learning_rate(train) -> float | WarmupCosine:
+    """The learning rate a pretext's optimizer takes, from `train.lr_schedule`: the constant
+    `train.learning_rate`, or a warm-up + cosine schedule peaking at it."""
+    if train.lr_schedule == "constant":
+        return train.learning_rate
+    if train.lr_schedule == "cosine":
+        return WarmupCosine(train.learning_rate, train.warmup_epochs)
+    raise FgsslError(f"unknown --lr_schedule={train.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+
+
+def schedules(model) -> list[WarmupCosine]:
+    """The warm-up + cosine schedules of `model`'s optimizers."""
+    found = []
+    for optimizer in [model.optimizer, *vars(model).values()]:
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        schedule = getattr(inner, "_learning_rate", None)  # where a Keras optimizer keeps its schedule object
+        if isinstance(schedule, WarmupCosine) and schedule not in found:
+            found.append(schedule)
+    return found
+
+
+def check_schedule(model, train) -> None:
+    """Refuse --lr_schedule=cosine for a pretext that keeps its own schedule (Jigsaw, SRGAN, PMG)."""
+    if train.lr_schedule != "constant" and not schedules(model):
+        raise FgsslError(f"--lr_schedule={train.lr_schedule} is not available for --pretext={train.pretext}, which follows "
+                         "the paper's own schedule; leave --lr_schedule=constant")
+
+
+def set_schedule_length(model, steps_per_epoch: int, epochs: int) -> None:
+    """Give every schedule of `model`'s optimizers the run's length (a no-op for constant rates)."""
+    for schedule in schedules(model):
+        schedule.set_length(steps_per_epoch, epochs)

@@ -29,8 +29,9 @@ from fgssl_tf.data import Splits, load_splits, pipeline
 from fgssl_tf.distribute import check_workers_agree, is_chief, make_strategy, wait_for_workers
 from fgssl_tf.errors import FgsslError, Interrupted
 from fgssl_tf.monitor import Monitor, MonitorConfig
-from fgssl_tf.optim import nonfinite_steps
+from fgssl_tf.optim import check_schedule, nonfinite_steps, set_schedule_length
 from fgssl_tf.pretext import get_pretext, resolve_backbone, with_pretext_defaults
+from fgssl_tf.views import TwoViewModel
 
 log = logging.getLogger(__name__)
 
@@ -338,16 +339,23 @@ def pretrain(
     chief = is_chief(strategy)
     with strategy.scope():  # before the data: a setting the model refuses fails fast
         model = build_pretext_model(train, data, backbone, pretext_config)
+    check_schedule(model, train)
+    if data.source_size and (data.source_size < data.image_size or not isinstance(model, TwoViewModel)):
+        raise FgsslError(f"--source_size={data.source_size} is for the two-view methods (simclr, vicreg), and at least "
+                         f"--image_size={data.image_size}; leave it unset otherwise")
     export_size = getattr(model, "export_image_size", data.image_size)  # the encoders' input size (SRGAN: its HR crop)
     splits = splits or load_splits(data)
     if supervised:
         pool, pool_side = splits.split("train")
     else:  # pretext batches carry image ids, not labels: per-image tables are indexed by them
         pool = splits.pretraining_pool()
+        if data.source_size and data.source_size != data.image_size:  # views are cut from larger images
+            pool = load_splits(dataclasses.replace(data, image_size=data.source_size)).pretraining_pool()
         pool_side = np.arange(len(pool))
     if len(pool) < train.batch_size:
         raise FgsslError(f"the pretraining pool has {len(pool)} images, fewer than --batch_size={train.batch_size}")
     steps = train.steps_per_epoch or len(pool) // train.batch_size
+    set_schedule_length(model, steps, train.epochs)
 
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")  # > 0: saved mid-epoch

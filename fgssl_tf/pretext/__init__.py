@@ -26,6 +26,7 @@ _MODULES = {
     "jigsaw": "fgssl_tf.pretext.jigsaw",
     "srgan": "fgssl_tf.pretext.srgan",
     "pmg": "fgssl_tf.pretext.pmg",
+    "vicreg": "fgssl_tf.pretext.vicreg",
 }
 PRETEXTS = tuple(_MODULES)
 PLANNED: tuple = ()

@@ -1,0 +1,122 @@
+"""VICReg (Bardes, Ponce & LeCun, ICLR 2022): two views, an expander, and a loss with no
+negatives: the two embeddings agree (invariance), every dimension keeps a standard
+deviation of at least 1 over the batch (variance), and dimensions are decorrelated
+(covariance).
+
+Why this negatives-free method here: a contrastive loss learns from the negatives in its
+batch, and a CPU affords batches of 64-128, where SimCLR's signal is weak; VICReg needs
+no negatives, no momentum encoder and no predictor (BYOL, SimSiam), holds up at small
+batches (the paper's ablation), and its variance term prevents collapse explicitly, which
+the monitor's collapse signals can watch. It takes the same views as SimCLR, the paper's
+fine-grained variants included (`fgssl_tf.views`).
+
+Across replicas the embeddings of the whole global batch are gathered first, so the
+variance and covariance are those of the global batch, and the loss on R replicas equals
+the loss on one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
+from fgssl_tf.errors import FgsslError
+from fgssl_tf.models import build_resnet
+from fgssl_tf.models.layers import batch_norm
+from fgssl_tf.objectives import cross_replica_concat, replica_info
+from fgssl_tf.optim import FiniteMean, guard, learning_rate
+from fgssl_tf.views import TwoViewModel, ViewsConfig
+
+DEFAULT_LEARNING_RATE = 1e-3  # Adam (the paper: LARS at batch 2048; Adam suits the small batches of a CPU)
+DEFAULT_WEIGHT_DECAY = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class VICRegConfig(ViewsConfig):
+    expander_dim: int = 1024  # the paper: 8192 for ResNet-50; smaller suits small encoders and CPUs
+    expander_layers: int = 3
+    invariance_weight: float = 25.0  # the paper's lambda
+    variance_weight: float = 25.0  # mu
+    covariance_weight: float = 1.0  # nu
+
+
+def vicreg_terms(z1: tf.Tensor, z2: tf.Tensor) -> dict:
+    """The three VICReg terms of the global batch: z1, z2 are this replica's [n, d] embeddings."""
+    z1 = cross_replica_concat(tf.cast(z1, tf.float32))
+    z2 = cross_replica_concat(tf.cast(z2, tf.float32))
+    count = tf.cast(tf.shape(z1)[0], tf.float32)
+    dim = tf.cast(tf.shape(z1)[1], tf.float32)
+    invariance = tf.reduce_mean(tf.square(z1 - z2))
+    variance = covariance = 0.0
+    for z in (z1, z2):
+        z = z - tf.reduce_mean(z, axis=0)
+        std = tf.sqrt(tf.reduce_sum(tf.square(z), axis=0) / (count - 1.0) + 1e-4)
+        variance += tf.reduce_mean(tf.nn.relu(1.0 - std)) / 2.0
+        cov = tf.matmul(z, z, transpose_a=True) / (count - 1.0)
+        off_diagonal = cov - tf.linalg.diag(tf.linalg.diag_part(cov))
+        covariance += tf.reduce_sum(tf.square(off_diagonal)) / dim
+    return {"invariance": invariance, "variance": variance, "covariance": covariance}
+
+
+def vicreg_loss(terms: dict, config: VICRegConfig) -> tf.Tensor:
+    return (config.invariance_weight * terms["invariance"] + config.variance_weight * terms["variance"]
+            + config.covariance_weight * terms["covariance"])
+
+
+class VICRegModel(TwoViewModel):
+    """Two augmented views per image -> encoder -> expander -> VICReg loss."""
+
+    def __init__(self, encoder: keras.Model, image_size: int, config: VICRegConfig, seed: int = 0,
+                 weight_decay: float = 0.0, **kwargs):
+        super().__init__(encoder, image_size, config, seed=seed, weight_decay=weight_decay, **kwargs)
+        self.vicreg_config = config
+        layers = []
+        for k in range(config.expander_layers - 1):
+            layers += [keras.layers.Dense(config.expander_dim, name=f"expander_{k}"),
+                       batch_norm(f"expander_bn_{k}"), keras.layers.ReLU()]
+        layers.append(keras.layers.Dense(config.expander_dim, name="expander_out"))
+        self.expander = keras.Sequential(layers, name="expander")
+        self.expander.build((None, encoder.output_shape[-1]))
+        self.built = True
+        self.trackers = {name: FiniteMean(name=name) for name in ("loss", "invariance", "variance", "covariance")}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def _loss(self, view1, view2, training):
+        local = tf.shape(view1)[0]
+        features = self.encoder(tf.concat([view1, view2], axis=0), training=training)
+        embeddings = self.expander(features, training=training)
+        terms = vicreg_terms(embeddings[:local], embeddings[local:])
+        _, replicas, _ = replica_info()
+        # Every replica computes the global batch's loss; its gradient reaches each replica's own
+        # images through the gather, and the optimizer sums replicas: divide by their number.
+        return vicreg_loss(terms, self.vicreg_config) / replicas, terms, replicas
+
+    def _track(self, loss, terms, replicas):
+        self.trackers["loss"].update_state(loss * replicas)
+        for name, value in terms.items():
+            self.trackers[name].update_state(value)
+        return {m.name: m.result() for m in self.metrics}
+
+    def call(self, images, training=False):
+        return self.expander(self.encoder(images, training=training), training=training)
+
+
+def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, config: VICRegConfig) -> VICRegModel:
+    """The compiled pretext model: Adam with the run's learning rate (schedule)."""
+    if train.jit_compile:
+        raise FgsslError("--jit_compile does not work with --pretext=vicreg yet: its on-device augmentation uses "
+                         "CropAndResize, which XLA cannot compile; leave --jit_compile off")
+    config.check(data.image_size)
+    model = VICRegModel(build_resnet(backbone, data.image_size), data.image_size, config, seed=train.seed,
+                        weight_decay=train.weight_decay, name="vicreg")
+    model.compile(optimizer=guard(keras.optimizers.Adam(learning_rate(train))), jit_compile=False)
+    return model
+
+
+Config = VICRegConfig

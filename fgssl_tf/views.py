@@ -1,0 +1,186 @@
+"""Two augmented views of every image: the part that every two-view method shares
+(SimCLR, VICReg). A method subclasses `TwoViewModel` and supplies `_loss(view1, view2,
+training)` and its metric trackers; views, the fine-grained extras, per-image tables
+and TensorBoard pictures come from here.
+
+The views follow the paper's fine-grained variants (docs/paper_fidelity.md): ops from
+`fine_grained` added to one or both views, before the view transform T
+(`view2_pre=("gamma",)`: view 2 = T(gamma(x))) or after it (`view1_post=("random_jigsaw",)`:
+view 1 = jigsaw(T(x))). `extra_mode="offline"` draws each extra op once per image and
+keeps it, as the paper's pre-computed folders did; "online" draws anew every step.
+Both views are made from the same image tensor, so a pair can never be mismatched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fgssl_tf import fine_grained
+from fgssl_tf.augment import VALIDATION_STREAM, SimCLRAugmentation, step_seed
+from fgssl_tf.config import AugmentConfig
+from fgssl_tf.export import preprocess
+from fgssl_tf.errors import FgsslError
+from fgssl_tf.objectives import global_batch_position
+from fgssl_tf.optim import add_coupled_weight_decay
+
+EXTRA_MODES = ("online", "offline")
+# The seed stream of the parameters drawn once per image in offline mode.
+_OFFLINE_STREAM = 2**31 - 2
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewsConfig:
+    """How the two views are made: the view transform T and the fine-grained extras."""
+
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    # Fine-grained extras per view: op names of `fine_grained.OPS`, before or after T.
+    view1_pre: tuple = ()
+    view1_post: tuple = ()
+    view2_pre: tuple = ()
+    view2_post: tuple = ()
+    extra_mode: str = "online"  # online | offline (drawn once per image and kept, as the paper)
+    fine_grained: fine_grained.FineGrainedConfig = dataclasses.field(default_factory=fine_grained.FineGrainedConfig)
+
+    def view_plan(self) -> list[tuple[str, tuple]]:
+        """[(slot, ops)] in the order they run: view1_pre, view1_post, view2_pre, view2_post."""
+        return [(slot, tuple(getattr(self, slot))) for slot in ("view1_pre", "view1_post", "view2_pre", "view2_post")]
+
+    def extra_ops(self) -> list[str]:
+        return [name for _, ops in self.view_plan() for name in ops]
+
+    def check(self, image_size: int) -> None:
+        """Refuse unknown ops and settings an op cannot work with, before any work."""
+        fine_grained.check_ops(self.extra_ops())
+        if self.extra_mode not in EXTRA_MODES:
+            raise FgsslError(f"unknown --extra_augmentation_mode={self.extra_mode!r}; choose online or offline")
+        for slot in ("view1_post", "view2_post"):
+            if set(getattr(self, slot)) & set(fine_grained.NEEDS_CENTROIDS):
+                raise FgsslError(f"cropped_regions crops around corners of the original image: put it in "
+                                 f"--{slot.replace('post', 'pre')}_ops, not --{slot}_ops")
+        for name in self.extra_ops():  # sizes an op cannot use fail here, not mid-training
+            fine_grained.sample(name, tf.constant([0, 0], tf.int64), 1, image_size, self.fine_grained)
+
+
+class TwoViewModel(keras.Model):
+    """Two augmented views per image -> encoder -> the subclass's loss.
+
+    Subclasses define `_loss(view1, view2, training) -> (loss, metric values, replicas)`,
+    `_track(...)` and `metrics`; `train_step`, `test_step`, views and pictures are shared.
+    """
+
+    def __init__(self, encoder: keras.Model, image_size: int, config: ViewsConfig, seed: int = 0,
+                 weight_decay: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.image_size = image_size
+        self.views_config = config
+        self.seed = seed
+        self.weight_decay = weight_decay
+        # Image ops in float32 under mixed precision.
+        self.augmenter = SimCLRAugmentation(image_size, config.augment, name="views", dtype="float32")
+        self.needs_centroids = bool(set(config.extra_ops()) & set(fine_grained.NEEDS_CENTROIDS))
+        self.image_tables: dict = {}  # split -> per-image tables, from prepare_data
+
+    def exportable_encoders(self) -> dict:
+        """Encoders to export, by suffix of the export name ('' = the encoder)."""
+        return {"": self.encoder}
+
+    def prepare_data(self, train_images: np.ndarray, val_images: np.ndarray | None = None) -> None:
+        """Per-image tables the extras need, indexed by the image ids the batches carry:
+        corner centroids (cropped_regions) and, offline, the parameters drawn once per image."""
+        self.image_tables = {"train": self._tables(train_images, offline=True)}
+        if val_images is not None:
+            self.image_tables["val"] = self._tables(val_images, offline=False)  # fixed seed: the same every epoch
+
+    def _tables(self, images: np.ndarray, offline: bool) -> dict:
+        config, tables = self.views_config, {}
+        if self.needs_centroids:
+            started = time.time()
+            tables["centroids"] = tf.constant(fine_grained.corner_centroids(images, config.fine_grained))
+            log.info("corner centroids of %d images in %.1f s", len(images), time.time() - started)
+        if offline and config.extra_mode == "offline":
+            slots = [(slot, f"{slot}_{k}", name) for slot, ops in config.view_plan() for k, name in enumerate(ops)]
+            for stream, (slot, key, name) in enumerate(slots):
+                seed = tf.constant([self.seed, _OFFLINE_STREAM - stream], tf.int64)
+                # Extras before T see the cached images (larger with DataConfig.source_size), after T the views.
+                size = images.shape[1] if slot.endswith("_pre") else self.image_size
+                tables[key] = fine_grained.sample(name, seed, len(images), size, config.fine_grained)
+        return tables
+
+    def _extras(self, x, slot, ops, seed, ids, tables, side, position):
+        seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=max(1, len(ops))))
+        local = tf.shape(x)[0]
+        for k, name in enumerate(ops):
+            key = f"{slot}_{k}"
+            if key in tables:  # offline: this image's parameters, drawn once
+                params = {n: tf.gather(t, ids) for n, t in tables[key].items()}
+            else:
+                params = fine_grained.sample(name, seeds[k], position["global_batch"], x.shape[1],
+                                             self.views_config.fine_grained)
+                params = {n: t[position["offset"] : position["offset"] + local] for n, t in params.items()}
+            x = fine_grained.apply(name, x, params, self.views_config.fine_grained, side)
+        return x
+
+    def views(self, images, seed, ids=None, split="train", tables=None):
+        """Both views of this replica's images, random numbers drawn for the global batch.
+        `ids` index the per-image tables of `split` (see prepare_data)."""
+        config = self.views_config
+        position = global_batch_position(tf.shape(images)[0])
+        tables = self.image_tables.get(split, {}) if tables is None else tables
+        if config.extra_ops() and config.extra_mode == "offline" and split == "train" and not tables:
+            raise FgsslError("offline extras are drawn per image: call prepare_data(train_images) first (the trainer does)")
+        side = None
+        if self.needs_centroids:
+            if "centroids" not in tables or ids is None:
+                raise FgsslError("cropped_regions needs corner centroids: call prepare_data(...) and pass image ids")
+            side = {"centroids": tf.gather(tables["centroids"], ids)}
+        x = tf.image.convert_image_dtype(images, tf.float32)
+        seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=6))
+        plan = dict(config.view_plan())
+        views = []
+        for v in (1, 2):
+            y = self._extras(x, f"view{v}_pre", plan[f"view{v}_pre"], seeds[2 * v], ids, tables, side, position)
+            y = self.augmenter(y, seed=seeds[v - 1], **position)
+            views.append(self._extras(y, f"view{v}_post", plan[f"view{v}_post"], seeds[2 * v + 1], ids, tables, None,
+                                      position))
+        return tuple(views)
+
+    def _loss(self, view1, view2, training):
+        raise NotImplementedError
+
+    def _track(self, loss, values, replicas):
+        raise NotImplementedError
+
+    def train_step(self, data):
+        images, ids = data[:2] if isinstance(data, (tuple, list)) else (data, None)
+        view1, view2 = self.views(images, step_seed(self.seed, self.optimizer.iterations), ids)
+        with tf.GradientTape() as tape:
+            loss, values, replicas = self._loss(view1, view2, training=True)
+        variables = self.trainable_variables
+        gradients = add_coupled_weight_decay(tape.gradient(loss, variables), variables, self.weight_decay)
+        self.optimizer.apply(gradients, variables)
+        return self._track(loss, values, replicas)
+
+    def test_step(self, data):
+        images, ids = data[:2] if isinstance(data, (tuple, list)) else (data, None)
+        view1, view2 = self.views(images, step_seed(self.seed, VALIDATION_STREAM), ids, split="val")
+        loss, values, replicas = self._loss(view1, view2, training=False)
+        return self._track(loss, values, replicas)
+
+    def summary_images(self, images, seed: int):
+        """For TensorBoard: one row per image, original | view 1 | view 2, uint8."""
+        tables = self._tables(images, offline=True)
+        ids = tf.range(len(images))
+        view1, view2 = self.views(tf.constant(images), tf.constant([seed, 0], tf.int64), ids, tables=tables)
+        original = preprocess(tf.constant(images), self.image_size)
+        rows = tf.concat([original, view1, view2], axis=2)
+        grid = tf.reshape(rows, [-1, 3 * self.image_size, 3])
+        return {"augmented_view_pairs": tf.cast(tf.round(grid * 255.0), tf.uint8).numpy()}
