@@ -14,12 +14,15 @@ and of the validation split (the queries), with the encoder in inference mode:
   Chen & He 2021), and the effective rank of the embedding matrix (exp of the
   entropy of its normalised singular values, Roy & Vetterli 2007; RankMe).
 The first values are taken before training (the random-init reference). All go to
-TensorBoard (`logs/monitor`) and the console, with the seconds they cost.
+TensorBoard (`logs/monitor`), the console, and `monitor.json` in the run's folder (one
+entry per reading, with the optimizer step and the seconds of training so far), which
+`tools/compare_runs.py` tabulates.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -93,8 +96,18 @@ class Monitor(keras.callbacks.Callback):
     """Runs the signals before training and every `config.every` epochs; adds `monitor_*` to the epoch logs."""
 
     def __init__(self, encoder: keras.Model, input_size: int, bank, query, num_classes: int, config: MonitorConfig,
-                 log_dir: str, seed: int = 0, initial_epoch: int = 0):
+                 log_dir: str, seed: int = 0, initial_epoch: int = 0, history_path: str | None = None):
         super().__init__()
+        self.history_path = history_path
+        self.train_seconds = 0.0  # training time so far (monitor time excluded), carried over a resume
+        self._segment_start: float | None = None
+        if history_path and os.path.isfile(history_path) and initial_epoch > 0:
+            with open(history_path) as f:
+                kept = [e for e in json.load(f) if e["epoch"] <= initial_epoch]
+            self.history_from_before = kept
+            self.train_seconds = kept[-1].get("train_seconds", 0.0) if kept else 0.0
+        else:
+            self.history_from_before = []
         self.encoder, self.input_size, self.config = encoder, input_size, config
         self.bank, self.query = bank, query  # (uint8 images, labels)
         self.probe = LinearProbe(num_classes, config, seed)
@@ -126,14 +139,30 @@ class Monitor(keras.callbacks.Callback):
                 tf.summary.scalar(name, value, step=epoch)
         self.writer.flush()
         log.info("monitor after epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
-        self.history.append({"epoch": epoch, **values})
+        model = getattr(self, "_model", None)  # the trained model, once Keras has set it
+        step = int(model.optimizer.iterations.numpy()) if model is not None and model.optimizer is not None else 0
+        self.history.append({"epoch": epoch, "step": step, "train_seconds": round(self.train_seconds, 1), **values})
+        self._write_history()
         return values
+
+    def _write_history(self) -> None:
+        if not self.history_path:
+            return
+        temporary = self.history_path + ".tmp"
+        with open(temporary, "w") as f:
+            json.dump(self.history_from_before + self.history, f, indent=1)
+        os.replace(temporary, self.history_path)  # never a half-written file
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._segment_start = time.perf_counter()
 
     def on_train_begin(self, logs=None):
         if self.initial_epoch == 0:
             self.measure(0)  # the random-init reference
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._segment_start is not None:
+            self.train_seconds += time.perf_counter() - self._segment_start
         if (epoch + 1) % self.config.every == 0:
             values = self.measure(epoch + 1)
             if logs is not None:

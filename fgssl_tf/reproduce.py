@@ -46,6 +46,8 @@ METHODS = {
         Method("simclr_cropped_regions", "simclr_cropped_regions.cfg", ""),
         Method("simclr_random_jigsaw", "simclr_random_jigsaw.cfg", ""),
         Method("simclr_dcl_jigsaw", "simclr_dcl_jigsaw.cfg", ""),
+        Method("simclr_tuned", "simclr_tuned.cfg", ""),
+        Method("vicreg_tuned", "vicreg_tuned.cfg", ""),
         Method("jigsaw", "jigsaw.cfg", "~68"),
         Method("srgan", "srgan_psnr.cfg", "83 (generator + dropout head)", ("generator", "discriminator")),
         Method("pmg", "pmg_small.cfg", "88 (supervised)"),
@@ -73,26 +75,43 @@ class Budget:
     max_images_per_split: Optional[int] = None
     perceptual_weights: str = "none"  # offline budgets have no ImageNet VGG19
     machine: str = ""
+    # Whole passes over the pretraining pool (images_seen rounded to them), so warm-up and decay
+    # measured in epochs mean what they say; off: one long epoch of images_seen (tiny, small).
+    whole_epochs: bool = False
+    monitor_readings: int = 0  # monitor readings per run (monitor.json: the ablation curve); 0: off
 
 
-ALL = tuple(METHODS)
+ALL = tuple(m for m in METHODS if not m.endswith("_tuned"))  # the paper's comparison
+# The faithful SimCLR beside the tuned recipes (docs/RESULTS.md), and the baselines.
+TUNED = ("simclr_original", "simclr_tuned", "vicreg_tuned", "random_init", "supervised")
 BUDGETS = {
     "tiny": Budget("tiny", 32, 8, 16, 64, (0,), (0,), ("linear",), (1.0,), 1, ("simclr_original", "random_init"),
                    srgan_blocks=2, srgan_width=8, max_images_per_split=96),
     "small": Budget("small", 32, 16, 32, 32 * 240, (0, 1, 2), (0,), ("linear", "knn", "finetune"), (1.0, 0.1), 2, ALL,
                     srgan_blocks=4, srgan_width=32, machine="a 2-core CPU"),
+    "medium": Budget("medium", 64, 32, 64, 1576 * 40, (0, 1, 2), (0, 1, 2), ("linear", "knn", "finetune"), (1.0, 0.1), 10,
+                     TUNED, machine="a 2-core CPU", whole_epochs=True, monitor_readings=6),
     "paper": Budget("paper", 224, 64, 64, 64 * 24 * 500, (0, 1, 2), (0, 1, 2), ("linear", "knn", "finetune"), (1.0, 0.1, 0.01), 30, ALL,
                     perceptual_weights="imagenet", machine="a GPU with internet (ImageNet weights)"),
 }
 
 
-def overrides(budget: Budget, method: Method, dataset: str, output_dir: str, seed: int, stage: str = "") -> list[str]:
-    """Flags that put a method's flagfile on the budget's common footing."""
+def overrides(budget: Budget, method: Method, dataset: str, output_dir: str, seed: int, stage: str = "",
+              pool_size: int = 0) -> list[str]:
+    """Flags that put a method's flagfile on the budget's common footing (`pool_size`: the
+    pretraining pool's images, for budgets counted in whole epochs)."""
     steps = max(1, budget.images_seen // budget.batch_size // (2 if method.name == "srgan" else 1))
+    length = ["--epochs=1", f"--steps_per_epoch={steps}"]
+    monitor_every = 0
+    if budget.whole_epochs:
+        steps_per_epoch = max(1, pool_size // budget.batch_size)
+        epochs = max(1, round(steps / steps_per_epoch))
+        length = [f"--epochs={epochs}"]
+        monitor_every = max(1, epochs // budget.monitor_readings) if budget.monitor_readings else 0
     run = f"{method.name}{'_' + stage if stage else ''}-seed{seed}"
     flags = [
         f"--dataset={dataset}", f"--image_size={budget.image_size}", f"--width={budget.width}", f"--batch_size={budget.batch_size}",
-        "--epochs=1", f"--steps_per_epoch={steps}", f"--seed={seed}", "--monitor_every=0", "--verbose=0", "--novalidate",
+        *length, f"--seed={seed}", f"--monitor_every={monitor_every}", "--verbose=0", "--novalidate",
         f"--model_dir={os.path.join(output_dir, 'runs', run)}", f"--export_dir={os.path.join(output_dir, 'savedmodels')}",
         f"--export_name={run}",
     ]
@@ -151,6 +170,7 @@ def run_comparison(budget: Budget, dataset: str, output_dir: str, splits: Splits
                         config = EvalConfig(
                             encoder=exports.get(suffix) if method.flagfile else None,
                             baseline=name if method.flagfile is None else None,
+                            init_seed=seed if method.flagfile is None and len(budget.pretrain_seeds) > 1 else None,
                             dataset=dataset, protocol=protocol, label_fraction=fraction, seeds=budget.seeds,
                             output_dir=os.path.dirname(path), image_size=budget.image_size if method.flagfile is None else None,
                             backbone=BackboneConfig(width=budget.width), finetune_epochs=budget.finetune_epochs,

@@ -36,6 +36,7 @@ from fgssl_tf.views import TwoViewModel
 log = logging.getLogger(__name__)
 
 RUN_CONFIG_FILE = "run_config.json"
+MONITOR_FILE = "monitor.json"  # the monitor's readings, one entry each (epoch, step, train_seconds, signals)
 MIXED_PRECISION_POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16"}
 # Settings that must match to resume from a model_dir's checkpoint.
 _RESUME_KEYS = ("pretext", "backbone", "image_size", "batch_size", "seed", "dataset")
@@ -274,7 +275,8 @@ def _monitor(model, splits: Splits, config: MonitorConfig, input_size: int, log_
 
     encoder = next(iter(model.exportable_encoders().values()))
     return Monitor(encoder, input_size, subset("train", config.max_bank_images), subset("val", config.max_query_images),
-                   splits.num_classes, config, log_dir, seed, initial_epoch)
+                   splits.num_classes, config, log_dir, seed, initial_epoch,
+                   history_path=os.path.join(os.path.dirname(log_dir), MONITOR_FILE))
 
 
 def _restore_newest_readable(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> None:

@@ -44,3 +44,41 @@ def test_monitor_runs_before_training_and_after_each_epoch(trained_encoder):
     events = EventAccumulator(os.path.join(model_dir, "logs", "monitor"), size_guidance={"tensors": 0})
     events.Reload()
     assert [e.step for e in events.Tensors("knn_accuracy")] == [0, 1, 2]
+    # monitor.json beside the logs: one entry a reading, with the step and the training time so far.
+    with open(os.path.join(model_dir, "monitor.json")) as f:
+        readings = json.load(f)
+    assert [r["epoch"] for r in readings] == [0, 1, 2] and [r["step"] for r in readings] == [0, 6, 12]
+    assert readings[0]["train_seconds"] == 0 < readings[1]["train_seconds"] < readings[2]["train_seconds"]
+    assert all(0.0 <= r["knn_balanced_accuracy"] <= 1.0 for r in readings)
+
+
+def test_compare_runs_tabulates_the_monitor_of_each_run(trained_encoder, tmp_path):
+    """tools/compare_runs.py: one row per run, the settings it changes, steps and the monitor's readings."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result, version = trained_encoder
+    with open(os.path.join(version, "fgssl_metadata.json")) as f:
+        model_dir = json.load(f)["run_config"]["train"]["model_dir"]
+    variant = tmp_path / "hotter"
+    variant.mkdir()
+    shutil.copy(os.path.join(model_dir, "monitor.json"), variant / "monitor.json")
+    with open(os.path.join(model_dir, "run_config.json")) as f:
+        run_config = json.load(f)
+    run_config["pretext_config"]["temperature"] = 0.2
+    (variant / "run_config.json").write_text(json.dumps(run_config))
+    out = subprocess.run([sys.executable, os.path.join(REPO, "tools", "compare_runs.py"), model_dir, str(variant),
+                          f"--markdown={tmp_path / 'table.md'}"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 2 and "(reference)" in rows[0] and "temperature=0.2" in rows[1]
+    with open(os.path.join(model_dir, "monitor.json")) as f:
+        last = json.load(f)[-1]
+    assert f"→ {last['knn_balanced_accuracy']:.3f}" in rows[0] and f"| {last['step']} |" in rows[0]
+    missing = subprocess.run([sys.executable, os.path.join(REPO, "tools", "compare_runs.py"), str(tmp_path)],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "monitor.json is missing" in missing.stderr

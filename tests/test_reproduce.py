@@ -48,3 +48,36 @@ def test_tiny_comparison_reads_reports_resumes_and_repeats(tmp_path):
     assert {k: v for k, v in again.items() if k != redo} == {k: v for k, v in timings.items() if k != redo}
     assert _accuracy_table((first / "RESULTS.md").read_text()) == table
     assert sorted(os.listdir(first / "savedmodels" / "simclr_original-seed0")) == ["1"]
+
+
+def test_medium_budget_counts_whole_epochs_and_records_the_monitor():
+    from fgssl_tf import reproduce
+
+    budget = reproduce.BUDGETS["medium"]
+    assert {"simclr_original", "simclr_tuned", "vicreg_tuned", "random_init", "supervised"} <= set(budget.methods)
+    flags = reproduce.overrides(budget, reproduce.METHODS["simclr_tuned"], "elpv", "/out", 2, pool_size=1576)
+    epochs = budget.images_seen // (1576 // budget.batch_size * budget.batch_size)
+    assert f"--epochs={epochs}" in flags and not any(f.startswith("--steps_per_epoch") for f in flags)
+    assert f"--monitor_every={epochs // budget.monitor_readings}" in flags and "--seed=2" in flags
+    # The small budget keeps its one long epoch (its published table was made that way).
+    small = reproduce.overrides(reproduce.BUDGETS["small"], reproduce.METHODS["simclr_original"], "elpv", "/out", 0)
+    assert "--epochs=1" in small and "--steps_per_epoch=240" in small and "--monitor_every=0" in small
+    for name in budget.methods:  # every flagfile the budget names is there
+        flagfile = reproduce.METHODS[name].flagfile
+        assert flagfile is None or os.path.isfile(os.path.join(REPO, "flags", flagfile))
+
+
+def test_random_init_baseline_draws_its_weights_from_the_init_seed(elpv_small):
+    from fgssl_tf.config import BackboneConfig
+    from fgssl_tf.evaluation import EvalConfig, evaluate
+
+    def knn(tmp, init_seed):
+        config = EvalConfig(baseline="random_init", protocol="knn", image_size=32, seeds=(0,), init_seed=init_seed,
+                            backbone=BackboneConfig(width=8, small_stem=False), output_dir=str(tmp))
+        return evaluate(config, splits=elpv_small)["per_seed"][0]["confusion_matrix"]
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        default, same, other = knn(f"{tmp}/a", None), knn(f"{tmp}/b", 0), knn(f"{tmp}/c", 1)
+    assert default == same and other != default  # init_seed=0 is today's baseline; another seed, other weights

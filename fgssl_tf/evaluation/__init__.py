@@ -45,6 +45,10 @@ class EvalConfig:
     image_size: Optional[int] = None  # default: the encoder's; needed for baselines
     backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)  # for baselines
     pool_grid: int = 1  # baselines: 2 matches a Jigsaw encoder's 2x2 pooled features
+    # Baselines: the seed of the random weights (None: the first of `seeds`; fine-tuning: each seed's own).
+    # A comparison over several pretraining seeds draws random encoders per seed, as each pretraining does
+    # (fine-tuning from init_seed: 1000 x init_seed + seed).
+    init_seed: Optional[int] = None
     selection_metric: str = "accuracy"
     finetune_epochs: int = 10
     finetune_learning_rate: float = 1e-4
@@ -178,7 +182,7 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
         elif serving is not None:
             features = {name: serving.embed(splits.split(name)[0], config.batch_size) for name in ("train", "val", "test")}
         else:
-            encoder = _random_encoder(config, image_size, config.seeds[0])
+            encoder = _random_encoder(config, image_size, _init_seed(config))
             features = {name: _keras_features(encoder, splits.split(name)[0], image_size, config.batch_size) for name in ("train", "val", "test")}
 
     per_seed = []
@@ -192,8 +196,8 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
                 encoder, head = _srgan_variant(config, serving, num_classes, config.head)
             elif config.encoder:
                 encoder = export_lib.load_keras_encoder(config.encoder)
-            else:
-                encoder = _random_encoder(config, image_size, seed)
+            else:  # with init_seed, each pretraining seed's baseline starts from weights of its own
+                encoder = _random_encoder(config, image_size, seed if config.init_seed is None else 1000 * config.init_seed + seed)
             result = protocols.finetune(
                 encoder,
                 lambda x: export_lib.preprocess(x, image_size),
@@ -253,7 +257,11 @@ def _linear_encoder(config: EvalConfig, serving, num_classes: int, image_size: i
         return _srgan_variant(config, serving, num_classes, "linear")[0]
     if config.encoder:
         return export_lib.load_keras_encoder(config.encoder)
-    return _random_encoder(config, image_size, config.seeds[0])
+    return _random_encoder(config, image_size, _init_seed(config))
+
+
+def _init_seed(config: EvalConfig) -> int:
+    return config.seeds[0] if config.init_seed is None else config.init_seed
 
 
 def classifier_report(predict, splits: Splits, dataset: str, image_size: int, subject: str, metadata: dict, seed: int, output_dir: str) -> dict:
