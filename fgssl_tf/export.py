@@ -195,13 +195,18 @@ def stock_layers(model: keras.Model, probe_size: int | None = None) -> keras.Mod
     shipped = _swap_layers(model, replace)
     if probe_size:
         probe = np.random.RandomState(0).uniform(size=(2, probe_size, probe_size, 3)).astype(np.float32)
-        expected, got = model(probe, training=False), shipped(probe, training=False)
+        expected, got = call(model, probe), call(shipped, probe)
         for a, b in zip(tf.nest.flatten(expected), tf.nest.flatten(got)):
             a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
             if not np.allclose(a, b, rtol=1e-4, atol=1e-4 * (1 + np.abs(a).max())):
                 raise FgsslError(f"{model.name} with stock Keras layers differs from the trained model by {np.abs(a - b).max():g}; "
                                  "this is a bug in fgssl_tf.export.stock_layers, please report it")
     return shipped
+
+
+def call(model: keras.Model, images) -> tf.Tensor:
+    """model(images) in inference mode, also for a model built with a one-element list of inputs."""
+    return model([images] if isinstance(model.input, list) else images, training=False)
 
 
 def fast_layers(model: keras.Model) -> keras.Model:

@@ -100,7 +100,7 @@ def _tflite_model(classifier: keras.Model, image_size: int, calibration: Optiona
 
     @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")])
     def probabilities(images):
-        return {"probabilities": tf.nn.softmax(tf.cast(classifier(images, training=False), tf.float32))}
+        return {"probabilities": tf.nn.softmax(tf.cast(export_lib.call(classifier, images), tf.float32))}
 
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -148,7 +148,7 @@ def export_classifier(config: ClassifierExportConfig, splits=None) -> dict:
 
     def outputs(images, with_extras: bool):
         x = export_lib.preprocess(_graph_checks(images), image_size)
-        embedding, logits = with_embedding(x, training=False) if with_embedding else (None, classifier(x, training=False))
+        embedding, logits = export_lib.call(with_embedding, x) if with_embedding else (None, export_lib.call(classifier, x))
         logits = tf.cast(logits, tf.float32)
         index = tf.argmax(logits, axis=-1)
         result = {"probabilities": tf.nn.softmax(logits), "class_index": index, "class_name": tf.gather(names, index)}
@@ -179,7 +179,8 @@ def export_classifier(config: ClassifierExportConfig, splits=None) -> dict:
         archive.add_endpoint(export_lib.SIGNATURE, lambda images: outputs(images, False), input_signature=spec)
         if with_embedding:
             archive.add_endpoint(PREDICT_SIGNATURE, lambda images: outputs(images, True), input_signature=spec)
-        archive.class_names = tf.Variable(class_names, trainable=False, name="class_names")  # also readable from Python
+        # Readable as tf.saved_model.load(path).class_names; ExportArchive saves this object (Keras 3.15).
+        archive._tf_trackable.class_names = tf.Variable(class_names, trainable=False, name="class_names")
         archive.write_out(staging, verbose=False)
         classifier.save(os.path.join(staging, CLASSIFIER_FILE))
         custom = export_lib.custom_layers(classifier)
@@ -209,7 +210,7 @@ def _write_tflite(classifier, staging, class_names, image_size, splits, config, 
         keep = label_fraction_subset(test_labels, config.max_test_images / len(test_labels), 0)
         test_images, test_labels = test_images[keep], test_labels[keep]
     x = _float_images(test_images, image_size)
-    keras_classes = np.concatenate([np.argmax(classifier(x[i : i + config.batch_size], training=False), axis=-1)
+    keras_classes = np.concatenate([np.argmax(export_lib.call(classifier, x[i : i + config.batch_size]), axis=-1)
                                     for i in range(0, len(x), config.batch_size)])
     info = {
         "input": f"images: float32 [batch, {image_size}, {image_size}, 3], RGB scaled to [0, 1] (pixel / 255), "
@@ -306,7 +307,7 @@ class KerasClassifier(_Classifier):
         self._model = keras.saving.load_model(path, compile=False)
 
     def probabilities_of_float(self, x: np.ndarray) -> np.ndarray:
-        return tf.nn.softmax(tf.cast(self._model(x, training=False), tf.float32)).numpy()
+        return tf.nn.softmax(tf.cast(export_lib.call(self._model, x), tf.float32)).numpy()
 
 
 def tflite_interpreter(path: str):
