@@ -184,7 +184,7 @@ def export_classifier(config: ClassifierExportConfig, splits=None) -> dict:
         archive.write_out(staging, verbose=False)
         classifier.save(os.path.join(staging, CLASSIFIER_FILE))
         custom = export_lib.custom_layers(classifier)
-        extra = {"keras_file_needs_fgssl_tf": custom} if custom else {}
+        extra = {"keras_files_need_fgssl_tf": custom} if custom else {}
         if config.tflite:
             extra["tflite"] = _write_tflite(classifier, staging, class_names, image_size, splits, config, summary)
         name = os.path.basename(os.path.normpath(config.export_path))
