@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import warnings
 from typing import Optional
 
 import keras
@@ -104,13 +105,16 @@ def _tflite_model(classifier: keras.Model, image_size: int, calibration: Optiona
 
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    # Weights frozen into constants: the int8 calibrator cannot read resource variables.
+    # Weights frozen into constants: the int8 calibrator cannot read resource variables. The frozen
+    # function holds no state, so an empty module is all the converter's current path has to track.
     frozen = convert_variables_to_constants_v2(probabilities.get_concrete_function())
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.Module())
     if calibration is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([image[None]] for image in calibration)
-    return converter.convert()
+    with warnings.catch_warnings():  # float32 inputs and outputs are meant: no input statistics to give
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        return converter.convert()
 
 
 def _float_images(images: np.ndarray, image_size: int) -> np.ndarray:
