@@ -91,7 +91,8 @@ def write_version(export_dir: str, name: str, write, retry_hint: str) -> str:
     except OSError as err:  # a full disk, a quota, a read-only folder: earlier versions are untouched
         shutil.rmtree(staging, ignore_errors=True)
         kept = f"version {version - 1} of {name} is intact" if version > 1 else "no earlier version existed"
-        raise FgsslError(f"exporting {name} version {version} failed ({err}); nothing was left half-written and {kept}; {retry_hint}") from err
+        raise FgsslError(f"exporting {name} version {version} failed ({err}); nothing was left half-written and {kept}; "
+                         f"{retry_hint}") from err
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -118,15 +119,18 @@ def export_encoder(encoder: keras.Model, export_dir: str, name: str, image_size:
             custom.update({f"{filename}: {k}": v for k, v in custom_layers(shipped).items()})
         extra = {"keras_files_need_fgssl_tf": custom} if custom else {}
         with open(os.path.join(staging, METADATA_FILE), "w") as f:
-            json.dump({"name": name, "version": version, "image_size": image_size, **metadata, **extra}, f, indent=2, default=str)
+            metadata_out = {"name": name, "version": version, "image_size": image_size, **metadata, **extra}
+            json.dump(metadata_out, f, indent=2, default=str)
 
-    return write_version(export_dir, name, write, "free space and re-run the same command (training resumes from its checkpoint, so only the export is redone)")
+    retry = "free space and re-run the same command (training resumes from its checkpoint, so only the export is redone)"
+    return write_version(export_dir, name, write, retry)
 
 
 # Why a layer still in a shipped .keras file has no stock Keras equivalent (the file then needs fgssl_tf to load).
 NON_STOCK_REASONS = {
-    "GridAveragePooling": "PyTorch's adaptive g x g average pooling on maps of any size; Keras' AdaptiveAveragePooling2D "
-                          "needs the size fixed when the model is built, and this encoder takes any image size",
+    "GridAveragePooling": "PyTorch's adaptive g x g average pooling on maps of any size; Keras' "
+                          "AdaptiveAveragePooling2D needs the size fixed when the model is built, and this encoder "
+                          "takes any image size",
     "PixelShuffle": "depth-to-space upsampling on maps of any size; no stock Keras layer does it without a Lambda, "
                     "which load_model refuses in safe mode",
     "FixedInputSize": "refuses a wrong image size by name before the dense layers; no stock layer checks a size",
@@ -199,8 +203,8 @@ def stock_layers(model: keras.Model, probe_size: int | None = None) -> keras.Mod
         for a, b in zip(tf.nest.flatten(expected), tf.nest.flatten(got)):
             a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
             if not np.allclose(a, b, rtol=1e-4, atol=1e-4 * (1 + np.abs(a).max())):
-                raise FgsslError(f"{model.name} with stock Keras layers differs from the trained model by {np.abs(a - b).max():g}; "
-                                 "this is a bug in fgssl_tf.export.stock_layers, please report it")
+                raise FgsslError(f"{model.name} with stock Keras layers differs from the trained model by "
+                                 f"{np.abs(a - b).max():g}; this is a bug in fgssl_tf.export.stock_layers, please report it")
     return shipped
 
 

@@ -2,13 +2,13 @@
 
 Layout (one TF Serving model version, `--model_base_path=savedmodels/NAME`):
 
-    savedmodels/NAME/VERSION/saved_model.pb, variables/   serving_default: images -> probabilities, class_index, class_name
-                                                           predict: the same, plus logits and embedding
-    savedmodels/NAME/VERSION/classifier.keras              [0, 1] RGB at the image size -> logits (stock Keras layers)
-    savedmodels/NAME/VERSION/classifier_float32.tflite     float32 [B, S, S, 3] in [0, 1] -> probabilities
-    savedmodels/NAME/VERSION/classifier_int8.tflite        the same, int8 post-training quantised (calibrated on training images)
-    savedmodels/NAME/VERSION/tflite_metadata.json          what an app needs: input size and layout, class names
-    savedmodels/NAME/VERSION/fgssl_metadata.json           class names, image size, the report, TFLite sizes and accuracies
+    NAME/VERSION/saved_model.pb, variables/   serving_default: images -> probabilities, class_index, class_name
+                                              predict: the same, plus logits and embedding
+    NAME/VERSION/classifier.keras             [0, 1] RGB at the image size -> logits (stock Keras layers)
+    NAME/VERSION/classifier_float32.tflite    float32 [B, S, S, 3] in [0, 1] -> probabilities
+    NAME/VERSION/classifier_int8.tflite       the same, int8 post-training quantised (calibrated on training images)
+    NAME/VERSION/tflite_metadata.json         what an app needs: input size and layout, class names
+    NAME/VERSION/fgssl_metadata.json          class names, image size, the report, TFLite sizes and accuracies
 
 The SavedModel takes uint8 images of any size, as the encoder exports do (fgssl_tf/export.py).
 A TFLite model has one fixed input size: an app squash-resizes to S x S and scales to [0, 1].
@@ -73,8 +73,8 @@ def read_report(report_dir: str) -> dict:
     if not isinstance(report["image_size"], int) or report["image_size"] < 1:
         raise FgsslError(f"{report_path}: image_size must be a positive integer, got {report['image_size']!r}")
     if not os.path.isfile(os.path.join(report_dir, CLASSIFIER_FILE)):
-        raise FgsslError(f"{report_dir!r} holds no {CLASSIFIER_FILE} (a kNN report, or a trained classifier's report, saves "
-                         "none); run tools/evaluate.py with --protocol=finetune or --protocol=linear")
+        raise FgsslError(f"{report_dir!r} holds no {CLASSIFIER_FILE} (a kNN report, or a trained classifier's report, "
+                         "saves none); run tools/evaluate.py with --protocol=finetune or --protocol=linear")
     return report
 
 
@@ -137,22 +137,27 @@ def export_classifier(config: ClassifierExportConfig, splits=None) -> dict:
     class_names, image_size = list(report["class_names"]), int(report["image_size"])
     trained = keras.saving.load_model(os.path.join(config.report_dir, CLASSIFIER_FILE), compile=False)
     if trained.output_shape[-1] != len(class_names):
-        raise FgsslError(f"{config.report_dir}: the classifier has {trained.output_shape[-1]} outputs but the report names "
-                         f"{len(class_names)} classes; re-run tools/evaluate.py")
+        raise FgsslError(f"{config.report_dir}: the classifier has {trained.output_shape[-1]} outputs but the report "
+                         f"names {len(class_names)} classes; re-run tools/evaluate.py")
     classifier = export_lib.stock_layers(trained, probe_size=image_size)
     with_embedding = _embedding_and_logits(classifier)
     if config.tflite and splits is None:
         from fgssl_tf.config import DataConfig
         from fgssl_tf.data import load_splits
 
-        splits = load_splits(DataConfig(dataset=report["dataset"], image_size=image_size, tfds_data_dir=config.tfds_data_dir))
+        data = DataConfig(dataset=report["dataset"], image_size=image_size, tfds_data_dir=config.tfds_data_dir)
+        splits = load_splits(data)
     if splits is not None and list(splits.class_names) != class_names:
-        raise FgsslError(f"the {report['dataset']} classes {list(splits.class_names)} differ from the report's {class_names}")
+        raise FgsslError(f"the {report['dataset']} classes {list(splits.class_names)} differ from the report's "
+                         f"{class_names}")
     names = tf.constant(class_names)
 
     def outputs(images, with_extras: bool):
         x = export_lib.preprocess(_graph_checks(images), image_size)
-        embedding, logits = export_lib.call(with_embedding, x) if with_embedding else (None, export_lib.call(classifier, x))
+        if with_embedding:
+            embedding, logits = export_lib.call(with_embedding, x)
+        else:
+            embedding, logits = None, export_lib.call(classifier, x)
         logits = tf.cast(logits, tf.float32)
         index = tf.argmax(logits, axis=-1)
         result = {"probabilities": tf.nn.softmax(logits), "class_index": index, "class_name": tf.gather(names, index)}
@@ -166,7 +171,8 @@ def export_classifier(config: ClassifierExportConfig, splits=None) -> dict:
         "class_names": class_names,
         "image_size": image_size,
         "signatures": {
-            export_lib.SIGNATURE: "images: uint8 [batch, height, width, 1|3|4] -> probabilities, class_index, class_name",
+            export_lib.SIGNATURE: "images: uint8 [batch, height, width, 1|3|4] -> probabilities, class_index, "
+                                  "class_name",
             **({PREDICT_SIGNATURE: "the same, plus logits and embedding (the head's input)"} if with_embedding else {}),
         },
         "keras_file": f"{CLASSIFIER_FILE}: float32 RGB in [0, 1] at {image_size}x{image_size} -> logits",
@@ -200,7 +206,8 @@ def export_classifier(config: ClassifierExportConfig, splits=None) -> dict:
                                            "free space and re-run the same command")
     summary["saved_model"] = version_dir
     if config.tflite:
-        summary.update({k: os.path.join(version_dir, v) for k, v in (("tflite_float32", TFLITE_FLOAT_FILE), ("tflite_int8", TFLITE_INT8_FILE))})
+        summary["tflite_float32"] = os.path.join(version_dir, TFLITE_FLOAT_FILE)
+        summary["tflite_int8"] = os.path.join(version_dir, TFLITE_INT8_FILE)
     return summary
 
 
@@ -222,7 +229,7 @@ def _write_tflite(classifier, staging, class_names, image_size, splits, config, 
         "output": f"probabilities: float32 [batch, {len(class_names)}], in the order of class_names",
         "image_size": image_size,
         "class_names": class_names,
-        "calibration": f"{len(calibration)} training images of {splits.stats.get('dataset', 'the dataset')}, stratified, seed 0",
+        "calibration": f"{len(calibration)} training images, stratified, seed 0",
         "test_images": int(len(test_labels)),
         "keras_test_accuracy": float(np.mean(keras_classes == test_labels)),
     }
@@ -266,7 +273,8 @@ def check_images(images, what: str) -> np.ndarray:
     if images.dtype != np.uint8:
         raise FgsslError(f"{what} takes uint8 images (0..255); got dtype {images.dtype}")
     if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise FgsslError(f"{what} takes a batch [batch, height, width, 1|3|4] of uint8 images; got shape {images.shape}")
+        raise FgsslError(f"{what} takes a batch [batch, height, width, 1|3|4] of uint8 images; "
+                         f"got shape {images.shape}")
     if images.shape[0] == 0:
         raise FgsslError(f"{what} got an empty batch (shape {images.shape}); pass at least one image")
     return images
@@ -280,7 +288,8 @@ class _Classifier:
     def probabilities(self, images, batch_size: int = 64) -> np.ndarray:
         """uint8 [B, H, W, 1|3|4] of any size -> [B, classes]."""
         images = check_images(images, f"the {self.kind} classifier {self.path}")
-        return np.concatenate([self._probabilities(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+        batches = range(0, len(images), batch_size)
+        return np.concatenate([self._probabilities(images[i : i + batch_size]) for i in batches])
 
     def _probabilities(self, images: np.ndarray) -> np.ndarray:
         return self.probabilities_of_float(_float_images(images, self.image_size))
@@ -367,7 +376,8 @@ def load_classifier(path: str) -> _Classifier:
     """A SavedModel classifier export (savedmodels/NAME[/VERSION]), a .tflite or .keras file
     written beside it, or an evaluation report folder (its classifier.keras)."""
     if not os.path.exists(path):
-        raise FgsslError(f"{path!r} does not exist; pass savedmodels/NAME, a .tflite or .keras file, or a report folder")
+        raise FgsslError(f"{path!r} does not exist; pass savedmodels/NAME, a .tflite or .keras file, "
+                         "or a report folder")
     if path.endswith(".tflite"):
         return TFLiteClassifier(path, _names_and_size_beside(path)[0])
     if path.endswith(".keras"):

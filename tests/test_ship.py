@@ -25,11 +25,11 @@ from fgssl_tf.models import layers as fgssl_layers
 def shipped(trained_encoder, elpv_small, elpv_splits, tmp_path_factory):
     """(export summary, report folder): fine-tuned on elpv_small, TFLite measured on the whole elpv test split."""
     tmp_path = tmp_path_factory.mktemp("ship")
-    report = evaluate(EvalConfig(encoder=trained_encoder[1], protocol="finetune", finetune_epochs=1, finetune_learning_rate=1e-3,
-                                 output_dir=str(tmp_path / "report")), splits=elpv_small)
-    summary = ship.export_classifier(ship.ClassifierExportConfig(report_dir=report["output_dir"],
-                                                                 export_path=str(tmp_path / "savedmodels" / "elpv_classifier")),
-                                     splits=elpv_splits)
+    config = EvalConfig(encoder=trained_encoder[1], protocol="finetune", finetune_epochs=1, finetune_learning_rate=1e-3,
+                        output_dir=str(tmp_path / "report"))
+    report = evaluate(config, splits=elpv_small)
+    export_path = str(tmp_path / "savedmodels" / "elpv_classifier")
+    summary = ship.export_classifier(ship.ClassifierExportConfig(report["output_dir"], export_path), splits=elpv_splits)
     print("\n".join(ship.summary_lines(summary)))
     return summary, report["output_dir"]
 
@@ -61,7 +61,8 @@ def test_saved_model_equals_the_keras_classifier_on_the_whole_test_split(shipped
     summary, report_dir = shipped
     images = elpv_splits.test_images  # all 524
     served = ship.load_classifier(os.path.dirname(summary["saved_model"])).probabilities(images)
-    for keras_file in (os.path.join(report_dir, ship.CLASSIFIER_FILE), os.path.join(summary["saved_model"], ship.CLASSIFIER_FILE)):
+    for folder in (report_dir, summary["saved_model"]):
+        keras_file = os.path.join(folder, ship.CLASSIFIER_FILE)
         expected = _keras_probabilities(keras_file, images)
         assert np.array_equal(np.argmax(served, 1), np.argmax(expected, 1))
         np.testing.assert_allclose(served, expected, atol=1e-5, rtol=0)
@@ -74,7 +75,8 @@ def test_tflite_float32_agrees_and_int8_stays_within_two_points(shipped, elpv_sp
     info = summary["tflite_report"]
     images, labels = elpv_splits.test_images, elpv_splits.test_labels
     assert info["test_images"] == len(labels) == 524
-    keras_classes = np.argmax(_keras_probabilities(os.path.join(summary["saved_model"], ship.CLASSIFIER_FILE), images), 1)
+    keras_file = os.path.join(summary["saved_model"], ship.CLASSIFIER_FILE)
+    keras_classes = np.argmax(_keras_probabilities(keras_file, images), 1)
     float_classes = np.argmax(ship.load_classifier(summary["tflite_float32"]).probabilities(images), 1)
     int8_classes = np.argmax(ship.load_classifier(summary["tflite_int8"]).probabilities(images), 1)
     assert np.mean(float_classes == keras_classes) >= 0.995
@@ -111,8 +113,8 @@ def test_bad_input_to_the_serving_signature_is_a_clear_message(shipped, problem)
     """What a TF Serving client calling the signature directly gets."""
     signature = tf.saved_model.load(shipped[0]["saved_model"]).signatures["serving_default"]
     images, _ = BAD_INPUTS[problem]
-    message = {"dtype": "uint8", "rank": r"shape \[batch, height, width, channels\]", "channels": r"1 \(gray\), 3 \(RGB\) or 4",
-               "empty batch": "empty batch"}[problem]
+    message = {"dtype": "uint8", "rank": r"shape \[batch, height, width, channels\]",
+               "channels": r"1 \(gray\), 3 \(RGB\) or 4", "empty batch": "empty batch"}[problem]
     with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError), match=message):
         signature(images=tf.constant(images))
 
@@ -128,8 +130,9 @@ def test_export_refuses_a_report_without_class_names_or_image_size(shipped, tmp_
         ship.export_classifier(ship.ClassifierExportConfig(report_dir=str(report_dir), export_path=str(tmp_path / "x")))
     assert not (tmp_path / "x").exists()
     if missing == "class_names":  # the command says it in one line
-        run = subprocess.run([sys.executable, os.path.join(REPO, "tools", "export_classifier.py"), f"--report={report_dir}",
-                              f"--export={tmp_path / 'x'}"], capture_output=True, text=True, cwd=str(tmp_path))
+        tool = os.path.join(REPO, "tools", "export_classifier.py")
+        run = subprocess.run([sys.executable, tool, f"--report={report_dir}", f"--export={tmp_path / 'x'}"],
+                             capture_output=True, text=True, cwd=str(tmp_path))
         errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
         assert run.returncode == 2 and len(errors) == 1 and "has no class_names" in errors[0], run.stderr
         assert "Traceback" not in run.stderr
@@ -183,7 +186,8 @@ def test_predict_tool_on_a_folder_prints_rows_and_writes_csv(shipped, elpv_split
     for i in range(5):
         write_image(str(folder / f"cell{i}.png"), elpv_splits.test_images[i])
     (folder / "broken.jpg").write_bytes(b"not an image")
-    run = subprocess.run([sys.executable, os.path.join(REPO, "tools", "predict.py"), f"--model={os.path.dirname(summary['saved_model'])}",
+    model_root = os.path.dirname(summary["saved_model"])
+    run = subprocess.run([sys.executable, os.path.join(REPO, "tools", "predict.py"), f"--model={model_root}",
                           f"--images={folder}", f"--output={tmp_path / 'out.csv'}"],
                          capture_output=True, text=True, cwd=str(tmp_path))
     assert run.returncode == 0, run.stderr
@@ -203,8 +207,9 @@ def test_evaluate_exports_the_classifier_and_refuses_knn(trained_encoder, tmp_pa
     run = subprocess.run([sys.executable, tool, f"--encoder={trained_encoder[1]}", "--protocol=knn",
                           f"--export_classifier={tmp_path / 'c'}"], capture_output=True, text=True, cwd=str(tmp_path))
     assert run.returncode == 2 and "--protocol=finetune or --protocol=linear" in run.stderr
-    subprocess.run([sys.executable, tool, f"--encoder={trained_encoder[1]}", "--protocol=linear", "--max_images_per_split=60",
-                    f"--output_dir={tmp_path / 'r'}", f"--export_classifier={tmp_path / 'c'}", "--noexport_tflite"],
+    subprocess.run([sys.executable, tool, f"--encoder={trained_encoder[1]}", "--protocol=linear",
+                    "--max_images_per_split=60", f"--output_dir={tmp_path / 'r'}",
+                    f"--export_classifier={tmp_path / 'c'}", "--noexport_tflite"],
                    check=True, cwd=str(tmp_path))
     metadata = export.read_metadata(str(tmp_path / "c" / "1"))
     assert metadata["kind"] == "classifier" and metadata["report"]["protocol"] == "linear"

@@ -1,7 +1,8 @@
 """Classify your own images with an exported classifier: file, class, probability.
 
     python tools/predict.py --model=savedmodels/elpv_classifier --images=my_photos/
-    python tools/predict.py --model=savedmodels/elpv_classifier/1/classifier_int8.tflite --images=a.png,b.jpg --output=pred.csv
+    python tools/predict.py --model=savedmodels/elpv_classifier/1/classifier_int8.tflite --images=a.png,b.jpg \
+        --output=pred.csv
 
 --model: a classifier export (savedmodels/NAME or NAME/VERSION), a .tflite or .keras file
 written beside it, or an evaluation report folder. Images are decoded and squash-resized
@@ -27,7 +28,7 @@ flags.DEFINE_list("images", None, "Image folders (searched recursively) and/or f
 flags.DEFINE_string("output", None, "Also write the rows to this CSV file.")
 flags.DEFINE_integer("batch_size", 64, "Images per model call.", lower_bound=1)
 flags.mark_flags_as_required(["model", "images"])
-fgssl_flags.validate("output", lambda v: None if v is None or not os.path.isdir(v) else f"{v!r} is a folder; pass a .csv file name")
+fgssl_flags.validate("output", lambda v: f"{v!r} is a folder; pass a .csv name" if v and os.path.isdir(v) else None)
 
 
 def image_paths(entries: list[str]) -> list[str]:
@@ -78,8 +79,9 @@ def main(argv):
             writer = csv.writer(f)
             writer.writerow(["file", "class", "probability"])
             writer.writerows((path, name, f"{probability:.6f}") for path, name, probability in rows)
-    print(f"{len(rows)} images classified by {model.path}" + (f", {len(decoded.skipped)} unreadable skipped" if decoded.skipped else "")
-          + (f"; rows in {FLAGS.output}" if FLAGS.output else ""), file=sys.stderr)
+    skipped = f", {len(decoded.skipped)} unreadable skipped" if decoded.skipped else ""
+    written = f"; rows in {FLAGS.output}" if FLAGS.output else ""
+    print(f"{len(rows)} images classified by {model.path}{skipped}{written}", file=sys.stderr)
 
 
 if __name__ == "__main__":
