@@ -4,9 +4,12 @@
     python tools/evaluate.py --encoder=... --protocol=knn --label_fraction=0.1 --seeds=0,1,2
     python tools/evaluate.py --baseline=supervised --protocol=finetune --image_size=64
     python tools/evaluate.py --flagfile=flags/eval_srgan_generator_dropout05.cfg   (an SRGAN paper variant)
+    python tools/evaluate.py --encoder=... --protocol=finetune --export_classifier=savedmodels/my_classifier
 
 Writes <output_dir>/report.json and report.md (default: beside the encoder, in
-savedmodels/NAME/evaluations/).
+savedmodels/NAME/evaluations/). --export_classifier also ships the report's classifier:
+a TF Serving SavedModel in savedmodels/NAME/VERSION with TFLite models beside it
+(fgssl_tf/export_classifier.py; tools/export_classifier.py does it for an existing report).
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ flags.DEFINE_integer("pool_grid", 1, "Baselines: average-pool the last stage to 
 flags.DEFINE_integer("batch_size", 64, "Batch size for features and fine-tuning.", lower_bound=1)
 flags.DEFINE_integer("max_images_per_split", None, "Stratified subset per split (quick checks).", lower_bound=2)
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).")
+flags.DEFINE_string("export_classifier", None, "Also export the trained classifier (finetune or linear) to savedmodels/NAME: "
+                    "a TF Serving version, classifier.keras, TFLite float32 and int8.")
+flags.DEFINE_boolean("export_tflite", True, "With --export_classifier: also write the TFLite models.")
+flags.DEFINE_integer("calibration_images", 200, "Training images the int8 TFLite model is calibrated on.", lower_bound=1)
 fgssl_flags.define_backbone_flags()
 fgssl_flags.validate("encoder", lambda v: None if v is None or os.path.exists(v) else f"{v!r} does not exist; pass savedmodels/NAME or savedmodels/NAME/VERSION")
 fgssl_flags.validate("dataset", fgssl_flags.dataset_error)
@@ -52,6 +59,7 @@ fgssl_flags.validate("seeds", lambda v: None if v and all(s.strip().lstrip("-").
 fgssl_flags.validate("output_dir", fgssl_flags.not_a_file_error)
 fgssl_flags.validate("trainable_from", lambda v: None if re.fullmatch(r"all|none|[a-z]+[0-9]*", v) else f"{v!r} is not all, none or a stage name such as block4")
 fgssl_flags.validate("tfds_data_dir", fgssl_flags.not_a_file_error)
+fgssl_flags.validate("export_classifier", fgssl_flags.not_a_file_error)
 
 
 def main(argv):
@@ -64,6 +72,8 @@ def main(argv):
         seeds = tuple(int(s) for s in FLAGS.seeds)
     except ValueError as err:
         raise FgsslError(f"--seeds must be comma-separated integers, got {','.join(FLAGS.seeds)}") from err
+    if FLAGS.export_classifier and FLAGS.protocol == "knn":
+        raise FgsslError("--export_classifier ships a trained classifier: use it with --protocol=finetune or --protocol=linear (kNN keeps no model)")
     report = evaluate(
         EvalConfig(
             encoder=FLAGS.encoder,
@@ -95,6 +105,14 @@ def main(argv):
         f"balanced {report['balanced_accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
         f"(majority class {report['majority_class_rate']:.4f}); report: {report['output_dir']}/report.json"
     )
+    if FLAGS.export_classifier:
+        from fgssl_tf.export_classifier import ClassifierExportConfig, export_classifier, summary_lines
+
+        summary = export_classifier(ClassifierExportConfig(
+            report_dir=report["output_dir"], export_path=FLAGS.export_classifier, tflite=FLAGS.export_tflite,
+            calibration_images=FLAGS.calibration_images, batch_size=FLAGS.batch_size, tfds_data_dir=FLAGS.tfds_data_dir,
+        ))
+        print("\n".join(summary_lines(summary)))
 
 
 if __name__ == "__main__":

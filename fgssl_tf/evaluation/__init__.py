@@ -194,6 +194,7 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
             if _is_srgan_variant(config):
                 keras.utils.set_random_seed(seed)
                 encoder, head = _srgan_variant(config, serving, num_classes, config.head)
+                encoder = export_lib.fast_layers(encoder)  # the shipped files hold stock Conv2D; train with the fast one
             elif config.encoder:
                 encoder = export_lib.load_keras_encoder(config.encoder)
             else:  # with init_seed, each pretraining seed's baseline starts from weights of its own
@@ -316,8 +317,8 @@ def write_report(report: dict, per_seed: list, output_dir: str, classifier: kera
     title = f"{report['protocol']}, seeds {report['seeds']}"
     plots.confusion_matrix_png(report["confusion_matrix"], report["class_names"], os.path.join(output_dir, "confusion_matrix.png"), f"{title}: confusion matrix")
     plots.recall_bars_png(report["per_class_recall"], report["class_names"], os.path.join(output_dir, "recall.png"), f"{title}: recall per class")
-    if classifier is not None:
-        classifier.save(os.path.join(output_dir, CLASSIFIER_FILE))
+    if classifier is not None:  # stock Keras layers: the file loads without fgssl_tf
+        export_lib.stock_layers(classifier, probe_size=report["image_size"]).save(os.path.join(output_dir, CLASSIFIER_FILE))
     report["output_dir"] = output_dir
     return report
 
