@@ -45,10 +45,11 @@ flags.DEFINE_integer("pool_grid", 1, "Baselines: average-pool the last stage to 
 flags.DEFINE_integer("batch_size", 64, "Batch size for features and fine-tuning.", lower_bound=1)
 flags.DEFINE_integer("max_images_per_split", None, "Stratified subset per split (quick checks).", lower_bound=2)
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).")
+flags.DEFINE_boolean("allow_unseen_classes", False, "Folder datasets: leave out (and count in the report) val/test images of classes train lacks, instead of an error.")
 fgssl_flags.define_backbone_flags()
 fgssl_flags.validate("encoder", lambda v: None if v is None or os.path.exists(v) else f"{v!r} does not exist; pass savedmodels/NAME or savedmodels/NAME/VERSION")
 fgssl_flags.validate("dataset", fgssl_flags.dataset_error)
-fgssl_flags.validate("seeds", lambda v: None if v and all(s.strip().lstrip("-").isdigit() for s in v) else f"--seeds must be comma-separated integers, got {','.join(v)!r}")
+fgssl_flags.validate("seeds", lambda v: None if v and all(s.strip().isdigit() for s in v) else f"--seeds must be comma-separated integers of 0 or more, got {','.join(v)!r}")
 fgssl_flags.validate("output_dir", fgssl_flags.not_a_file_error)
 fgssl_flags.validate("trainable_from", lambda v: None if re.fullmatch(r"all|none|[a-z]+[0-9]*", v) else f"{v!r} is not all, none or a stage name such as block4")
 fgssl_flags.validate("tfds_data_dir", fgssl_flags.not_a_file_error)
@@ -88,6 +89,7 @@ def main(argv):
             batch_size=FLAGS.batch_size,
             max_images_per_split=FLAGS.max_images_per_split,
             tfds_data_dir=FLAGS.tfds_data_dir,
+            allow_unseen_classes=FLAGS.allow_unseen_classes,
         )
     )
     print(
