@@ -371,7 +371,13 @@ def _recover_checkpoint_state(directory: str) -> None:
         state = None
     if state is not None and any(os.path.basename(p) in present for p in state.all_model_checkpoint_paths):
         return
-    tf.compat.v1.train.update_checkpoint_state(directory, present[-1], all_model_checkpoint_paths=present)
+    # The state file is a text proto; the manager forgets paths without a timestamp newer than last_preserved_timestamp.
+    times = [os.path.getmtime(os.path.join(directory, f"{name}.index")) for name in present]
+    lines = [f'model_checkpoint_path: "{present[-1]}"'] + [f'all_model_checkpoint_paths: "{name}"' for name in present]
+    lines += [f"all_model_checkpoint_timestamps: {t!r}" for t in times] + [f"last_preserved_timestamp: {min(times) - 1.0!r}"]
+    with open(os.path.join(directory, "checkpoint.recovered"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(os.path.join(directory, "checkpoint.recovered"), os.path.join(directory, "checkpoint"))
     log.warning("the checkpoint state file %s was missing, empty or named no checkpoint present; rebuilt it from the "
                 "%d checkpoint files there (newest %s)", os.path.join(directory, "checkpoint"), len(present), present[-1])
 

@@ -131,11 +131,12 @@ def _class_dirs(root: str, dataset_root: str, links: list) -> list[str]:
     return names
 
 
-def _labelled_files(root: str, class_names: list[str], left_out: dict) -> tuple[list[str], list[int]]:
+def _labelled_files(root: str, class_names: list[str], left_out: dict, present: list[str]) -> tuple[list[str], list[int]]:
+    """The image files of each class folder of `class_names` that `_class_dirs` found (`present`) under root."""
     paths, labels = [], []
     for label, name in enumerate(class_names):
         class_dir = os.path.join(root, name)
-        if not os.path.isdir(class_dir):
+        if name not in present:
             continue
         scan = image_io.scan_image_files(class_dir)
         paths += scan.images
@@ -180,15 +181,16 @@ def load_folder(root: str, image_size: int, val_fraction: float, max_cache_gb: f
             f"image folder {train_root!r} has {len(class_names)} class folder(s); "
             "expected one sub-folder per label (PATH/<label>/*.jpg), at least two"
         )
-    sources: dict[str, tuple[list[str], list[int]]] = {"train": _labelled_files(train_root, class_names, left_out)}
+    sources: dict[str, tuple[list[str], list[int]]] = {"train": _labelled_files(train_root, class_names, left_out, class_names)}
     unseen: dict[str, list[str]] = {}
     if split_layout:
         for name, candidates in (("val", ("val", "validation")), ("test", ("test",))):
             for folder in candidates:
                 split_root = os.path.join(root, folder)
                 if os.path.isdir(split_root):
-                    sources[name] = _labelled_files(split_root, class_names, left_out)
-                    extra = [c for c in _class_dirs(split_root, root, left_out["skipped_links"]) if c not in class_names]
+                    present = _class_dirs(split_root, root, left_out["skipped_links"])
+                    sources[name] = _labelled_files(split_root, class_names, left_out, present)
+                    extra = [c for c in present if c not in class_names]
                     if extra:
                         unseen[name] = extra
                         for label in extra:
