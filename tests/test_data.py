@@ -302,7 +302,7 @@ def test_any_tree_of_files_is_accounted_for_once(tmp_path_factory):
                 os.symlink(target, link)
                 links_to_dirs.add(str(link))
 
-        splits = load_splits(DataConfig(dataset=f"folder:{root}", image_size=4, val_fraction=0.2))
+        splits = load_splits(DataConfig(dataset=f"folder:{root}", image_size=8, val_fraction=0.2))
         used = [tuple(image[0, 0]) for name in ("train", "val", "test") for image in splits.split(name)[0]]
         assert len(used) == len(set(used)), "an image used twice"
         assert sorted(used) == sorted(colour(n) for n in valid.values())

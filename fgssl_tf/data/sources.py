@@ -95,7 +95,9 @@ def load_cassava(image_size: int, data_dir: str | None, max_cache_gb: float | No
             "it downloads on first use, so run once on a machine with internet, or copy a prepared "
             "TFDS directory here and pass --tfds_data_dir"
         ) from err
-    check_fits_in_memory(sum(info.splits[s].num_examples for s in ("train", "validation", "test")), image_size, max_cache_gb)
+    counts = [int(split.cardinality()) for split in splits]  # known for TFDS splits; < 0: unknown
+    if min(counts) >= 0:
+        check_fits_in_memory(sum(counts), image_size, max_cache_gb)
     out_images, out_labels = {}, {}
     for name, split in zip(SPLIT_NAMES, splits):
         split = split.map(
