@@ -31,7 +31,8 @@ def run_main(main, argv) -> None:
 
 
 def _non_finite_float_flags(flag_values) -> list[str]:
-    """`--x=nan` or `--x=inf` passes absl's bounds (every comparison with NaN is false): refused here, for every float flag."""
+    """`--x=nan` or `--x=inf` passes absl's bounds (every comparison with NaN is false):
+    refused here, for every float flag."""
     import math
 
     from absl.flags import _argument_parser as parsers

@@ -140,7 +140,8 @@ class ServingEncoder:
         if images.dtype != np.uint8:
             raise FgsslError(f"the encoder takes uint8 images (0..255); got dtype {images.dtype}")
         if images.ndim != 4 or images.shape[-1] not in (1, 3, 4) or 0 in images.shape[1:3]:
-            raise FgsslError(f"the encoder takes a batch [batch, height, width, 1|3|4] of images at least 1 x 1; got shape {images.shape}")
+            raise FgsslError("the encoder takes a batch [batch, height, width, 1|3|4] of images at least 1 x 1; "
+                             f"got shape {images.shape}")
         return self._signature(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
 
     def embed(self, images: np.ndarray, batch_size: int = 128) -> np.ndarray:

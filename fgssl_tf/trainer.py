@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import time
 
@@ -120,8 +121,8 @@ def _check_resumable(model_dir: str, summary: dict, pretext_config, not_yet: tup
             previous = json.load(f)
         stored = _settings(previous)
     except (OSError, ValueError, AttributeError) as err:
-        raise FgsslError(f"{path} cannot be read ({err}); it records the settings of the run in --model_dir={model_dir}: "
-                         "restore it, or use a new --model_dir") from err
+        raise FgsslError(f"{path} cannot be read ({err}); it records the settings of the run in "
+                         f"--model_dir={model_dir}: restore it, or use a new --model_dir") from err
     new, defaults = _settings(summary), _default_settings(pretext_config)
     missing = object()
     changed = []
@@ -138,6 +139,21 @@ def _check_resumable(model_dir: str, summary: dict, pretext_config, not_yet: tup
         )
 
 
+def _check_same_data(model_dir: str, stats: dict) -> None:
+    """The same settings over other images (a folder that gained or lost files) is another run too:
+    the split sizes and fingerprint saved with the run must match the data loaded now."""
+    path = os.path.join(model_dir, RUN_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        previous = json.load(f).get("data_stats") or {}
+    changed = [f"{key}: {previous[key]!r} -> {stats.get(key)!r}" for key in ("split_sizes", "split_fingerprint")
+               if key in previous and json.loads(json.dumps(stats.get(key))) != previous[key]]
+    if changed:
+        raise FgsslError(f"--model_dir={model_dir} holds a run on other data ({'; '.join(changed)}); the dataset's "
+                         "files changed since it was trained: use a new --model_dir, or restore the data to resume it")
+
+
 def _check_writable_folder(path: str, flag: str) -> None:
     """Refuse, before any work, a folder that cannot be made or written (under a file, read-only)."""
     probe = os.path.abspath(path)
@@ -146,7 +162,8 @@ def _check_writable_folder(path: str, flag: str) -> None:
     if not os.path.isdir(probe):
         raise FgsslError(f"{flag}={path} cannot be made: {probe} is not a folder; choose another {flag}")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise FgsslError(f"{flag}={path} cannot be written: {probe} is not writable by this user; choose another {flag}")
+        raise FgsslError(f"{flag}={path} cannot be written: {probe} is not writable by this user; "
+                         f"choose another {flag}")
 
 
 def build_pretext_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, pretext_config=None) -> keras.Model:
@@ -189,8 +206,8 @@ class _Checkpointing(keras.callbacks.Callback):
         if bad:
             raise FgsslError(
                 f"after epoch {epoch} (batch {step}) {len(bad)} model variables hold NaN or Inf (e.g. {bad[0]}); nothing was saved over "
-                f"the last good checkpoint {self.manager.latest_checkpoint}; re-run with --nan_policy=skip_batch to resume from it, "
-                "or start over in a new --model_dir with a lower --learning_rate"
+                f"the last good checkpoint {self.manager.latest_checkpoint}; re-run with --nan_policy=skip_batch to "
+                "resume from it, or start over in a new --model_dir with a lower --learning_rate"
             )
         try:
             return self.manager.save(checkpoint_number=epoch * self.steps_per_epoch + step)
@@ -245,8 +262,8 @@ class _NonFiniteWatch(keras.callbacks.Callback):
                 raise FgsslError(
                     f"non-finite loss or gradients in epoch {self.current_epoch + 1}, batch {step} "
                     f"(step {self.current_epoch * self.steps_per_epoch + step}); that step was not applied and the last good "
-                    "checkpoint is kept; re-run with --nan_policy=skip_batch to resume skipping such batches, or start over in a new "
-                    "--model_dir with a lower --learning_rate"
+                    "checkpoint is kept; re-run with --nan_policy=skip_batch to resume skipping such batches, "
+                    "or start over in a new --model_dir with a lower --learning_rate"
                 )
         self.seen = count
 
@@ -256,8 +273,8 @@ class _NonFiniteWatch(keras.callbacks.Callback):
         if self.bad_batches:
             log.warning("epoch %d: skipped %d batches with a non-finite loss or gradients", epoch + 1, self.bad_batches)
         if self.bad_batches and self.bad_batches >= self.steps_per_epoch - self.first_step:
-            raise FgsslError(f"every batch of epoch {epoch + 1} had a non-finite loss or gradients; the run learns nothing; "
-                             "start over in a new --model_dir with a lower --learning_rate")
+            raise FgsslError(f"every batch of epoch {epoch + 1} had a non-finite loss or gradients; the run learns "
+                             "nothing; start over in a new --model_dir with a lower --learning_rate")
         self.first_step = 0
 
 
@@ -360,8 +377,8 @@ def _recover_checkpoint_state(directory: str) -> None:
     and overwriting them."""
     if not os.path.isdir(directory):
         return
-    numbers = sorted(int(name[len("ckpt-"):-len(".index")]) for name in os.listdir(directory)
-                     if name.startswith("ckpt-") and name.endswith(".index") and name[len("ckpt-"):-len(".index")].isdigit())
+    found = [re.fullmatch(r"ckpt-(\d+)\.index", name) for name in os.listdir(directory)]
+    numbers = sorted(int(match.group(1)) for match in found if match)
     if not numbers:
         return
     present = [f"ckpt-{n}" for n in numbers]
@@ -374,12 +391,14 @@ def _recover_checkpoint_state(directory: str) -> None:
     # The state file is a text proto; the manager forgets paths without a timestamp newer than last_preserved_timestamp.
     times = [os.path.getmtime(os.path.join(directory, f"{name}.index")) for name in present]
     lines = [f'model_checkpoint_path: "{present[-1]}"'] + [f'all_model_checkpoint_paths: "{name}"' for name in present]
-    lines += [f"all_model_checkpoint_timestamps: {t!r}" for t in times] + [f"last_preserved_timestamp: {min(times) - 1.0!r}"]
+    lines += [f"all_model_checkpoint_timestamps: {t!r}" for t in times]
+    lines.append(f"last_preserved_timestamp: {min(times) - 1.0!r}")
     with open(os.path.join(directory, "checkpoint.recovered"), "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(os.path.join(directory, "checkpoint.recovered"), os.path.join(directory, "checkpoint"))
-    log.warning("the checkpoint state file %s was missing, empty or named no checkpoint present; rebuilt it from the "
-                "%d checkpoint files there (newest %s)", os.path.join(directory, "checkpoint"), len(present), present[-1])
+    log.warning("the checkpoint state file %s was missing, empty or named no checkpoint present; rebuilt it from "
+                "the %d checkpoint files there (newest %s)", os.path.join(directory, "checkpoint"), len(present),
+                present[-1])
 
 
 def _restore_newest_readable(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> str | None:
@@ -470,6 +489,7 @@ def pretrain(
         model = build_pretext_model(train, data, backbone, pretext_config)
     export_size = getattr(model, "export_image_size", data.image_size)  # the encoders' input size (SRGAN: its HR crop)
     splits = splits or load_splits(data)
+    _check_same_data(train.model_dir, splits.stats)
     if supervised:
         pool, pool_side = splits.split("train")
     else:  # pretext batches carry image ids, not labels: per-image tables are indexed by them
@@ -501,7 +521,8 @@ def pretrain(
     if initial_epoch < train.epochs:
         validation, val_images = None, None
         if train.validate:
-            validation, val_images = _validation_data(splits, train.batch_size, strategy.num_replicas_in_sync, supervised)
+            replicas = strategy.num_replicas_in_sync
+            validation, val_images = _validation_data(splits, train.batch_size, replicas, supervised)
         if hasattr(model, "prepare_data"):
             model.prepare_data(pool, val_images)
         log_dir = os.path.join(train.model_dir, "logs")

@@ -246,6 +246,11 @@ def test_resume_refuses_every_changed_setting_naming_it_and_allows_the_listed_on
             trainer.pretrain(**arguments, splits=elpv_small)
         assert named in str(refused.value) and "docs/reliability.md" in str(refused.value)
         assert (tmp_path / "run" / "run_config.json").read_bytes() == saved  # nothing rewritten
+    # The same settings over other images: refused once the data is loaded, before any training.
+    fewer = dataclasses.replace(elpv_small, stats={**elpv_small.stats, "split_sizes": {"train": 399, "val": 300, "test": 300}})
+    with pytest.raises(FgsslError, match=r"holds a run on other data \(split_sizes: \{'train': 400.*'train': 399"):
+        trainer.pretrain(config, DATA, TINY_BACKBONE, splits=fewer)
+    assert (tmp_path / "run" / "run_config.json").read_bytes() == saved
     # The allow-list: more epochs, another export place, verbosity, NaN policy, strategy; a new field at its default.
     allowed = dataclasses.replace(config, epochs=2, export_dir=str(tmp_path / "elsewhere"), verbose=2, nan_policy="skip_batch",
                                   strategy="auto", checkpoints_to_keep=5)

@@ -45,7 +45,8 @@ flags.DEFINE_integer("pool_grid", 1, "Baselines: average-pool the last stage to 
 flags.DEFINE_integer("batch_size", 64, "Batch size for features and fine-tuning.", lower_bound=1)
 flags.DEFINE_integer("max_images_per_split", None, "Stratified subset per split (quick checks).", lower_bound=2)
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).")
-flags.DEFINE_boolean("allow_unseen_classes", False, "Folder datasets: leave out (and count in the report) val/test images of classes train lacks, instead of an error.")
+flags.DEFINE_boolean("allow_unseen_classes", False, "Folder datasets: leave out (and count in the report) val/test "
+                     "images of classes train lacks, instead of an error.")
 fgssl_flags.define_backbone_flags()
 fgssl_flags.validate("encoder", lambda v: None if v is None or os.path.exists(v) else f"{v!r} does not exist; pass savedmodels/NAME or savedmodels/NAME/VERSION")
 fgssl_flags.validate("dataset", fgssl_flags.dataset_error)

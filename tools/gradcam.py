@@ -132,7 +132,8 @@ def main(argv):
     for i, (image, heatmap, name) in enumerate(zip(images, heatmaps, names)):
         picture = gradcam.overlay(image, heatmap)
         label = "" if predictions[i] < 0 else f"_pred-{class_names[predictions[i]] if class_names else predictions[i]}"
-        path = os.path.join(FLAGS.output_dir, gradcam.file_name_part(f"{i:03d}_{name}{label}") + ".png")  # names may hold '/'
+        file_name = gradcam.file_name_part(f"{i:03d}_{name}{label}") + ".png"  # class names may hold '/'
+        path = os.path.join(FLAGS.output_dir, file_name)
 
         Image.fromarray(picture).save(path)
         pictures.append(picture)

@@ -105,7 +105,8 @@ def decode_files(paths: Sequence[str], image_size: int) -> DecodedFiles:
     if by_pil:
         decoded = _decode_with_pil([paths[i] for i in by_pil], image_size)
         kept.append(np.asarray([by_pil[i] for i in decoded], np.int64))
-        images.append(np.stack(list(decoded.values())) if decoded else np.zeros([0, image_size, image_size, 3], np.uint8))
+        empty = np.zeros([0, image_size, image_size, 3], np.uint8)
+        images.append(np.stack(list(decoded.values())) if decoded else empty)
     kept_idx = np.concatenate(kept) if kept else np.zeros([0], np.int64)
     stacked = np.concatenate(images) if images else np.zeros([0, image_size, image_size, 3], np.uint8)
     order = np.argsort(kept_idx, kind="stable")  # input order, whichever decoder read a file
@@ -152,7 +153,8 @@ def scan_image_files(root: str, recursive: bool = True) -> FileScan:
                 links.append(path)
             elif name.startswith(".") or not recursive:
                 ignored.append(path)
-        folders[:] = [] if not recursive else [f for f in folders if not f.startswith(".") and not os.path.islink(os.path.join(directory, f))]
+        followed = [f for f in folders if not f.startswith(".") and not os.path.islink(os.path.join(directory, f))]
+        folders[:] = followed if recursive else []
         for name in names:
             path = os.path.join(directory, name)
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):

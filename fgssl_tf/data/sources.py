@@ -126,14 +126,15 @@ def _class_dirs(root: str, dataset_root: str, links: list) -> list[str]:
         real = os.path.realpath(path)
         if os.path.islink(path) and (_inside(real, dataset_real) or _inside(dataset_real, real) or real in seen):
             links.append(path)
-            log.warning("not following %s -> %s: a link to a folder already in the dataset (or above it) would repeat images", path, real)
+            log.warning("not following %s -> %s: a link to a folder already in the dataset (or above it) "
+                        "would repeat images", path, real)
             continue
         seen.add(real)
         names.append(name)
     return names
 
 
-def _labelled_files(root: str, class_names: list[str], left_out: dict, present: list[str]) -> tuple[list[str], list[int]]:
+def _labelled_files(root: str, class_names: list[str], left_out: dict, present: list[str]) -> tuple[list, list]:
     """The image files of each class folder of `class_names` that `_class_dirs` found (`present`) under root."""
     paths, labels = [], []
     for label, name in enumerate(class_names):
@@ -170,7 +171,8 @@ def _one_path_per_file(sources: dict, left_out: dict) -> dict:
     return out
 
 
-def load_folder(root: str, image_size: int, val_fraction: float, max_cache_gb: float | None, allow_unseen_classes: bool = False) -> RawSplits:
+def load_folder(root: str, image_size: int, val_fraction: float, max_cache_gb: float | None,
+                allow_unseen_classes: bool = False) -> RawSplits:
     """`root/<label>/*.jpg`, or `root/{train,val,test}/<label>/*.jpg` (val optional)."""
     if not os.path.isdir(root):
         raise FgsslError(f"image folder {root!r} does not exist; pass --dataset=folder:PATH with PATH/<label>/*.jpg")
@@ -183,7 +185,7 @@ def load_folder(root: str, image_size: int, val_fraction: float, max_cache_gb: f
             f"image folder {train_root!r} has {len(class_names)} class folder(s); "
             "expected one sub-folder per label (PATH/<label>/*.jpg), at least two"
         )
-    sources: dict[str, tuple[list[str], list[int]]] = {"train": _labelled_files(train_root, class_names, left_out, class_names)}
+    sources: dict[str, tuple[list, list]] = {"train": _labelled_files(train_root, class_names, left_out, class_names)}
     unseen: dict[str, list[str]] = {}
     if split_layout:
         for name, candidates in (("val", ("val", "validation")), ("test", ("test",))):
@@ -196,7 +198,8 @@ def load_folder(root: str, image_size: int, val_fraction: float, max_cache_gb: f
                     if extra:
                         unseen[name] = extra
                         for label in extra:
-                            left_out["unseen_class_files"] += image_io.scan_image_files(os.path.join(split_root, label)).images
+                            unseen_files = image_io.scan_image_files(os.path.join(split_root, label)).images
+                            left_out["unseen_class_files"] += unseen_files
                     break
     if unseen:
         listing = "; ".join(f"{split}: {', '.join(repr(c) for c in names)}" for split, names in unseen.items())
@@ -236,8 +239,8 @@ def load_folder(root: str, image_size: int, val_fraction: float, max_cache_gb: f
     if skipped:
         log.warning("%d of %d image files were unreadable and skipped", len(skipped), total)
     if left_out["ignored_files"]:
-        log.warning("%d files under %s are not images (%s) and were left out, e.g. %s", len(left_out["ignored_files"]), root,
-                    ", ".join(image_io.IMAGE_EXTENSIONS), left_out["ignored_files"][0])
+        log.warning("%d files under %s are not images (%s) and were left out, e.g. %s", len(left_out["ignored_files"]),
+                    root, ", ".join(image_io.IMAGE_EXTENSIONS), left_out["ignored_files"][0])
     return RawSplits(images, labels, tuple(class_names), skipped, left_out=left_out, unseen_classes=unseen)
 
 
