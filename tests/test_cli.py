@@ -57,7 +57,8 @@ def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path, pretext):
         (["--mixed_precision=float16"], "--mixed_precision"),
         (["--sync_bn=yes"], "--sync_bn"),
         # Issue 21: NaN and Inf at parse time, a missing flagfile, folders that cannot be written, an absurd image size.
-        (["--learning_rate=nan", "--weight_decay=nan"], "flag --learning_rate=nan: not a finite number; flag --weight_decay=nan: not a finite"),
+        (["--learning_rate=nan", "--weight_decay=nan"],
+         "flag --learning_rate=nan: not a finite number; flag --weight_decay=nan: not a finite"),
         (["--temperature=inf"], "flag --temperature=inf: not a finite number"),
         (["--flagfile=MISSING"], "error: Unable to open flagfile: [Errno 2] No such file or directory"),
         (["--export_dir=AFILE/sub"], "--export_dir=AFILE/sub cannot be made: "),
@@ -74,7 +75,8 @@ def test_train_bad_input_is_one_clear_line(tmp_path, args, message, capsys, monk
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.cfg").write_text("--epochs=2\n--no_such_flag=1\n")
     (tmp_path / "a_file").write_text("")
-    replacements = {"EMPTY": tmp_path / "empty", "BADFILE": tmp_path / "bad.cfg", "MISSING": tmp_path / "missing.cfg", "AFILE": tmp_path / "a_file"}
+    replacements = {"EMPTY": tmp_path / "empty", "BADFILE": tmp_path / "bad.cfg", "MISSING": tmp_path / "missing.cfg",
+                    "AFILE": tmp_path / "a_file"}
     for key, value in replacements.items():
         args = [a.replace(key, str(value)) for a in args]
         message = message.replace(key, str(value))
@@ -91,7 +93,8 @@ def test_train_bad_input_is_one_clear_line(tmp_path, args, message, capsys, monk
 
 
 def test_evaluate_negative_seeds_are_one_clear_line(tmp_path):
-    result = run([os.path.join(REPO, "tools", "evaluate.py"), "--baseline=random_init", "--image_size=16", "--seeds=0,-1"], cwd=str(tmp_path))
+    command = [os.path.join(REPO, "tools", "evaluate.py"), "--baseline=random_init", "--image_size=16", "--seeds=0,-1"]
+    result = run(command, cwd=str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: flag --seeds=")
     assert "--seeds must be comma-separated integers of 0 or more, got '0,-1'" in result.stderr

@@ -178,7 +178,8 @@ def test_val_or_test_classes_that_train_lacks_are_an_error_or_with_the_flag_coun
         for c, label in enumerate(classes):
             for i in range(count):
                 _solid(root / split / label / f"{i}.png", (40 * c, 10 * i, 0))
-    with pytest.raises(FgsslError, match=r"classes that train lacks \(test: 'delta', 'gamma'; 4 images\).*--allow_unseen_classes"):
+    lacks = r"classes that train lacks \(test: 'delta', 'gamma'; 4 images\).*--allow_unseen_classes"
+    with pytest.raises(FgsslError, match=lacks):
         load_splits(DataConfig(dataset=f"folder:{root}", image_size=8))
     splits = load_splits(DataConfig(dataset=f"folder:{root}", image_size=8, allow_unseen_classes=True))
     assert splits.stats["unseen_classes"] == {"test": ["delta", "gamma"]} and splits.stats["unseen_class_files"] == 4
@@ -186,7 +187,8 @@ def test_val_or_test_classes_that_train_lacks_are_an_error_or_with_the_flag_coun
     from fgssl_tf.evaluation import EvalConfig, evaluate  # the count reaches the evaluation report
 
     report = evaluate(EvalConfig(baseline="random_init", protocol="knn", dataset=f"folder:{root}", image_size=8,
-                                 backbone=BackboneConfig(width=4), output_dir=str(tmp_path / "report"), allow_unseen_classes=True))
+                                 backbone=BackboneConfig(width=4), output_dir=str(tmp_path / "report"),
+                                 allow_unseen_classes=True))
     assert report["unseen_class_files"] == 4 and report["unseen_classes"] == {"test": ["delta", "gamma"]}
     assert "left out: 4 val/test images of classes train lacks" in (tmp_path / "report" / "report.md").read_text()
 
@@ -229,7 +231,8 @@ def test_links_to_folders_in_the_dataset_are_not_classes_and_a_linked_file_is_us
     assert splits.class_names == ("alpha", "beta", "gamma")
     assert sum(len(splits.split(n)[1]) for n in ("train", "val", "test")) == 4 + 4 + 3
     assert splits.stats["skipped_links"] == 4
-    assert {os.path.basename(p) for p in splits.stats["skipped_links_paths"]} == {"loop", "alpha_again", "link.png", "nested_loop"}
+    skipped = {os.path.basename(p) for p in splits.stats["skipped_links_paths"]}
+    assert skipped == {"loop", "alpha_again", "link.png", "nested_loop"}
     assert "not following" in caplog.text and "already used: counted once" in caplog.text
 
 
@@ -285,7 +288,9 @@ def test_any_tree_of_files_is_accounted_for_once(tmp_path_factory):
                 (folder / f".hidden{k}.png").write_bytes(b"")
                 not_images.add(os.path.realpath(folder / f".hidden{k}.png"))
             elif kind in ("odd_name", "upper_ext", "nested"):
-                name = {"odd_name": f"  -odd #{k} é'\"$(x).png", "upper_ext": f"UPPER{k}.PNG", "nested": f"sub{k}/deeper/{k}.png"}[kind]
+                names = {"odd_name": f"  -odd #{k} é'\"$(x).png", "upper_ext": f"UPPER{k}.PNG",
+                         "nested": f"sub{k}/deeper/{k}.png"}
+                name = names[kind]
                 number = next(next_id)
                 _solid(folder / name, colour(number))
                 valid[os.path.realpath(folder / name)] = number
@@ -311,7 +316,8 @@ def test_any_tree_of_files_is_accounted_for_once(tmp_path_factory):
         assert stats["skipped_files"] == len(unreadable) and skipped == unreadable
         assert stats["ignored_files"] == len(not_images)
         assert {os.path.realpath(p) for p in stats["ignored_files_paths"]} == not_images
-        assert set(stats["skipped_links_paths"]) == links_to_dirs | repeated and stats["skipped_links"] == len(links_to_dirs | repeated)
+        not_followed = links_to_dirs | repeated
+        assert set(stats["skipped_links_paths"]) == not_followed and stats["skipped_links"] == len(not_followed)
         assert not skipped & set(valid) and not not_images & set(valid)
 
     check()

@@ -237,7 +237,8 @@ def test_resume_refuses_every_changed_setting_naming_it_and_allows_the_listed_on
         ({"data": DataConfig(image_size=IMAGE_SIZE, val_fraction=0.3)}, "data.val_fraction: 0.2 -> 0.3"),
         ({"backbone": dataclasses.replace(TINY_BACKBONE, width=16)}, "backbone_config.width: 8 -> 16"),
         ({"pretext_config": simclr.SimCLRConfig(temperature=0.2)}, "pretext_config.temperature: 0.5 -> 0.2"),
-        ({"pretext_config": simclr.SimCLRConfig(augment=AugmentConfig(blur_prob=0.1))}, "pretext_config.augment.blur_prob: 0.5 -> 0.1"),
+        ({"pretext_config": simclr.SimCLRConfig(augment=AugmentConfig(blur_prob=0.1))},
+         "pretext_config.augment.blur_prob: 0.5 -> 0.1"),
         ({"pretext_config": with_knob(new_knob=3)}, "pretext_config.new_knob: 0 -> 3"),
     ]
     for change, named in changes:
@@ -247,13 +248,14 @@ def test_resume_refuses_every_changed_setting_naming_it_and_allows_the_listed_on
         assert named in str(refused.value) and "docs/reliability.md" in str(refused.value)
         assert (tmp_path / "run" / "run_config.json").read_bytes() == saved  # nothing rewritten
     # The same settings over other images: refused once the data is loaded, before any training.
-    fewer = dataclasses.replace(elpv_small, stats={**elpv_small.stats, "split_sizes": {"train": 399, "val": 300, "test": 300}})
+    fewer = dataclasses.replace(elpv_small, stats={**elpv_small.stats, "split_sizes": {"train": 399, "val": 300,
+                                                                                       "test": 300}})
     with pytest.raises(FgsslError, match=r"holds a run on other data \(split_sizes: \{'train': 400.*'train': 399"):
         trainer.pretrain(config, DATA, TINY_BACKBONE, splits=fewer)
     assert (tmp_path / "run" / "run_config.json").read_bytes() == saved
     # The allow-list: more epochs, another export place, verbosity, NaN policy, strategy; a new field at its default.
-    allowed = dataclasses.replace(config, epochs=2, export_dir=str(tmp_path / "elsewhere"), verbose=2, nan_policy="skip_batch",
-                                  strategy="auto", checkpoints_to_keep=5)
+    allowed = dataclasses.replace(config, epochs=2, export_dir=str(tmp_path / "elsewhere"), verbose=2,
+                                  nan_policy="skip_batch", strategy="auto", checkpoints_to_keep=5)
     resumed = trainer.pretrain(allowed, DATA, TINY_BACKBONE, with_knob(), splits=elpv_small)
     assert resumed.initial_epoch == 1 and int(resumed.model.optimizer.iterations.numpy()) == 4
     with open(tmp_path / "run" / "run_config.json") as f:
@@ -306,11 +308,11 @@ def test_a_validation_split_smaller_than_the_batch_is_one_smaller_batch(tmp_path
     import dataclasses
 
     small = dataclasses.replace(elpv_small, val_images=elpv_small.val_images[:20], val_labels=elpv_small.val_labels[:20])
-    result = trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=1, steps_per_epoch=1, validate=True), DATA, TINY_BACKBONE,
-                              splits=small)
+    config = tiny_train_config(tmp_path, export=False, epochs=1, steps_per_epoch=1, validate=True)
+    result = trainer.pretrain(config, DATA, TINY_BACKBONE, splits=small)
     assert "fewer than --batch_size=32: validating on one batch of 20" in caplog.text
     assert len(result.history["val_loss"]) == 1 and np.isfinite(result.history["val_loss"][0])
     one = dataclasses.replace(elpv_small, val_images=elpv_small.val_images[:1], val_labels=elpv_small.val_labels[:1])
-    result = trainer.pretrain(tiny_train_config(tmp_path / "one", export=False, epochs=1, steps_per_epoch=1, validate=True), DATA,
-                              TINY_BACKBONE, splits=one)
+    config = tiny_train_config(tmp_path / "one", export=False, epochs=1, steps_per_epoch=1, validate=True)
+    result = trainer.pretrain(config, DATA, TINY_BACKBONE, splits=one)
     assert "too few to validate" in caplog.text and "val_loss" not in result.history
