@@ -30,16 +30,42 @@ def run_main(main, argv) -> None:
         sys.exit(143 if isinstance(err, Interrupted) else 2)  # 143: 128 + SIGTERM, what schedulers expect
 
 
+def _non_finite_float_flags(flag_values) -> list[str]:
+    """`--x=nan` or `--x=inf` passes absl's bounds (every comparison with NaN is false):
+    refused here, for every float flag."""
+    import math
+
+    from absl.flags import _argument_parser as parsers
+
+    bad = []
+    for name in sorted(flag_values):
+        flag = flag_values[name]
+        if name != flag.name or not isinstance(flag.parser, parsers.FloatParser):
+            continue  # a short alias, or not a float
+        if isinstance(flag.value, float) and not math.isfinite(flag.value):
+            bad.append(f"flag --{name}={flag.value}: not a finite number")
+    return bad
+
+
 def parse_flags(argv):
-    """absl's parsing, with a bad flag (unknown, invalid value, failed validator) reported
-    as one `error:` line and exit code 2, like every other user error."""
+    """absl's parsing, with a bad flag (unknown, invalid value, failed validator, NaN or Inf
+    in a number, a missing flagfile) reported as one `error:` line and exit code 2, like every
+    other user error."""
     from absl import flags
 
     try:
-        return flags.FLAGS(argv)
+        remaining = flags.FLAGS(argv)
+    except flags.CantOpenFlagFileError as err:  # absl's own text starts "ERROR:: "
+        print(f"error: {str(err).replace('ERROR:: ', '', 1)}", file=sys.stderr)
+        sys.exit(2)
     except flags.Error as err:  # several failed validators give one line each: keep them on one
         print("error: " + "; ".join(line for line in str(err).splitlines() if line.strip()), file=sys.stderr)
         sys.exit(2)
+    bad = _non_finite_float_flags(flags.FLAGS)
+    if bad:
+        print("error: " + "; ".join(bad), file=sys.stderr)
+        sys.exit(2)
+    return remaining
 
 
 def run(main) -> None:

@@ -25,6 +25,7 @@ class DataConfig:
     max_images_per_split: Optional[int] = None  # a stratified subset, for smoke runs
     max_cache_gb: Optional[float] = None  # decoded images kept in memory; None = half the RAM
     near_duplicate_bits: int = 4  # dHash Hamming distance that counts as a duplicate
+    allow_unseen_classes: bool = False  # val/test classes that train lacks: left out and counted, not an error
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,7 +62,11 @@ def _check_and_convert(images: tf.Tensor) -> tf.Tensor:
         tf.reduce_any(tf.equal(channels, [1, 3, 4])),
         ["images must have 1 (gray), 3 (RGB) or 4 (RGBA) channels; got", channels],
     )
-    with tf.control_dependencies([channel_check]):
+    size_check = tf.debugging.Assert(
+        tf.reduce_all(tf.shape(images)[1:3] > 0),
+        ["images must be at least 1 x 1 pixels; got height and width", tf.shape(images)[1:3]],
+    )
+    with tf.control_dependencies([channel_check, size_check]):
         images = tf.identity(images)
     return tf.ensure_shape(to_rgb(images), [None, None, None, 3])
 
@@ -252,8 +256,9 @@ class ServingEncoder:
         images = np.asarray(images)
         if images.dtype != np.uint8:
             raise FgsslError(f"the encoder takes uint8 images (0..255); got dtype {images.dtype}")
-        if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-            raise FgsslError(f"the encoder takes a batch [batch, height, width, 1|3|4]; got shape {images.shape}")
+        if images.ndim != 4 or images.shape[-1] not in (1, 3, 4) or 0 in images.shape[1:3]:
+            raise FgsslError("the encoder takes a batch [batch, height, width, 1|3|4] of images at least 1 x 1; "
+                             f"got shape {images.shape}")
         return self._signature(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
 
     def embed(self, images: np.ndarray, batch_size: int = 128) -> np.ndarray:

@@ -114,6 +114,8 @@ def define_data_flags() -> None:
     flags.DEFINE_float("val_fraction", 0.2, "Share carved out of train for validation when a folder has no val split.", lower_bound=0.01, upper_bound=0.45)
     flags.DEFINE_integer("max_images_per_split", None, "Use a stratified subset of at most this many images per split (smoke runs).", lower_bound=2)
     flags.DEFINE_float("max_cache_gb", None, "Memory allowed for decoded images; default half the RAM.", lower_bound=0.01)
+    flags.DEFINE_boolean("allow_unseen_classes", False, "Folder datasets: leave out (and count) val/test images "
+                         "of classes that train lacks, instead of stopping with an error naming them.")
     validate("dataset", dataset_error)
     validate("unlabeled_dir", existing_dir_error)
     validate("tfds_data_dir", not_a_file_error)
@@ -138,6 +140,7 @@ def data_config() -> DataConfig:
         val_fraction=FLAGS.val_fraction,
         max_images_per_split=FLAGS.max_images_per_split,
         max_cache_gb=FLAGS.max_cache_gb,
+        allow_unseen_classes=FLAGS.allow_unseen_classes,
     )
 
 

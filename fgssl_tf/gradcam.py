@@ -20,6 +20,15 @@ from fgssl_tf.errors import FgsslError
 METHODS = ("gradcam", "gradcam++")
 
 
+def file_name_part(text) -> str:
+    """`text` (an image or class name) made safe as part of one file name: a '/', a NUL, a
+    leading '.' or other separators would make a path, hide the file or fail to open."""
+    import re
+
+    safe = re.sub(r"[^\w.+=@,-]+", "_", str(text)).lstrip(".")
+    return safe[:80] or "_"
+
+
 def spatial_layer_names(model: keras.Model) -> list[str]:
     """Layers with a [batch, height, width, channels] output, in graph order (Grad-CAM candidates)."""
     names = []

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import time
 
@@ -38,8 +39,27 @@ log = logging.getLogger(__name__)
 RUN_CONFIG_FILE = "run_config.json"
 MONITOR_FILE = "monitor.json"  # the monitor's readings, one entry each (epoch, step, train_seconds, signals)
 MIXED_PRECISION_POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16"}
-# Settings that must match to resume from a model_dir's checkpoint.
-_RESUME_KEYS = ("pretext", "backbone", "image_size", "batch_size", "seed", "dataset")
+# The settings a resumed run may change, named as in run_config.json: they change how a run
+# is run, watched or exported, not what it trains. Every other field of the saved configs
+# (train, data, backbone, pretext, however many fields they grow) must match to resume.
+# docs/reliability.md ("What a resumed run may change") lists the same, with the reasons.
+RESUMABLE_CHANGES = {
+    "train.epochs": "train on, or stop sooner",
+    "train.verbose": "console output only",
+    "train.model_dir": "the run's folder, moved or copied",
+    "train.export": "whether the encoder is exported at the end",
+    "train.export_dir": "where it is exported",
+    "train.export_name": "under which name",
+    "train.checkpoints_to_keep": "how many old checkpoints stay on disk",
+    "train.nan_policy": "the NaN stop's own advice: resume with --nan_policy=skip_batch",
+    "train.strategy": "the global batch, data order and augmentation do not depend on it, and automatic "
+                      "synchronized batch norm keeps the statistics over the global batch",
+    "data.max_cache_gb": "a memory limit for the same images",
+    "data.tfds_data_dir": "where the same TFDS data is kept",
+}
+_CONFIG_SECTIONS = ("train", "data", "backbone_config", "pretext_config")
+# Filled in by the trainer from the data (a supervised pretext's class count): compared once the data is loaded.
+_SET_FROM_DATA = ("pretext_config.num_classes",)
 
 
 @dataclasses.dataclass
@@ -66,19 +86,86 @@ def _summary(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, pre
     }
 
 
-def _check_resumable(model_dir: str, summary: dict) -> None:
+def _settings(summary: dict) -> dict:
+    """The compared part of a run summary, flattened to {"section.field[.field]": value},
+    with values as JSON stores them (tuples are lists)."""
+    flat = {}
+
+    def walk(value, prefix):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{prefix}.{key}")
+        else:
+            flat[prefix] = value
+
+    normalised = json.loads(json.dumps({k: summary.get(k) for k in _CONFIG_SECTIONS}, default=str))
+    for section, value in normalised.items():
+        walk(value, section)
+    return flat
+
+
+def _default_settings(pretext_config) -> dict:
+    """What each setting was before it existed: a run saved before a field was added trained as its default."""
+    try:
+        return _settings(_summary(TrainConfig(), DataConfig(), BackboneConfig(), type(pretext_config)()))
+    except TypeError:  # a pretext config without defaults for every field
+        return _settings(_summary(TrainConfig(), DataConfig(), BackboneConfig(), pretext_config))
+
+
+def _check_resumable(model_dir: str, summary: dict, pretext_config, not_yet: tuple = ()) -> None:
+    """Refuse to continue a model_dir's run with other settings: every saved setting must
+    match, except RESUMABLE_CHANGES (and `not_yet`, settings still to be filled in)."""
+    path = os.path.join(model_dir, RUN_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+        stored = _settings(previous)
+    except (OSError, ValueError, AttributeError) as err:
+        raise FgsslError(f"{path} cannot be read ({err}); it records the settings of the run in "
+                         f"--model_dir={model_dir}: restore it, or use a new --model_dir") from err
+    new, defaults = _settings(summary), _default_settings(pretext_config)
+    missing = object()
+    changed = []
+    for key in sorted(new):  # a setting only the stored run has no longer exists: nothing to compare it with
+        if key in RESUMABLE_CHANGES or key in not_yet:
+            continue
+        before = stored.get(key, defaults.get(key, missing))
+        if before != new[key]:
+            changed.append(f"{key}: {'(not recorded)' if before is missing else repr(before)} -> {new[key]!r}")
+    if changed:
+        raise FgsslError(
+            f"--model_dir={model_dir} holds a run with other settings ({'; '.join(changed)}); use a new --model_dir, "
+            f"or the run's own settings to resume it (what may change: docs/reliability.md)"
+        )
+
+
+def _check_same_data(model_dir: str, stats: dict) -> None:
+    """The same settings over other images (a folder that gained or lost files) is another run too:
+    the split sizes and fingerprint saved with the run must match the data loaded now."""
     path = os.path.join(model_dir, RUN_CONFIG_FILE)
     if not os.path.isfile(path):
         return
     with open(path) as f:
-        previous = json.load(f)
-    changed = [k for k in _RESUME_KEYS if previous.get(k) != summary[k]]
+        previous = json.load(f).get("data_stats") or {}
+    changed = [f"{key}: {previous[key]!r} -> {stats.get(key)!r}" for key in ("split_sizes", "split_fingerprint")
+               if key in previous and json.loads(json.dumps(stats.get(key))) != previous[key]]
     if changed:
-        details = ", ".join(f"{k}: {previous.get(k)!r} -> {summary[k]!r}" for k in changed)
-        raise FgsslError(
-            f"--model_dir={model_dir} holds a run with other settings ({details}); "
-            "use a new --model_dir, or the same settings to resume"
-        )
+        raise FgsslError(f"--model_dir={model_dir} holds a run on other data ({'; '.join(changed)}); the dataset's "
+                         "files changed since it was trained: use a new --model_dir, or restore the data to resume it")
+
+
+def _check_writable_folder(path: str, flag: str) -> None:
+    """Refuse, before any work, a folder that cannot be made or written (under a file, read-only)."""
+    probe = os.path.abspath(path)
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise FgsslError(f"{flag}={path} cannot be made: {probe} is not a folder; choose another {flag}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise FgsslError(f"{flag}={path} cannot be written: {probe} is not writable by this user; "
+                         f"choose another {flag}")
 
 
 def build_pretext_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, pretext_config=None) -> keras.Model:
@@ -121,7 +208,8 @@ class _Checkpointing(keras.callbacks.Callback):
         if bad:
             raise FgsslError(
                 f"after epoch {epoch} (batch {step}) {len(bad)} model variables hold NaN or Inf (e.g. {bad[0]}); nothing was saved over "
-                f"the last good checkpoint {self.manager.latest_checkpoint}; lower --learning_rate and re-run to resume from it"
+                f"the last good checkpoint {self.manager.latest_checkpoint}; re-run with --nan_policy=skip_batch to "
+                "resume from it, or start over in a new --model_dir with a lower --learning_rate"
             )
         try:
             return self.manager.save(checkpoint_number=epoch * self.steps_per_epoch + step)
@@ -137,7 +225,7 @@ class _Checkpointing(keras.callbacks.Callback):
             step = self.first_step + batch + 1
             path = self._save(self.current_epoch, step)
             raise Interrupted(
-                f"stopped by {self.stop_signal.received} in epoch {self.current_epoch + 1}, batch {step} of {self.steps_per_epoch}; "
+                f"stopped by {self.stop_signal.received} {_position(self.current_epoch, step, self.steps_per_epoch)}; "
                 f"saved {path}; re-run the same command to resume from there"
             )
 
@@ -176,7 +264,8 @@ class _NonFiniteWatch(keras.callbacks.Callback):
                 raise FgsslError(
                     f"non-finite loss or gradients in epoch {self.current_epoch + 1}, batch {step} "
                     f"(step {self.current_epoch * self.steps_per_epoch + step}); that step was not applied and the last good "
-                    "checkpoint is kept; lower --learning_rate, or pass --nan_policy=skip_batch to skip such batches"
+                    "checkpoint is kept; re-run with --nan_policy=skip_batch to resume skipping such batches, "
+                    "or start over in a new --model_dir with a lower --learning_rate"
                 )
         self.seen = count
 
@@ -186,7 +275,8 @@ class _NonFiniteWatch(keras.callbacks.Callback):
         if self.bad_batches:
             log.warning("epoch %d: skipped %d batches with a non-finite loss or gradients", epoch + 1, self.bad_batches)
         if self.bad_batches and self.bad_batches >= self.steps_per_epoch - self.first_step:
-            raise FgsslError(f"every batch of epoch {epoch + 1} had a non-finite loss or gradients; the run learns nothing; lower --learning_rate")
+            raise FgsslError(f"every batch of epoch {epoch + 1} had a non-finite loss or gradients; the run learns "
+                             "nothing; start over in a new --model_dir with a lower --learning_rate")
         self.first_step = 0
 
 
@@ -279,10 +369,45 @@ def _monitor(model, splits: Splits, config: MonitorConfig, input_size: int, log_
                    history_path=os.path.join(os.path.dirname(log_dir), MONITOR_FILE))
 
 
-def _restore_newest_readable(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> None:
+def _position(epoch: int, step: int, steps: int) -> str:
+    """Where a checkpoint was saved, worded the same when stopping and when resuming."""
+    return f"in epoch {epoch + 1}, batch {step} of {steps}" if step else f"after epoch {epoch}"
+
+
+def _recover_checkpoint_state(directory: str) -> None:
+    """Checkpoint files present but the `checkpoint` state file deleted, emptied or naming none
+    of them: rebuild it from the files, so the run resumes instead of restarting from epoch 1
+    and overwriting them."""
+    if not os.path.isdir(directory):
+        return
+    found = [re.fullmatch(r"ckpt-(\d+)\.index", name) for name in os.listdir(directory)]
+    numbers = sorted(int(match.group(1)) for match in found if match)
+    if not numbers:
+        return
+    present = [f"ckpt-{n}" for n in numbers]
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except Exception:  # an empty or garbled state file: TensorFlow raises ValueError or a parse error
+        state = None
+    if state is not None and any(os.path.basename(p) in present for p in state.all_model_checkpoint_paths):
+        return
+    # The state file is a text proto; the manager forgets paths without a timestamp newer than last_preserved_timestamp.
+    times = [os.path.getmtime(os.path.join(directory, f"{name}.index")) for name in present]
+    lines = [f'model_checkpoint_path: "{present[-1]}"'] + [f'all_model_checkpoint_paths: "{name}"' for name in present]
+    lines += [f"all_model_checkpoint_timestamps: {t!r}" for t in times]
+    lines.append(f"last_preserved_timestamp: {min(times) - 1.0!r}")
+    with open(os.path.join(directory, "checkpoint.recovered"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(os.path.join(directory, "checkpoint.recovered"), os.path.join(directory, "checkpoint"))
+    log.warning("the checkpoint state file %s was missing, empty or named no checkpoint present; rebuilt it from "
+                "the %d checkpoint files there (newest %s)", os.path.join(directory, "checkpoint"), len(present),
+                present[-1])
+
+
+def _restore_newest_readable(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> str | None:
     """Restore the newest checkpoint that reads back whole; an unreadable one (a torn
     write, a full disk) is reported and the one before it is used, so one bad file never
-    costs the whole run."""
+    costs the whole run. Returns the path restored (None: nothing to resume)."""
     error = None
     for path in reversed(manager.checkpoints):
         try:
@@ -291,11 +416,29 @@ def _restore_newest_readable(checkpoint: tf.train.Checkpoint, manager: tf.train.
             error = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
             log.warning("checkpoint %s is unreadable (%s); trying the one before it", path, error)
             continue
-        epoch, step = (int(v.numpy()) for v in (checkpoint.epoch, checkpoint.step_in_epoch))
-        log.info("resumed from %s (epoch %d%s)", path, epoch, f", batch {step}" if step else "")
-        return
+        return path
     if manager.checkpoints:
         raise FgsslError(f"no checkpoint under {manager.directory} could be read (last: {error}); move that folder away to start over")
+    return None
+
+
+def _validation_data(splits: Splits, batch_size: int, replicas: int, supervised: bool):
+    """(batches, images) of the validation split: full batches; a split smaller than one batch is
+    validated as one smaller batch (a multiple of the replicas), said in the log; None if too small."""
+    available = len(splits.val_images)
+    if available >= batch_size:
+        count, val_batch = available // batch_size * batch_size, batch_size
+    else:
+        count = val_batch = available // replicas * replicas
+        if count < 2 * replicas:  # a contrastive or batch-norm loss needs two images a replica
+            log.warning("the validation split has %d images, too few to validate on %d replica(s): no validation loss "
+                        "this run (pass --novalidate to say so, or use a larger split)", available, replicas)
+            return None, None
+        log.warning("the validation split has %d images, fewer than --batch_size=%d: validating on one batch of %d",
+                    available, batch_size, count)
+    val_images = splits.val_images[:count]
+    val_side = splits.val_labels[:count] if supervised else np.arange(count)
+    return pipeline.ordered_batches(val_images, val_side, val_batch), val_images
 
 
 def default_export_name(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, suffix: str = "") -> str:
@@ -328,11 +471,17 @@ def pretrain(
     if train.epochs < 1 or train.batch_size < 2:
         raise FgsslError("--epochs must be at least 1 and --batch_size at least 2")
     supervised = getattr(module, "SUPERVISED", False)
+    # Before any work (before the data where possible): a model_dir holding another run, unwritable folders.
+    summary = _summary(train, data, backbone, pretext_config)
+    _check_resumable(train.model_dir, summary, pretext_config, not_yet=_SET_FROM_DATA if supervised else ())
+    _check_writable_folder(train.model_dir, "--model_dir")
+    if train.export:
+        _check_writable_folder(train.export_dir, "--export_dir")
     if supervised:  # a supervised "pretext" (PMG) sizes its heads from the labels
         splits = splits or load_splits(data)
         pretext_config = dataclasses.replace(pretext_config, num_classes=splits.num_classes)
-    summary = _summary(train, data, backbone, pretext_config)
-    _check_resumable(train.model_dir, summary)
+        summary = _summary(train, data, backbone, pretext_config)
+        _check_resumable(train.model_dir, summary, pretext_config)
 
     if train.batch_size % strategy.num_replicas_in_sync:
         raise FgsslError(
@@ -347,6 +496,7 @@ def pretrain(
                          f"--image_size={data.image_size}; leave it unset otherwise")
     export_size = getattr(model, "export_image_size", data.image_size)  # the encoders' input size (SRGAN: its HR crop)
     splits = splits or load_splits(data)
+    _check_same_data(train.model_dir, splits.stats)
     if supervised:
         pool, pool_side = splits.split("train")
     else:  # pretext batches carry image ids, not labels: per-image tables are indexed by them
@@ -362,11 +512,13 @@ def pretrain(
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")  # > 0: saved mid-epoch
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch, step_in_epoch=step)
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(train.model_dir, "checkpoints"), max_to_keep=max(2, train.checkpoints_to_keep)
-    )
-    _restore_newest_readable(checkpoint, manager)
+    checkpoint_dir = os.path.join(train.model_dir, "checkpoints")
+    _recover_checkpoint_state(checkpoint_dir)  # first: the manager reads the state file when made
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=max(2, train.checkpoints_to_keep))
+    restored = _restore_newest_readable(checkpoint, manager)
     initial_epoch, initial_step = int(epoch.numpy()), int(step.numpy())
+    if restored:
+        log.info("resumed from %s, saved %s", restored, _position(initial_epoch, initial_step, steps))
     if initial_step >= steps:  # stopped after an epoch's last batch, before its end: that epoch is done
         initial_epoch, initial_step = initial_epoch + 1, 0
     check_workers_agree(strategy, initial_epoch * steps + initial_step, "the batches already trained (the checkpoint to resume from)")
@@ -378,11 +530,9 @@ def pretrain(
     history: dict = {}
     if initial_epoch < train.epochs:
         validation, val_images = None, None
-        if train.validate and len(splits.val_images) >= train.batch_size:
-            count = len(splits.val_images) // train.batch_size * train.batch_size
-            val_images = splits.val_images[:count]
-            val_side = splits.val_labels[:count] if supervised else np.arange(count)
-            validation = pipeline.ordered_batches(val_images, val_side, train.batch_size)
+        if train.validate:
+            replicas = strategy.num_replicas_in_sync
+            validation, val_images = _validation_data(splits, train.batch_size, replicas, supervised)
         if hasattr(model, "prepare_data"):
             model.prepare_data(pool, val_images)
         log_dir = os.path.join(train.model_dir, "logs")

@@ -60,6 +60,14 @@ def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path, pretext):
         (["--nan_policy=ignore"], "--nan_policy"),
         (["--mixed_precision=float16"], "--mixed_precision"),
         (["--sync_bn=yes"], "--sync_bn"),
+        # Issue 21: NaN and Inf at parse time, a missing flagfile, folders that cannot be written, an absurd image size.
+        (["--learning_rate=nan", "--weight_decay=nan"],
+         "flag --learning_rate=nan: not a finite number; flag --weight_decay=nan: not a finite"),
+        (["--temperature=inf"], "flag --temperature=inf: not a finite number"),
+        (["--flagfile=MISSING"], "error: Unable to open flagfile: [Errno 2] No such file or directory"),
+        (["--export_dir=AFILE/sub"], "--export_dir=AFILE/sub cannot be made: "),
+        (["--model_dir=AFILE/run"], "--model_dir=AFILE/run cannot be made: "),
+        (["--image_size=100000", "--width=8"], "2624 images at 100000 px need 78720.0 GB of decoded cache"),
     ],
 )
 def test_train_bad_input_is_one_clear_line(tmp_path, args, message, capsys, monkeypatch):
@@ -70,7 +78,12 @@ def test_train_bad_input_is_one_clear_line(tmp_path, args, message, capsys, monk
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.cfg").write_text("--epochs=2\n--no_such_flag=1\n")
-    args = [a.replace("EMPTY", str(tmp_path / "empty")).replace("BADFILE", str(tmp_path / "bad.cfg")) for a in args]
+    (tmp_path / "a_file").write_text("")
+    replacements = {"EMPTY": tmp_path / "empty", "BADFILE": tmp_path / "bad.cfg", "MISSING": tmp_path / "missing.cfg",
+                    "AFILE": tmp_path / "a_file"}
+    for key, value in replacements.items():
+        args = [a.replace(key, str(value)) for a in args]
+        message = message.replace(key, str(value))
     monkeypatch.chdir(tmp_path)
     flags.FLAGS.unparse_flags()
     with pytest.raises(SystemExit) as stopped:
@@ -80,6 +93,15 @@ def test_train_bad_input_is_one_clear_line(tmp_path, args, message, capsys, monk
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last
+    assert "ERROR::" not in stderr and not os.path.exists(tmp_path / "run" / "run_config.json")  # nothing written
+
+
+def test_evaluate_negative_seeds_are_one_clear_line(tmp_path):
+    command = [os.path.join(REPO, "tools", "evaluate.py"), "--baseline=random_init", "--image_size=16", "--seeds=0,-1"]
+    result = run(command, cwd=str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: flag --seeds=")
+    assert "--seeds must be comma-separated integers of 0 or more, got '0,-1'" in result.stderr
 
 
 def test_evaluate_bad_encoder_is_one_clear_line(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import write_image
-from fgssl_tf.config import DataConfig
+from fgssl_tf.config import BackboneConfig, DataConfig
 from fgssl_tf.data import label_fraction_subset, load_splits, pipeline, stratified_split
 from fgssl_tf.errors import FgsslError
 
@@ -166,3 +166,158 @@ def test_cassava_loads_through_tfds(tmp_path):
 def test_cassava_without_internet_explains_what_to_do(tmp_path):
     with pytest.raises(FgsslError, match="tfds_data_dir"):
         load_splits(DataConfig(dataset="cassava", image_size=24, tfds_data_dir=str(tmp_path / "nowhere")))
+
+
+def _solid(path, colour, fmt=None, **options):
+    write_image(str(path), np.full((12, 10, 3), colour, np.uint8), fmt, **options)
+
+
+def test_val_or_test_classes_that_train_lacks_are_an_error_or_with_the_flag_counted(tmp_path):
+    root = tmp_path / "d"
+    for split, classes, count in (("train", ("alpha", "beta"), 6), ("test", ("alpha", "beta", "gamma", "delta"), 2)):
+        for c, label in enumerate(classes):
+            for i in range(count):
+                _solid(root / split / label / f"{i}.png", (40 * c, 10 * i, 0))
+    lacks = r"classes that train lacks \(test: 'delta', 'gamma'; 4 images\).*--allow_unseen_classes"
+    with pytest.raises(FgsslError, match=lacks):
+        load_splits(DataConfig(dataset=f"folder:{root}", image_size=8))
+    splits = load_splits(DataConfig(dataset=f"folder:{root}", image_size=8, allow_unseen_classes=True))
+    assert splits.stats["unseen_classes"] == {"test": ["delta", "gamma"]} and splits.stats["unseen_class_files"] == 4
+    assert len(splits.test_labels) == 4 and splits.class_names == ("alpha", "beta")
+    from fgssl_tf.evaluation import EvalConfig, evaluate  # the count reaches the evaluation report
+
+    report = evaluate(EvalConfig(baseline="random_init", protocol="knn", dataset=f"folder:{root}", image_size=8,
+                                 backbone=BackboneConfig(width=4), output_dir=str(tmp_path / "report"),
+                                 allow_unseen_classes=True))
+    assert report["unseen_class_files"] == 4 and report["unseen_classes"] == {"test": ["delta", "gamma"]}
+    assert "left out: 4 val/test images of classes train lacks" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_webp_and_tiff_are_decoded_and_other_files_counted(tmp_path, caplog):
+    from PIL import Image
+
+    root = tmp_path / "d"
+    for label in ("alpha", "beta"):
+        for i in range(4):
+            _solid(root / label / f"{i}.png", (100, 20 * i, 0 if label == "alpha" else 200))
+    _solid(root / "alpha" / "lossless.webp", (11, 22, 33), "WEBP", lossless=True)
+    _solid(root / "alpha" / "plain.tif", (44, 55, 66), "TIFF")
+    Image.fromarray(np.full((9, 7), 51400, np.uint16)).save(root / "beta" / "sixteen_bit.TIFF")  # 51400/65535 = 200/255
+    (root / "beta" / "broken.tiff").write_bytes(b"II*\x00garbage")
+    (root / "beta" / "notes.txt").write_text("not an image")
+    splits = load_splits(DataConfig(dataset=f"folder:{root}", image_size=8))
+    everything = np.concatenate([splits.split(n)[0] for n in ("train", "val", "test")]).reshape(-1, 64, 3)
+    colours = {tuple(image[0]) for image in everything if (image == image[0]).all()}
+    assert {(11, 22, 33), (44, 55, 66), (200, 200, 200)} <= colours
+    assert len(everything) == 8 + 3
+    assert splits.stats["skipped_files"] == 1 and splits.stats["skipped_paths"][0].endswith("broken.tiff")
+    assert splits.stats["ignored_files"] == 1 and splits.stats["ignored_files_paths"][0].endswith("notes.txt")
+    assert "are not images" in caplog.text and "notes.txt" in caplog.text
+
+
+def test_links_to_folders_in_the_dataset_are_not_classes_and_a_linked_file_is_used_once(tmp_path, caplog):
+    root, outside = tmp_path / "d", tmp_path / "outside"
+    for label in ("alpha", "beta"):
+        for i in range(4):
+            _solid(root / label / f"{i}.png", (100, 20 * i, 0 if label == "alpha" else 200))
+    for i in range(3):
+        _solid(outside / f"{i}.png", (7, 7, 10 * i))
+    os.symlink(root, root / "loop")  # the dataset inside itself
+    os.symlink(root / "alpha", root / "alpha_again")  # a class twice
+    os.symlink(outside, root / "gamma")  # a class kept elsewhere: a class like any other
+    os.symlink(root / "beta" / "0.png", root / "alpha" / "link.png")  # a file under two labels
+    os.symlink(root, root / "beta" / "nested_loop")  # a loop one level down
+    splits = load_splits(DataConfig(dataset=f"folder:{root}", image_size=8))
+    assert splits.class_names == ("alpha", "beta", "gamma")
+    assert sum(len(splits.split(n)[1]) for n in ("train", "val", "test")) == 4 + 4 + 3
+    assert splits.stats["skipped_links"] == 4
+    skipped = {os.path.basename(p) for p in splits.stats["skipped_links_paths"]}
+    assert skipped == {"loop", "alpha_again", "link.png", "nested_loop"}
+    assert "not following" in caplog.text and "already used: counted once" in caplog.text
+
+
+def test_an_absurd_image_size_is_refused_before_any_allocation():
+    with pytest.raises(FgsslError, match=r"2624 images at 100000 px need 78720.0 GB of decoded cache.*lower --image_size"):
+        load_splits(DataConfig(dataset="elpv", image_size=100_000))
+
+
+def _tree_entries():
+    """A random folder tree: per class some valid PNGs (each a unique colour), and extra
+    entries: broken files, non-images, oddly named valid files, links to files and folders."""
+    from hypothesis import strategies as st
+
+    extra = st.sampled_from(["broken", "text", "hidden", "odd_name", "file_link", "dir_link_root", "dir_link_class",
+                             "broken_link", "upper_ext", "nested"])
+    return st.tuples(st.integers(2, 3), st.lists(st.integers(3, 5), min_size=3, max_size=3),
+                     st.lists(st.tuples(extra, st.integers(0, 2), st.integers(0, 99)), max_size=8))
+
+
+def test_any_tree_of_files_is_accounted_for_once(tmp_path_factory):
+    """Property: every file under the dataset is used once (its colour appears once), or counted
+    as unreadable, or counted as left out (not an image, a second path to a used file); never two
+    of these, never twice; links to folders are counted and not followed."""
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_tree_entries())
+    def check(tree):
+        classes, counts, extras = tree
+        root = tmp_path_factory.mktemp("tree")
+        next_id = iter(range(1, 10_000))
+        valid = {}  # real path -> colour id
+        unreadable, not_images, links_to_dirs, repeated = set(), set(), set(), set()
+
+        def colour(number):
+            return (number % 256, number // 256, 77)
+
+        for c in range(classes):
+            for i in range(counts[c]):
+                number = next(next_id)
+                path = root / f"class{c}" / f"{i}.png"
+                _solid(path, colour(number))
+                valid[os.path.realpath(path)] = number
+        for k, (kind, c, n) in enumerate(extras):
+            folder = root / f"class{c % classes}"
+            if kind == "broken":
+                (folder / f"broken{k}.jpg").write_bytes(b"\xff\xd8\xff" + bytes(n))
+                unreadable.add(os.path.realpath(folder / f"broken{k}.jpg"))
+            elif kind == "text":
+                (folder / f"notes{k}.txt").write_text("x" * n)
+                not_images.add(os.path.realpath(folder / f"notes{k}.txt"))
+            elif kind == "hidden":
+                (folder / f".hidden{k}.png").write_bytes(b"")
+                not_images.add(os.path.realpath(folder / f".hidden{k}.png"))
+            elif kind in ("odd_name", "upper_ext", "nested"):
+                names = {"odd_name": f"  -odd #{k} é'\"$(x).png", "upper_ext": f"UPPER{k}.PNG",
+                         "nested": f"sub{k}/deeper/{k}.png"}
+                name = names[kind]
+                number = next(next_id)
+                _solid(folder / name, colour(number))
+                valid[os.path.realpath(folder / name)] = number
+            elif kind == "file_link":
+                target = sorted(valid)[n % len(valid)]
+                os.symlink(target, folder / f"link{k}.png")
+                repeated.add(str(folder / f"link{k}.png"))
+            elif kind == "broken_link":
+                os.symlink(root / f"nowhere{k}.png", folder / f"dangling{k}.png")
+                unreadable.add(os.path.realpath(folder / f"dangling{k}.png"))
+            else:
+                target = root if kind == "dir_link_root" else root / f"class{n % classes}"
+                link = (folder if n % 2 else root) / f"dirlink{k}"
+                os.symlink(target, link)
+                links_to_dirs.add(str(link))
+
+        splits = load_splits(DataConfig(dataset=f"folder:{root}", image_size=8, val_fraction=0.2))
+        used = [tuple(image[0, 0]) for name in ("train", "val", "test") for image in splits.split(name)[0]]
+        assert len(used) == len(set(used)), "an image used twice"
+        assert sorted(used) == sorted(colour(n) for n in valid.values())
+        stats = splits.stats
+        skipped = {os.path.realpath(p) for p in stats["skipped_paths"]}
+        assert stats["skipped_files"] == len(unreadable) and skipped == unreadable
+        assert stats["ignored_files"] == len(not_images)
+        assert {os.path.realpath(p) for p in stats["ignored_files_paths"]} == not_images
+        not_followed = links_to_dirs | repeated
+        assert set(stats["skipped_links_paths"]) == not_followed and stats["skipped_links"] == len(not_followed)
+        assert not skipped & set(valid) and not not_images & set(valid)
+
+    check()

@@ -63,7 +63,7 @@ def test_two_workers_train_resume_and_match_one_process(tmp_path, capsys, monkey
     resumed = _run_workers(str(workdir), [*common, "--epochs=3"])
     for code, output in resumed:
         assert code == 0, output[-3000:]
-        assert "resumed from run/checkpoints/ckpt-6 (epoch 2)" in output
+        assert "resumed from run/checkpoints/ckpt-6, saved after epoch 2" in output
 
     monkeypatch.chdir(tmp_path)
     flags.FLAGS.unparse_flags()

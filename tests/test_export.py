@@ -147,3 +147,13 @@ def _signature(path):
     if path not in _LOADED:
         _LOADED[path] = tf.saved_model.load(path)
     return _LOADED[path].signatures["serving_default"]
+
+
+def test_an_empty_image_gets_the_signatures_message(trained_encoder):
+    path = trained_encoder[1]
+    signature = tf.saved_model.load(path).signatures["serving_default"]
+    for shape in ((1, 0, 0, 3), (2, 5, 0, 1)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must be at least 1 x 1 pixels"):
+            signature(images=tf.zeros(shape, tf.uint8))
+    with pytest.raises(FgsslError, match="at least 1 x 1; got shape"):
+        export.ServingEncoder(path)(np.zeros((1, 0, 0, 3), np.uint8))

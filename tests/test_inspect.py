@@ -131,3 +131,13 @@ def test_embeddings_tool_writes_the_map_and_the_projector(trained_encoder, tmp_p
         assert picture.size == (side * 16, side * 16)
     config = (out / "projector_config.pbtxt").read_text()
     assert "sprite.png" in config and "metadata.tsv" in config
+
+
+def test_grad_cam_file_names_hold_any_class_name(tmp_path):
+    """tools/gradcam.py names its files after images and classes; a '/' in one made a path that does not exist."""
+    for name in ("000_test3_good/bad_pred-a/b", "../../escape", ".hidden", "", "x" * 300, "nul\0byte", "é ü"):
+        part = gradcam.file_name_part(name)
+        assert part and "/" not in part and "\0" not in part and not part.startswith(".") and len(part) <= 80
+        path = tmp_path / (part + ".png")
+        Image.new("RGB", (2, 2)).save(path)
+        assert path.parent == tmp_path and path.is_file()

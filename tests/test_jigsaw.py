@@ -1,5 +1,6 @@
 """Jigsaw: permutation sets, puzzles, training on real elpv images, resume, replicas, export."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -193,7 +194,8 @@ def test_short_run_on_elpv_beats_chance_resumes_and_exports(tmp_path, elpv_48px)
     # Resume: the saved set is reloaded even if the generator would now give another.
     with open(os.path.join(train.model_dir, jigsaw.PERMUTATION_FILE), "w") as f:
         json.dump({**saved, "permutations": saved["permutations"][::-1]}, f)
-    resumed = trainer.pretrain(tiny_train_config(tmp_path, pretext="jigsaw", epochs=2, steps_per_epoch=5), data, backbone, config, splits=elpv_48px)
+    # (The run's own settings: a resume that changes --steps_per_epoch or --validate is refused, docs/reliability.md.)
+    resumed = trainer.pretrain(dataclasses.replace(train, epochs=2), data, backbone, config, splits=elpv_48px)
     assert resumed.initial_epoch == 1
     np.testing.assert_array_equal(resumed.model.puzzle.permutations, saved["permutations"][::-1])
     with pytest.raises(FgsslError, match="use a new --model_dir"):

@@ -1,6 +1,7 @@
 """Reliability: NaN losses, unreadable checkpoints, pre-emption (SIGTERM) and kills (SIGKILL)."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -216,3 +217,102 @@ def test_a_full_disk_at_checkpoint_time_keeps_the_last_good_one(tmp_path, elpv_s
     assert _checkpoint_numbers(config.model_dir) == [3]
     resumed = trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
     assert resumed.initial_epoch == 1 and int(resumed.model.optimizer.iterations.numpy()) == 6
+
+
+def test_resume_refuses_every_changed_setting_naming_it_and_allows_the_listed_ones(tmp_path, elpv_small):
+    """Each kind of setting (train, data, backbone, pretext, the pretext's nested augmentation, a
+    field a config gains later) is compared with the saved run before any work; the allow-list resumes."""
+    import dataclasses
+
+    from fgssl_tf.config import AugmentConfig
+
+    config = tiny_train_config(tmp_path, export=False, epochs=1, steps_per_epoch=2)
+    trainer.pretrain(config, DATA, TINY_BACKBONE, splits=elpv_small)
+    saved = (tmp_path / "run" / "run_config.json").read_bytes()
+    with_knob = dataclasses.make_dataclass("KnobConfig", [("new_knob", int, dataclasses.field(default=0))],
+                                           bases=(simclr.SimCLRConfig,), frozen=True)
+    changes = [
+        ({"train": dataclasses.replace(config, learning_rate=0.01)}, "train.learning_rate: 0.001 -> 0.01"),
+        ({"train": dataclasses.replace(config, steps_per_epoch=4)}, "train.steps_per_epoch: 2 -> 4"),
+        ({"data": DataConfig(image_size=IMAGE_SIZE, val_fraction=0.3)}, "data.val_fraction: 0.2 -> 0.3"),
+        ({"backbone": dataclasses.replace(TINY_BACKBONE, width=16)}, "backbone_config.width: 8 -> 16"),
+        ({"pretext_config": simclr.SimCLRConfig(temperature=0.2)}, "pretext_config.temperature: 0.5 -> 0.2"),
+        ({"pretext_config": simclr.SimCLRConfig(augment=AugmentConfig(blur_prob=0.1))},
+         "pretext_config.augment.blur_prob: 0.5 -> 0.1"),
+        ({"pretext_config": with_knob(new_knob=3)}, "pretext_config.new_knob: 0 -> 3"),
+    ]
+    for change, named in changes:
+        arguments = {"train": config, "data": DATA, "backbone": TINY_BACKBONE, **change}
+        with pytest.raises(FgsslError, match="holds a run with other settings") as refused:
+            trainer.pretrain(**arguments, splits=elpv_small)
+        assert named in str(refused.value) and "docs/reliability.md" in str(refused.value)
+        assert (tmp_path / "run" / "run_config.json").read_bytes() == saved  # nothing rewritten
+    # The same settings over other images: refused once the data is loaded, before any training.
+    fewer = dataclasses.replace(elpv_small, stats={**elpv_small.stats, "split_sizes": {"train": 399, "val": 300,
+                                                                                       "test": 300}})
+    with pytest.raises(FgsslError, match=r"holds a run on other data \(split_sizes: \{'train': 400.*'train': 399"):
+        trainer.pretrain(config, DATA, TINY_BACKBONE, splits=fewer)
+    assert (tmp_path / "run" / "run_config.json").read_bytes() == saved
+    # The allow-list: more epochs, another export place, verbosity, NaN policy, strategy; a new field at its default.
+    allowed = dataclasses.replace(config, epochs=2, export_dir=str(tmp_path / "elsewhere"), verbose=2,
+                                  nan_policy="skip_batch", strategy="auto", checkpoints_to_keep=5)
+    resumed = trainer.pretrain(allowed, DATA, TINY_BACKBONE, with_knob(), splits=elpv_small)
+    assert resumed.initial_epoch == 1 and int(resumed.model.optimizer.iterations.numpy()) == 4
+    with open(tmp_path / "run" / "run_config.json") as f:
+        assert json.load(f)["train"]["epochs"] == 2
+
+
+def test_the_allow_list_in_the_code_is_the_one_in_the_docs():
+    with open(os.path.join(REPO, "docs", "reliability.md")) as f:
+        section = f.read().split("### What a resumed run may change", 1)[1].split("\n#", 1)[0]
+    documented = {line.split("`")[1] for line in section.splitlines() if line.startswith("| `")}
+    assert documented == set(trainer.RESUMABLE_CHANGES)
+
+
+def test_a_deleted_or_emptied_checkpoint_state_file_resumes_from_the_checkpoint_files(tmp_path, elpv_small, caplog):
+    def config(epochs):
+        return tiny_train_config(tmp_path, export=False, epochs=epochs, steps_per_epoch=1)
+
+    trainer.pretrain(config(2), DATA, TINY_BACKBONE, splits=elpv_small)
+    state_file = tmp_path / "run" / "checkpoints" / "checkpoint"
+    state_file.unlink()
+    resumed = trainer.pretrain(config(3), DATA, TINY_BACKBONE, splits=elpv_small)
+    assert resumed.initial_epoch == 2 and int(resumed.model.optimizer.iterations.numpy()) == 3  # not epoch 1 again
+    assert "rebuilt it from the 2 checkpoint files there (newest ckpt-2)" in caplog.text
+    state_file.write_text("")  # emptied: TensorFlow's own reader raises ValueError on it
+    resumed = trainer.pretrain(config(4), DATA, TINY_BACKBONE, splits=elpv_small)
+    assert resumed.initial_epoch == 3 and int(resumed.model.optimizer.iterations.numpy()) == 4
+    assert _checkpoint_numbers(tmp_path / "run") == [2, 3, 4]  # kept: the ones found again, and the new ones
+
+
+def test_sigterm_and_resume_name_the_same_epoch_and_batch(tmp_path, elpv_small, monkeypatch, caplog):
+    original = trainer._NonFiniteWatch.on_train_batch_end
+
+    def signal_in_epoch_2_batch_2(self, batch, logs=None):
+        original(self, batch, logs)
+        if self.current_epoch == 1 and batch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by the trainer: the batch ends, a checkpoint is saved
+
+    monkeypatch.setattr(trainer._NonFiniteWatch, "on_train_batch_end", signal_in_epoch_2_batch_2)
+    config = tiny_train_config(tmp_path, export=False, epochs=3)
+    with pytest.raises(FgsslError, match="stopped by SIGTERM in epoch 2, batch 2 of 3; saved .*ckpt-5"):
+        trainer.pretrain(config, DATA, TINY_BACKBONE, splits=elpv_small)
+    monkeypatch.undo()
+    caplog.set_level(logging.INFO, logger="fgssl_tf")
+    resumed = trainer.pretrain(config, DATA, TINY_BACKBONE, splits=elpv_small)
+    assert "ckpt-5, saved in epoch 2, batch 2 of 3" in caplog.text
+    assert resumed.initial_epoch == 1 and int(resumed.model.optimizer.iterations.numpy()) == 9
+
+
+def test_a_validation_split_smaller_than_the_batch_is_one_smaller_batch(tmp_path, elpv_small, caplog):
+    import dataclasses
+
+    small = dataclasses.replace(elpv_small, val_images=elpv_small.val_images[:20], val_labels=elpv_small.val_labels[:20])
+    config = tiny_train_config(tmp_path, export=False, epochs=1, steps_per_epoch=1, validate=True)
+    result = trainer.pretrain(config, DATA, TINY_BACKBONE, splits=small)
+    assert "fewer than --batch_size=32: validating on one batch of 20" in caplog.text
+    assert len(result.history["val_loss"]) == 1 and np.isfinite(result.history["val_loss"][0])
+    one = dataclasses.replace(elpv_small, val_images=elpv_small.val_images[:1], val_labels=elpv_small.val_labels[:1])
+    config = tiny_train_config(tmp_path / "one", export=False, epochs=1, steps_per_epoch=1, validate=True)
+    result = trainer.pretrain(config, DATA, TINY_BACKBONE, splits=one)
+    assert "too few to validate" in caplog.text and "val_loss" not in result.history

@@ -52,10 +52,12 @@ flags.DEFINE_string("export_classifier", None, "Also export the trained classifi
                     "a TF Serving version, classifier.keras, TFLite float32 and int8.")
 flags.DEFINE_boolean("export_tflite", True, "With --export_classifier: also write the TFLite models.")
 flags.DEFINE_integer("calibration_images", 200, "Training images the int8 TFLite model is calibrated on.", lower_bound=1)
+flags.DEFINE_boolean("allow_unseen_classes", False, "Folder datasets: leave out (and count in the report) val/test "
+                     "images of classes train lacks, instead of an error.")
 fgssl_flags.define_backbone_flags()
 fgssl_flags.validate("encoder", lambda v: None if v is None or os.path.exists(v) else f"{v!r} does not exist; pass savedmodels/NAME or savedmodels/NAME/VERSION")
 fgssl_flags.validate("dataset", fgssl_flags.dataset_error)
-fgssl_flags.validate("seeds", lambda v: None if v and all(s.strip().lstrip("-").isdigit() for s in v) else f"--seeds must be comma-separated integers, got {','.join(v)!r}")
+fgssl_flags.validate("seeds", lambda v: None if v and all(s.strip().isdigit() for s in v) else f"--seeds must be comma-separated integers of 0 or more, got {','.join(v)!r}")
 fgssl_flags.validate("output_dir", fgssl_flags.not_a_file_error)
 fgssl_flags.validate("trainable_from", lambda v: None if re.fullmatch(r"all|none|[a-z]+[0-9]*", v) else f"{v!r} is not all, none or a stage name such as block4")
 fgssl_flags.validate("tfds_data_dir", fgssl_flags.not_a_file_error)
@@ -98,6 +100,7 @@ def main(argv):
             batch_size=FLAGS.batch_size,
             max_images_per_split=FLAGS.max_images_per_split,
             tfds_data_dir=FLAGS.tfds_data_dir,
+            allow_unseen_classes=FLAGS.allow_unseen_classes,
         )
     )
     print(

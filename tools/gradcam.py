@@ -132,7 +132,9 @@ def main(argv):
     for i, (image, heatmap, name) in enumerate(zip(images, heatmaps, names)):
         picture = gradcam.overlay(image, heatmap)
         label = "" if predictions[i] < 0 else f"_pred-{class_names[predictions[i]] if class_names else predictions[i]}"
-        path = os.path.join(FLAGS.output_dir, f"{i:03d}_{name}{label}.png")
+        file_name = gradcam.file_name_part(f"{i:03d}_{name}{label}") + ".png"  # class names may hold '/'
+        path = os.path.join(FLAGS.output_dir, file_name)
+
         Image.fromarray(picture).save(path)
         pictures.append(picture)
         print(f"{path}  layer={layer}" + ("" if predictions[i] < 0 else f" predicted={predictions[i]}") + ("" if labels is None else f" true={labels[i]}"))

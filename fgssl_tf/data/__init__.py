@@ -67,9 +67,10 @@ def load_splits(config: DataConfig) -> Splits:
     if name == "elpv":
         raw = sources.load_elpv(config.image_size)
     elif name == "cassava":
-        raw = sources.load_cassava(config.image_size, config.tfds_data_dir)
+        raw = sources.load_cassava(config.image_size, config.tfds_data_dir, config.max_cache_gb)
     elif name.startswith("folder:"):
-        raw = sources.load_folder(name[len("folder:"):], config.image_size, config.val_fraction, config.max_cache_gb)
+        raw = sources.load_folder(name[len("folder:"):], config.image_size, config.val_fraction, config.max_cache_gb,
+                                  config.allow_unseen_classes)
     else:
         raise FgsslError(f"unknown --dataset={name!r}; choose one of {', '.join(DATASETS)}")
 
@@ -85,6 +86,11 @@ def load_splits(config: DataConfig) -> Splits:
         "split_sizes": {k: int(len(v[1])) for k, v in split_arrays.items()},
         "split_fingerprint": fingerprint(*(raw.ids.get(s, raw.labels[s]) for s in ("train", "val", "test"))),
     }
+    for key, paths in raw.left_out.items():  # files a folder source left out, besides unreadable ones
+        stats[key] = len(paths)
+        stats[f"{key}_paths"] = [str(p) for p in paths[:100]]
+    if raw.unseen_classes:
+        stats["unseen_classes"] = {split: list(names) for split, names in raw.unseen_classes.items()}
 
     unlabeled = np.zeros([0, config.image_size, config.image_size, 3], np.uint8)
     if config.unlabeled_dir:

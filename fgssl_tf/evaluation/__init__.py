@@ -62,6 +62,7 @@ class EvalConfig:
     batch_size: int = 64
     max_images_per_split: Optional[int] = None
     tfds_data_dir: Optional[str] = None
+    allow_unseen_classes: bool = False  # val/test classes that train lacks: left out and counted, not an error
 
 
 def _validate(config: EvalConfig) -> None:
@@ -167,6 +168,7 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
                 image_size=image_size,
                 max_images_per_split=config.max_images_per_split,
                 tfds_data_dir=config.tfds_data_dir,
+                allow_unseen_classes=config.allow_unseen_classes,
             )
         )
     num_classes = splits.num_classes
@@ -245,6 +247,8 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
         "class_names": list(splits.class_names),
         "split_sizes": splits.stats["split_sizes"],
         "split_fingerprint": splits.stats["split_fingerprint"],
+        "unseen_classes": splits.stats.get("unseen_classes", {}),  # left out with --allow_unseen_classes
+        "unseen_class_files": splits.stats.get("unseen_class_files", 0),
         "majority_class_rate": majority_class_rate(train_labels, test_labels),
         "encoder_metadata": serving.metadata if serving else {"backbone": dataclasses.asdict(config.backbone), "pool_grid": config.pool_grid},
         "config": dataclasses.asdict(config),
@@ -332,6 +336,11 @@ def markdown_report(report: dict) -> str:
         f"- protocol `{report['protocol']}`, label fraction {report['label_fraction']}, seeds {report['seeds']}",
         f"- selection: {report['selection']}",
         f"- majority-class rate on test: {report['majority_class_rate']:.4f}",
+    ]
+    if report.get("unseen_class_files"):
+        lines.append(f"- left out: {report['unseen_class_files']} val/test images of classes train lacks "
+                     f"({report['unseen_classes']}; --allow_unseen_classes)")
+    lines += [
         "",
         "| metric | mean | std |",
         "|---|---|---|",
