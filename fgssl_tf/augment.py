@@ -76,8 +76,11 @@ def sample_view_params(seed, batch: int, height: int, width: int, config: Augmen
         boxes = tf.tile(tf.constant([[0.0, 0.0, 1.0, 1.0]]), [batch, 1])
     s = config.color_jitter_strength
     # Drawn from a stream of their own, so the ten draws above stay what they were before these options.
-    flip_seeds = tf.unstack(tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, 1), num=2))
-    turns = {"quarter_turns": tf.cast(tf.floor(_uniform(flip_seeds[1], [batch], 0.0, 4.0)), tf.int32)} if config.rotate90 else {}
+    flip_stream = tf.random.experimental.stateless_fold_in(seed, 1)
+    flip_seeds = tf.unstack(tf.random.experimental.stateless_split(flip_stream, num=2))
+    turns = {}
+    if config.rotate90:
+        turns["quarter_turns"] = tf.cast(tf.floor(_uniform(flip_seeds[1], [batch], 0.0, 4.0)), tf.int32)
     return {
         **turns,
         "vertical_flip": _uniform(flip_seeds[0], [batch]) < (0.5 if config.vertical_flip else 0.0),

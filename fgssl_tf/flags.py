@@ -19,16 +19,16 @@ FLAGS = flags.FLAGS
 # Flags of the two-view methods' views (SimCLR, VICReg): the view transform and the fine-grained extras.
 VIEW_FLAGS = (
     "crop_scale_min", "color_jitter_strength", "color_jitter_prob", "grayscale_prob", "blur_prob", "blur_sigma_max",
-    "horizontal_flip", "vertical_flip", "rotate90", "random_crop", "view1_pre_ops", "view1_post_ops", "view2_pre_ops",
-    "view2_post_ops", "extra_augmentation_mode", "gamma_min", "gamma_max", "dropout_holes_min", "dropout_holes_max",
-    "dropout_size_min", "dropout_size_max", "dropout_fill", "swap_patch", "random_jigsaw_grid", "dcl_grid", "dcl_border",
-    "region_crop_min", "region_crop_max",
+    "horizontal_flip", "vertical_flip", "rotate90", "random_crop", "view1_pre_ops", "view1_post_ops",
+    "view2_pre_ops", "view2_post_ops", "extra_augmentation_mode", "gamma_min", "gamma_max", "dropout_holes_min",
+    "dropout_holes_max", "dropout_size_min", "dropout_size_max", "dropout_fill", "swap_patch", "random_jigsaw_grid",
+    "dcl_grid", "dcl_border", "region_crop_min", "region_crop_max",
 )
 # Flags that only some pretexts read; setting one with another --pretext is a mistake.
 PRETEXT_FLAGS = {
     "simclr": ("temperature", "projection_dim", "projection_hidden_dim", *VIEW_FLAGS),
-    "vicreg": ("vicreg_expander_dim", "vicreg_expander_layers", "invariance_weight", "variance_weight", "covariance_weight",
-               *VIEW_FLAGS),
+    "vicreg": ("vicreg_expander_dim", "vicreg_expander_layers", "invariance_weight", "variance_weight",
+               "covariance_weight", *VIEW_FLAGS),
     "jigsaw": ("jigsaw_permutations", "jigsaw_num_permutations", "jigsaw_brightness", "jigsaw_normalize_tiles", "jigsaw_dropout",
                "jigsaw_pool_grid", "clip_norm", "plateau_patience"),
     "srgan": ("srgan_stage", "srgan_scale", "srgan_hr_size", "srgan_residual_blocks", "srgan_width", "srgan_discriminator_width",
@@ -97,8 +97,8 @@ def check_pretext_flags() -> None:
     if wrong:
         users = sorted({p for name in wrong for p in readers[name]})
         raise FgsslError(
-            f"{', '.join('--' + n for n in wrong)} only apply to --pretext={'/'.join(users)}, not --pretext={FLAGS.pretext}; "
-            "remove them or change --pretext"
+            f"{', '.join('--' + n for n in wrong)} only apply to --pretext={'/'.join(users)}, "
+            f"not --pretext={FLAGS.pretext}; remove them or change --pretext"
         )
     if FLAGS.pretext == "srgan" and FLAGS.srgan_generator_init and FLAGS.srgan_stage != "gan":
         raise FgsslError("--srgan_generator_init is for --srgan_stage=gan (it starts from a psnr run's generator)")
@@ -107,8 +107,9 @@ def check_pretext_flags() -> None:
 def define_data_flags() -> None:
     flags.DEFINE_string("dataset", "elpv", "elpv (offline default), cassava (TFDS) or folder:PATH (PATH/<label>/*.jpg).")
     flags.DEFINE_integer("image_size", 64, "Images are squash-resized to this many pixels a side.", lower_bound=8)
-    flags.DEFINE_integer("source_size", None, "simclr/vicreg: cut the random crops from images cached at this larger size "
-                         "(as RandomResizedCrop cuts from the original), then resize them to --image_size.", lower_bound=8)
+    flags.DEFINE_integer("source_size", None, "simclr/vicreg: cut the random crops from images cached at this "
+                         "larger size (as RandomResizedCrop cuts from the original), then resize them to --image_size.",
+                         lower_bound=8)
     flags.DEFINE_string("unlabeled_dir", None, "Folder of extra unlabelled images for pretraining (val/test duplicates dropped).")
     flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).")
     flags.DEFINE_float("val_fraction", 0.2, "Share carved out of train for validation when a folder has no val split.", lower_bound=0.01, upper_bound=0.45)
@@ -150,7 +151,8 @@ def backbone_config() -> BackboneConfig:
 
 
 def define_train_flags() -> None:
-    flags.DEFINE_string("pretext", "simclr", "Pretext task: simclr, vicreg, jigsaw, srgan, or pmg (the supervised baseline).")
+    flags.DEFINE_string("pretext", "simclr",
+                        "Pretext task: simclr, vicreg, jigsaw, srgan, or pmg (the supervised baseline).")
     flags.DEFINE_string("model_dir", None, "Checkpoints and TensorBoard logs; default runs/<pretext>_<dataset>.")
     flags.DEFINE_string("export_dir", "savedmodels", "Where encoders are exported (NAME/VERSION).")
     flags.DEFINE_string("export_name", None, "Export name; default <pretext>_<backbone>_<dataset>.")
@@ -159,8 +161,8 @@ def define_train_flags() -> None:
     flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch; default one pass over the pretraining pool.", lower_bound=1)
     flags.DEFINE_float("learning_rate", None, "Initial learning rate; default the paper's for the pretext (simclr: Adam 1e-3, jigsaw: SGD 1e-2, srgan: Adam 1e-4, pmg: SGD 2e-3).", lower_bound=0.0)
     flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"],
-                      "constant: the paper's; cosine: linear warm-up (--warmup_epochs) to --learning_rate, then cosine decay to 0 "
-                      "(simclr, vicreg; jigsaw, srgan and pmg keep the paper's schedules).")
+                      "constant: the paper's; cosine: linear warm-up (--warmup_epochs) to --learning_rate, then "
+                      "cosine decay to 0 (simclr, vicreg; jigsaw, srgan and pmg keep the paper's schedules).")
     flags.DEFINE_float("warmup_epochs", 0.0, "Epochs of linear warm-up of --lr_schedule=cosine.", lower_bound=0.0)
     flags.DEFINE_float("weight_decay", None, "Coupled L2 weight decay, as PyTorch; default the paper's (simclr 1e-5, jigsaw 5e-4, srgan 0, pmg 5e-4).", lower_bound=0.0)
     flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and initialisation.", lower_bound=0)
@@ -179,9 +181,11 @@ def define_train_flags() -> None:
     flags.DEFINE_integer("projection_dim", 512, "Output size of the projection head.", lower_bound=1)
     flags.DEFINE_integer("projection_hidden_dim", 512, "Hidden size of the projection head.", lower_bound=1)
     # VICReg
-    flags.DEFINE_integer("vicreg_expander_dim", 1024, "VICReg: width of the expander's layers (the paper: 8192).", lower_bound=1)
+    flags.DEFINE_integer("vicreg_expander_dim", 1024, "VICReg: width of the expander's layers (the paper: 8192).",
+                         lower_bound=1)
     flags.DEFINE_integer("vicreg_expander_layers", 3, "VICReg: dense layers of the expander.", lower_bound=1)
-    flags.DEFINE_float("invariance_weight", 25.0, "VICReg: weight of the two views' mean squared difference.", lower_bound=0.0)
+    flags.DEFINE_float("invariance_weight", 25.0, "VICReg: weight of the two views' mean squared difference.",
+                       lower_bound=0.0)
     flags.DEFINE_float("variance_weight", 25.0, "VICReg: weight of the hinge on each dimension's std.", lower_bound=0.0)
     flags.DEFINE_float("covariance_weight", 1.0, "VICReg: weight of the off-diagonal covariance.", lower_bound=0.0)
     # Jigsaw
@@ -218,9 +222,11 @@ def define_train_flags() -> None:
     flags.DEFINE_float("color_jitter_prob", 0.4, "Probability of colour jitter.", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_float("grayscale_prob", 0.2, "Probability of grayscale.", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_float("blur_prob", 0.5, "Probability of Gaussian blur (kernel ~ image_size/10).", lower_bound=0.0, upper_bound=1.0)
-    flags.DEFINE_float("blur_sigma_max", 2.0, "Largest Gaussian blur sigma in pixels (the paper's 2.0 was meant for 224-512 px).", lower_bound=0.1)
+    flags.DEFINE_float("blur_sigma_max", 2.0, "Largest Gaussian blur sigma in pixels (the paper's 2.0 was meant for "
+                       "224-512 px images).", lower_bound=0.1)
     flags.DEFINE_boolean("horizontal_flip", False, "Random horizontal flip (off in the paper's Original).")
-    flags.DEFINE_boolean("vertical_flip", False, "Random vertical flip, p = 0.5 (images with no up: cells, tissue, leaves from above).")
+    flags.DEFINE_boolean("vertical_flip", False,
+                         "Random vertical flip, p = 0.5 (images with no up: cells, tissue, leaves from above).")
     flags.DEFINE_boolean("rotate90", False, "Random rotation by a multiple of 90 degrees.")
     flags.DEFINE_boolean("random_crop", True, "RandomResizedCrop in the view transform; off: the whole image (the paper's Resize-only variants).")
     # SimCLR fine-grained variants: extra ops per view (gamma, coarse_dropout, patch_swap,
@@ -354,7 +360,8 @@ def pretext_config():
         from fgssl_tf.pretext import simclr
 
         return simclr.SimCLRConfig(
-            projection_dim=FLAGS.projection_dim, hidden_dim=FLAGS.projection_hidden_dim, temperature=FLAGS.temperature, **views
+            projection_dim=FLAGS.projection_dim, hidden_dim=FLAGS.projection_hidden_dim,
+            temperature=FLAGS.temperature, **views
         )
     if FLAGS.pretext == "vicreg":
         from fgssl_tf.pretext import vicreg

@@ -157,8 +157,10 @@ def schedules(model) -> list[WarmupCosine]:
 def check_schedule(model, train) -> None:
     """Refuse --lr_schedule=cosine for a pretext that keeps its own schedule (Jigsaw, SRGAN, PMG)."""
     if train.lr_schedule != "constant" and not schedules(model):
-        raise FgsslError(f"--lr_schedule={train.lr_schedule} is not available for --pretext={train.pretext}, which follows "
-                         "the paper's own schedule; leave --lr_schedule=constant")
+        raise FgsslError(
+            f"--lr_schedule={train.lr_schedule} is not available for --pretext={train.pretext}, which follows "
+            "the paper's own schedule; leave --lr_schedule=constant"
+        )
 
 
 def set_schedule_length(model, steps_per_epoch: int, epochs: int) -> None:

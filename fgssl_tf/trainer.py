@@ -44,7 +44,8 @@ MIXED_PRECISION_POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16"}
 # (train, data, backbone, pretext, however many fields they grow) must match to resume.
 # docs/reliability.md ("What a resumed run may change") lists the same, with the reasons.
 RESUMABLE_CHANGES = {
-    "train.epochs": "train on, or stop sooner",
+    "train.epochs": "train on, or stop sooner (a cosine --lr_schedule then follows the new length's curve "
+                    "from the step it resumes at)",
     "train.verbose": "console output only",
     "train.model_dir": "the run's folder, moved or copied",
     "train.export": "whether the encoder is exported at the end",

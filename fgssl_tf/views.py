@@ -63,8 +63,10 @@ class ViewsConfig:
             raise FgsslError(f"unknown --extra_augmentation_mode={self.extra_mode!r}; choose online or offline")
         for slot in ("view1_post", "view2_post"):
             if set(getattr(self, slot)) & set(fine_grained.NEEDS_CENTROIDS):
-                raise FgsslError(f"cropped_regions crops around corners of the original image: put it in "
-                                 f"--{slot.replace('post', 'pre')}_ops, not --{slot}_ops")
+                raise FgsslError(
+                    f"cropped_regions crops around corners of the original image: put it in "
+                    f"--{slot.replace('post', 'pre')}_ops, not --{slot}_ops"
+                )
         for name in self.extra_ops():  # sizes an op cannot use fail here, not mid-training
             fine_grained.sample(name, tf.constant([0, 0], tf.int64), 1, image_size, self.fine_grained)
 
@@ -76,8 +78,15 @@ class TwoViewModel(keras.Model):
     `_track(...)` and `metrics`; `train_step`, `test_step`, views and pictures are shared.
     """
 
-    def __init__(self, encoder: keras.Model, image_size: int, config: ViewsConfig, seed: int = 0,
-                 weight_decay: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        encoder: keras.Model,
+        image_size: int,
+        config: ViewsConfig,
+        seed: int = 0,
+        weight_decay: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.image_size = image_size
@@ -123,8 +132,9 @@ class TwoViewModel(keras.Model):
             if key in tables:  # offline: this image's parameters, drawn once
                 params = {n: tf.gather(t, ids) for n, t in tables[key].items()}
             else:
-                params = fine_grained.sample(name, seeds[k], position["global_batch"], x.shape[1],
-                                             self.views_config.fine_grained)
+                params = fine_grained.sample(
+                    name, seeds[k], position["global_batch"], x.shape[1], self.views_config.fine_grained
+                )
                 params = {n: t[position["offset"] : position["offset"] + local] for n, t in params.items()}
             x = fine_grained.apply(name, x, params, self.views_config.fine_grained, side)
         return x
@@ -136,7 +146,9 @@ class TwoViewModel(keras.Model):
         position = global_batch_position(tf.shape(images)[0])
         tables = self.image_tables.get(split, {}) if tables is None else tables
         if config.extra_ops() and config.extra_mode == "offline" and split == "train" and not tables:
-            raise FgsslError("offline extras are drawn per image: call prepare_data(train_images) first (the trainer does)")
+            raise FgsslError(
+                "offline extras are drawn per image: call prepare_data(train_images) first (the trainer does)"
+            )
         side = None
         if self.needs_centroids:
             if "centroids" not in tables or ids is None:
@@ -149,8 +161,9 @@ class TwoViewModel(keras.Model):
         for v in (1, 2):
             y = self._extras(x, f"view{v}_pre", plan[f"view{v}_pre"], seeds[2 * v], ids, tables, side, position)
             y = self.augmenter(y, seed=seeds[v - 1], **position)
-            views.append(self._extras(y, f"view{v}_post", plan[f"view{v}_post"], seeds[2 * v + 1], ids, tables, None,
-                                      position))
+            views.append(
+                self._extras(y, f"view{v}_post", plan[f"view{v}_post"], seeds[2 * v + 1], ids, tables, None, position)
+            )
         return tuple(views)
 
     def _loss(self, view1, view2, training):

@@ -80,3 +80,21 @@ def write_image(path, array, fmt=None, **save_options):
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(np.asarray(array)).save(path, format=fmt, **save_options)
+
+
+def replicated_loss_and_grads(strategy, replica_loss, z1, z2):
+    """Run `replica_loss(a, b)` on each replica's slice of the batch (z1, z2): the loss summed
+    over replicas and the gradients with respect to z1 and z2, concatenated in replica order."""
+
+    def step(a, b):
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            loss = replica_loss(a, b)
+        return loss, tape.gradient(loss, [a, b])
+
+    dataset = tf.data.Dataset.from_tensor_slices((z1, z2)).batch(len(z1))
+    a, b = next(iter(strategy.experimental_distribute_dataset(dataset)))
+    loss, grads = strategy.run(step, args=(a, b))
+    loss = strategy.reduce("SUM", loss, axis=None).numpy()
+    grads = [np.concatenate([g.numpy() for g in strategy.experimental_local_results(grad)]) for grad in grads]
+    return loss, grads

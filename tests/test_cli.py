@@ -48,9 +48,11 @@ def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path, pretext):
         (["--pretext=srgan", "--srgan_stage=gan", "--perceptual_weights=/no/vgg.h5", "--srgan_hr_size=64"], "no such file; use one of auto, imagenet, none"),
         (["--gamma_min=2", "--gamma_max=1"], "--gamma_min=2.0 is larger than --gamma_max=1.0"),
         # Contradictory flags: a flag that only another pretext reads, refused before any work.
-        (["--pretext=jigsaw", "--view2_pre_ops=gamma", "--temperature=0.1"], "--temperature, --view2_pre_ops only apply to --pretext=simclr/vicreg, not --pretext=jigsaw"),
+        (["--pretext=jigsaw", "--view2_pre_ops=gamma", "--temperature=0.1"],
+         "--temperature, --view2_pre_ops only apply to --pretext=simclr/vicreg, not --pretext=jigsaw"),
         (["--pretext=vicreg", "--temperature=0.1"], "--temperature only apply to --pretext=simclr, not --pretext=vicreg"),
-        (["--pretext=simclr", "--variance_weight=5"], "--variance_weight only apply to --pretext=vicreg, not --pretext=simclr"),
+        (["--pretext=simclr", "--variance_weight=5"],
+         "--variance_weight only apply to --pretext=vicreg, not --pretext=simclr"),
         (["--pretext=jigsaw", "--lr_schedule=cosine"], "--lr_schedule=cosine is not available for --pretext=jigsaw"),
         (["--source_size=16", "--image_size=32"], "--source_size=16 is for the two-view methods"),
         (["--pretext=srgan", "--srgan_generator_init=."], "--srgan_generator_init is for --srgan_stage=gan"),

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import replicated_loss_and_grads
 from fgssl_tf.distribute import make_strategy
 from fgssl_tf.objectives import nt_xent, nt_xent_mean
 
@@ -37,22 +38,13 @@ def test_nt_xent_identical_views_beat_random_views():
 
 
 def _replicated_loss_and_grads(strategy, z1, z2, temperature):
-    """Loss summed over replicas (each holds its slice), and the summed gradients."""
-    global_batch = len(z1)
+    """NT-Xent summed over replicas (each holds its slice), and the summed gradients."""
 
-    def step(a, b):
-        with tf.GradientTape() as tape:
-            tape.watch([a, b])
-            losses, _ = nt_xent(a, b, temperature)
-            loss = tf.reduce_sum(losses) / (2 * global_batch)
-        return loss, tape.gradient(loss, [a, b])
+    def replica_loss(a, b):
+        losses, _ = nt_xent(a, b, temperature)
+        return tf.reduce_sum(losses) / (2 * len(z1))
 
-    dataset = tf.data.Dataset.from_tensor_slices((z1, z2)).batch(global_batch)
-    a, b = next(iter(strategy.experimental_distribute_dataset(dataset)))
-    loss, grads = strategy.run(step, args=(a, b))
-    loss = strategy.reduce("SUM", loss, axis=None).numpy()
-    grads = [np.concatenate([g.numpy() for g in strategy.experimental_local_results(grad)]) for grad in grads]
-    return loss, grads
+    return replicated_loss_and_grads(strategy, replica_loss, z1, z2)
 
 
 def test_two_replicas_equal_one_replica():

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import IMAGE_SIZE, TINY_BACKBONE, tiny_train_config
+from conftest import IMAGE_SIZE, TINY_BACKBONE, replicated_loss_and_grads, tiny_train_config
 from fgssl_tf import trainer
 from fgssl_tf.config import BackboneConfig, DataConfig
 from fgssl_tf.data import pipeline
 from fgssl_tf.distribute import make_strategy
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.models import build_resnet
+from fgssl_tf.objectives import replica_info
 from fgssl_tf.optim import WarmupCosine, set_schedule_length
 from fgssl_tf.pretext import vicreg
 
@@ -31,8 +32,11 @@ def numpy_vicreg(z1, z2, config):
         variance += np.mean(np.maximum(0.0, 1.0 - np.sqrt(z.var(axis=0, ddof=1) + 1e-4))) / 2
         cov = z.T @ z / (n - 1)
         covariance += (np.sum(cov**2) - np.sum(np.diag(cov) ** 2)) / d
-    return (config.invariance_weight * invariance + config.variance_weight * variance
-            + config.covariance_weight * covariance)
+    return (
+        config.invariance_weight * invariance
+        + config.variance_weight * variance
+        + config.covariance_weight * covariance
+    )
 
 
 @pytest.mark.parametrize("n,d,scale", [(8, 4, 0.1), (16, 32, 1.0), (5, 7, 3.0)])
@@ -51,28 +55,17 @@ def test_collapsed_embeddings_cost_more_than_spread_ones():
     assert loss(collapsed) > loss(spread) + 20.0  # the variance hinge: 25 x (1 - 0) for every dimension
 
 
-def _replicated_loss_and_grads(strategy, z1, z2):
-    def step(a, b):
-        with tf.GradientTape() as tape:
-            tape.watch([a, b])
-            _, replicas, _ = vicreg.replica_info()
-            loss = vicreg.vicreg_loss(vicreg.vicreg_terms(a, b), SMALL) / replicas
-        return loss, tape.gradient(loss, [a, b])
-
-    dataset = tf.data.Dataset.from_tensor_slices((z1, z2)).batch(len(z1))
-    a, b = next(iter(strategy.experimental_distribute_dataset(dataset)))
-    loss, grads = strategy.run(step, args=(a, b))
-    loss = strategy.reduce("SUM", loss, axis=None).numpy()
-    grads = [np.concatenate([g.numpy() for g in strategy.experimental_local_results(grad)]) for grad in grads]
-    return loss, grads
-
-
 def test_two_replicas_equal_one_replica():
     """Variance and covariance are those of the global batch: loss and gradients match one replica."""
     rng = np.random.RandomState(1)
     z1, z2 = rng.randn(8, 6).astype(np.float32), rng.randn(8, 6).astype(np.float32)
-    loss_one, grads_one = _replicated_loss_and_grads(make_strategy("one_device"), z1, z2)
-    loss_two, grads_two = _replicated_loss_and_grads(make_strategy("mirrored"), z1, z2)
+
+    def replica_loss(a, b):
+        _, replicas, _ = replica_info()
+        return vicreg.vicreg_loss(vicreg.vicreg_terms(a, b), SMALL) / replicas
+
+    loss_one, grads_one = replicated_loss_and_grads(make_strategy("one_device"), replica_loss, z1, z2)
+    loss_two, grads_two = replicated_loss_and_grads(make_strategy("mirrored"), replica_loss, z1, z2)
     assert loss_two == pytest.approx(loss_one, rel=1e-5)
     for one, two in zip(grads_one, grads_two):
         np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-6)
@@ -89,8 +82,12 @@ def test_forty_steps_lower_the_loss_on_elpv(tmp_path, elpv_small):
     set_schedule_length(model, 40, 1)
     held_out = elpv_small.val_images[:64]
     before = _fixed_view_loss(model, held_out)
-    model.fit(pipeline.epoch_batches(elpv_small.train_images, elpv_small.train_labels, 32, 0, 0, 1, 40),
-              epochs=1, steps_per_epoch=40, verbose=0)
+    model.fit(
+        pipeline.epoch_batches(elpv_small.train_images, elpv_small.train_labels, 32, 0, 0, 1, 40),
+        epochs=1,
+        steps_per_epoch=40,
+        verbose=0,
+    )
     after = _fixed_view_loss(model, held_out)
     assert after < before - 1.0, (before, after)
 
@@ -111,11 +108,19 @@ def test_pretrain_exports_a_vicreg_encoder_with_views_cut_from_larger_images(tmp
 
 def test_schedule_and_source_size_are_refused_where_they_do_not_apply(tmp_path, elpv_small):
     with pytest.raises(FgsslError, match="lr_schedule=cosine is not available for --pretext=jigsaw"):
-        trainer.pretrain(tiny_train_config(tmp_path, pretext="jigsaw", lr_schedule="cosine"), DataConfig(image_size=64),
-                         BackboneConfig(width=8), splits=elpv_small)
+        trainer.pretrain(
+            tiny_train_config(tmp_path, pretext="jigsaw", lr_schedule="cosine"),
+            DataConfig(image_size=64),
+            BackboneConfig(width=8),
+            splits=elpv_small,
+        )
     with pytest.raises(FgsslError, match="source_size=16 is for the two-view methods"):
-        trainer.pretrain(tiny_train_config(tmp_path), DataConfig(image_size=IMAGE_SIZE, source_size=16), TINY_BACKBONE,
-                         splits=elpv_small)
+        trainer.pretrain(
+            tiny_train_config(tmp_path),
+            DataConfig(image_size=IMAGE_SIZE, source_size=16),
+            TINY_BACKBONE,
+            splits=elpv_small,
+        )
 
 
 def test_warmup_cosine_schedule():
@@ -135,11 +140,19 @@ def test_warmup_cosine_schedule():
 def test_encoder_of_any_keras_architecture_pretrains(elpv_small):
     """The method takes any Keras encoder: here a plain CNN, not the package's ResNet."""
     keras.utils.set_random_seed(0)
-    encoder = keras.Sequential([keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3)), keras.layers.Conv2D(8, 3, strides=2),
-                                keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D()])
+    encoder = keras.Sequential(
+        [
+            keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3)),
+            keras.layers.Conv2D(8, 3, strides=2),
+            keras.layers.ReLU(),
+            keras.layers.GlobalAveragePooling2D(),
+        ]
+    )
     model = vicreg.VICRegModel(encoder, IMAGE_SIZE, SMALL)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    history = model.fit(tf.data.Dataset.from_tensor_slices(elpv_small.train_images[:256]).batch(64), epochs=3, verbose=0)
+    history = model.fit(
+        tf.data.Dataset.from_tensor_slices(elpv_small.train_images[:256]).batch(64), epochs=3, verbose=0
+    )
     assert history.history["loss"][-1] < history.history["loss"][0]
 
 

@@ -40,12 +40,16 @@ def load_run(model_dir: str) -> dict:
     paths = {name: os.path.join(model_dir, name) for name in ("monitor.json", "run_config.json")}
     missing = [p for p in paths.values() if not os.path.isfile(p)]
     if missing:
-        raise FgsslError(f"{missing[0]} is missing: pass the --model_dir of a run trained with the monitor on (--monitor_every >= 1)")
+        raise FgsslError(
+            f"{missing[0]} is missing: pass the --model_dir of a run trained with the monitor on (--monitor_every >= 1)"
+        )
     with open(paths["monitor.json"]) as f:
         readings = json.load(f)
     with open(paths["run_config.json"]) as f:
         run_config = json.load(f)
-    settings = _flatten({key: run_config[key] for key in ("train", "data", "backbone_config", "pretext_config") if key in run_config})
+    settings = _flatten(
+        {key: run_config[key] for key in ("train", "data", "backbone_config", "pretext_config") if key in run_config}
+    )
     return {"name": os.path.basename(os.path.normpath(model_dir)), "readings": readings, "settings": settings}
 
 
@@ -55,8 +59,11 @@ def _short(key: str) -> str:
 
 def table(runs: list[dict]) -> str:
     reference = runs[0]["settings"]
-    lines = ["| run | differs from the first run in | steps | train s | kNN bal. acc. (start → end, best) | "
-             "probe bal. acc. (start → end, best) | eff. rank (end) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | differs from the first run in | steps | train s | kNN bal. acc. (start → end, best) | "
+        "probe bal. acc. (start → end, best) | eff. rank (end) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for run in runs:
         changed = [f"{_short(k)}={v}" for k, v in sorted(run["settings"].items()) if reference.get(k) != v]
         changed += [f"no {_short(k)}" for k in sorted(set(reference) - set(run["settings"]))]
@@ -66,8 +73,11 @@ def table(runs: list[dict]) -> str:
             best = max(r[name] for r in run["readings"])
             return f"{first[name]:.3f} → {last[name]:.3f} ({best:.3f})"
 
-        lines.append(f"| {run['name']} | {', '.join(changed) or '(reference)'} | {last['step']} | {last['train_seconds']:.0f} | "
-                     f"{cell('knn_balanced_accuracy')} | {cell('linear_probe_balanced_accuracy')} | {last['effective_rank']:.1f} |")
+        lines.append(
+            f"| {run['name']} | {', '.join(changed) or '(reference)'} | {last['step']} | {last['train_seconds']:.0f} | "
+            f"{cell('knn_balanced_accuracy')} | {cell('linear_probe_balanced_accuracy')} | "
+            f"{last['effective_rank']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -31,8 +31,9 @@ fgssl_flags.define_data_flags()
 fgssl_flags.define_backbone_flags()
 fgssl_flags.define_train_flags()
 flags.DEFINE_enum("budget", "small", ["tiny", "small", "medium", "paper"],
-                  "tiny: a minute (tests); small: the paper's methods, under 2 hours on a 2-core CPU; medium: the faithful "
-                  "and tuned recipes, 3 pretraining seeds, under 3 hours on a 2-core CPU; paper: the paper's sizes, a GPU.")
+                  "tiny: a minute (tests); small: the paper's methods, under 2 hours on a 2-core CPU; "
+                  "medium: the faithful and tuned recipes, 3 pretraining seeds, under 3 hours on a 2-core CPU; "
+                  "paper: the paper's sizes, a GPU.")
 flags.DEFINE_string("output_dir", None, "Runs, exports and reports; default reproduce/<dataset>-<budget>.")
 flags.DEFINE_string("results", None, "Where RESULTS.md goes (default <output_dir>/RESULTS.md); the plot goes beside it.")
 flags.DEFINE_list("methods", [], "A subset of the budget's methods (default: all of them).")
@@ -58,7 +59,9 @@ def main(argv):
         raise FgsslError(f"unknown --methods {', '.join(unknown)}; choose from {', '.join(reproduce.METHODS)}")
     unknown = [p for p in FLAGS.protocols if p not in budget.protocols]
     if unknown:
-        raise FgsslError(f"unknown --protocols {', '.join(unknown)}; the {budget.name} budget has {', '.join(budget.protocols)}")
+        raise FgsslError(
+            f"unknown --protocols {', '.join(unknown)}; the {budget.name} budget has {', '.join(budget.protocols)}"
+        )
     if FLAGS.protocols:
         budget = dataclasses.replace(budget, protocols=tuple(p for p in budget.protocols if p in FLAGS.protocols))
     command = "python tools/reproduce.py " + " ".join(a for a in sys.argv[1:])
@@ -80,8 +83,8 @@ def main(argv):
             return exports  # finished before: exports are written only after the last epoch
         for name in names.values():  # a half-written export of an interrupted run
             shutil.rmtree(os.path.join(train.export_dir, name), ignore_errors=True)
-        result = trainer.pretrain(train, fgssl_flags.data_config(), fgssl_flags.backbone_config(), fgssl_flags.pretext_config(),
-                                  splits=splits, monitor=fgssl_flags.monitor_config())
+        result = trainer.pretrain(train, fgssl_flags.data_config(), fgssl_flags.backbone_config(),
+                                  fgssl_flags.pretext_config(), splits=splits, monitor=fgssl_flags.monitor_config())
         return {suffix: result.exports[name] for suffix, name in names.items()}
 
     rows = reproduce.run_comparison(budget, dataset, output_dir, splits, pretrain, methods)

@@ -200,7 +200,8 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
             elif config.encoder:
                 encoder = export_lib.load_keras_encoder(config.encoder)
             else:  # with init_seed, each pretraining seed's baseline starts from weights of its own
-                encoder = _random_encoder(config, image_size, seed if config.init_seed is None else 1000 * config.init_seed + seed)
+                init = seed if config.init_seed is None else 1000 * config.init_seed + seed
+                encoder = _random_encoder(config, image_size, init)
             result = protocols.finetune(
                 encoder,
                 lambda x: export_lib.preprocess(x, image_size),

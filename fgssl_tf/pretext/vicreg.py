@@ -62,21 +62,34 @@ def vicreg_terms(z1: tf.Tensor, z2: tf.Tensor) -> dict:
 
 
 def vicreg_loss(terms: dict, config: VICRegConfig) -> tf.Tensor:
-    return (config.invariance_weight * terms["invariance"] + config.variance_weight * terms["variance"]
-            + config.covariance_weight * terms["covariance"])
+    return (
+        config.invariance_weight * terms["invariance"]
+        + config.variance_weight * terms["variance"]
+        + config.covariance_weight * terms["covariance"]
+    )
 
 
 class VICRegModel(TwoViewModel):
     """Two augmented views per image -> encoder -> expander -> VICReg loss."""
 
-    def __init__(self, encoder: keras.Model, image_size: int, config: VICRegConfig, seed: int = 0,
-                 weight_decay: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        encoder: keras.Model,
+        image_size: int,
+        config: VICRegConfig,
+        seed: int = 0,
+        weight_decay: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(encoder, image_size, config, seed=seed, weight_decay=weight_decay, **kwargs)
         self.vicreg_config = config
         layers = []
         for k in range(config.expander_layers - 1):
-            layers += [keras.layers.Dense(config.expander_dim, name=f"expander_{k}"),
-                       batch_norm(f"expander_bn_{k}"), keras.layers.ReLU()]
+            layers += [
+                keras.layers.Dense(config.expander_dim, name=f"expander_{k}"),
+                batch_norm(f"expander_bn_{k}"),
+                keras.layers.ReLU(),
+            ]
         layers.append(keras.layers.Dense(config.expander_dim, name="expander_out"))
         self.expander = keras.Sequential(layers, name="expander")
         self.expander.build((None, encoder.output_shape[-1]))
@@ -110,11 +123,19 @@ class VICRegModel(TwoViewModel):
 def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, config: VICRegConfig) -> VICRegModel:
     """The compiled pretext model: Adam with the run's learning rate (schedule)."""
     if train.jit_compile:
-        raise FgsslError("--jit_compile does not work with --pretext=vicreg yet: its on-device augmentation uses "
-                         "CropAndResize, which XLA cannot compile; leave --jit_compile off")
+        raise FgsslError(
+            "--jit_compile does not work with --pretext=vicreg yet: its on-device augmentation uses "
+            "CropAndResize, which XLA cannot compile; leave --jit_compile off"
+        )
     config.check(data.image_size)
-    model = VICRegModel(build_resnet(backbone, data.image_size), data.image_size, config, seed=train.seed,
-                        weight_decay=train.weight_decay, name="vicreg")
+    model = VICRegModel(
+        build_resnet(backbone, data.image_size),
+        data.image_size,
+        config,
+        seed=train.seed,
+        weight_decay=train.weight_decay,
+        name="vicreg",
+    )
     model.compile(optimizer=guard(keras.optimizers.Adam(learning_rate(train))), jit_compile=False)
     return model
 
