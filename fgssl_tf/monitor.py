@@ -163,7 +163,8 @@ class Monitor(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self._segment_start is not None:
             self.train_seconds += time.perf_counter() - self._segment_start
-        if (epoch + 1) % self.config.every == 0:
+        last = self.params.get("epochs") if isinstance(getattr(self, "params", None), dict) else None
+        if (epoch + 1) % self.config.every == 0 or epoch + 1 == last:  # the last epoch is always read
             values = self.measure(epoch + 1)
             if logs is not None:
                 logs.update({f"monitor_{name}": value for name, value in values.items()})

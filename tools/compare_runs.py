@@ -65,8 +65,8 @@ def table(runs: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for run in runs:
-        changed = [f"{_short(k)}={v}" for k, v in sorted(run["settings"].items()) if reference.get(k) != v]
-        changed += [f"no {_short(k)}" for k in sorted(set(reference) - set(run["settings"]))]
+        # A setting only one run records (another pretext's, or one added to the package since) is not listed.
+        changed = [f"{_short(k)}={v}" for k, v in sorted(run["settings"].items()) if reference.get(k, v) != v]
         first, last = run["readings"][0], run["readings"][-1]
 
         def cell(name):
