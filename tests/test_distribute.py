@@ -70,24 +70,27 @@ def test_two_workers_train_resume_and_match_one_process(tmp_path, capsys, monkey
     cli.run_main(train.main, cli.parse_flags(["train", *common, "--epochs=3", "--strategy=mirrored"]))
     one_process = capsys.readouterr().out
 
-    # Epochs 1-2: losses equal to the 4 decimals Keras prints. Epoch 3: float rounding in the
-    # input gradient of fgssl_tf's Conv2D differs between the two graphs (with Keras' own layer
-    # they agree to the last digit; the same with remapping or oneDNN off), and 9 updates grow
-    # it to 2e-4 in loss and 4e-3 in val_loss. The bugs this test is for move them far more:
-    # negatives not gathered across workers (ln 31 against ln 63 at the start), a wrong batch
-    # per worker, summed gradients.
-    # Accuracy (an argmax over near-ties): within 2 of its 192 anchors.
-    for key, tolerance, last_epoch_tolerance in (
-        ("loss", 2e-4, 1e-3),
-        ("val_loss", 2e-4, 1e-2),
-        ("contrastive_accuracy", 2 / 192 + 1e-4, 2 / 192 + 1e-4),
+    # Epoch 1 (and the validation after it): losses equal to the 4 decimals Keras prints.
+    # Epochs 2-3: float rounding in the input gradient of fgssl_tf's Conv2D differs between
+    # the two graphs (with Keras' own layer they agree to the last digit), and Adam's first
+    # updates, about lr x sign(gradient), turn a rounding-level difference in a near-zero
+    # gradient into a full-size step. How far that grows depends on the CPU's kernels: on a
+    # 2-core AVX2 machine 2e-4 in loss by epoch 3, on a 2-core AVX-512 machine 7.5e-3 in loss
+    # and 2e-2 in val_loss (2026-11-27, also on the commit before any change of that day).
+    # The bugs this test is for move them far more: negatives not gathered across workers
+    # (ln 31 against ln 63 at the start), a wrong batch per worker, summed gradients.
+    # Accuracy (an argmax over near-ties): within 2 of its 192 anchors, 4 once rounding has grown.
+    for key, first_epoch_tolerance, later_tolerance in (
+        ("loss", 2e-4, 2e-2),
+        ("val_loss", 2e-4, 5e-2),
+        ("contrastive_accuracy", 2 / 192 + 1e-4, 4 / 192 + 1e-4),
     ):
         expected = _epoch_logs(one_process, key)
         assert len(expected) == 3
         for (_, before), (_, after) in zip(first, resumed):  # each worker logs the cluster's figures
             logged = _epoch_logs(before, key) + _epoch_logs(after, key)
-            assert logged[:2] == pytest.approx(expected[:2], abs=tolerance), key
-            assert logged[2] == pytest.approx(expected[2], abs=last_epoch_tolerance), key
+            assert logged[0] == pytest.approx(expected[0], abs=first_epoch_tolerance), key
+            assert logged[1:] == pytest.approx(expected[1:], abs=later_tolerance), key
 
     # The chief (worker 0) alone writes: one export per run, one event file per run.
     assert "exported mw: savedmodels/mw/1" in first[0][1] and "exported mw: savedmodels/mw/2" in resumed[0][1]
