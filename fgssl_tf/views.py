@@ -27,7 +27,8 @@ from fgssl_tf.config import AugmentConfig
 from fgssl_tf.export import preprocess
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.objectives import global_batch_position
-from fgssl_tf.optim import add_coupled_weight_decay
+from fgssl_tf.models import build_resnet
+from fgssl_tf.optim import add_coupled_weight_decay, guard, learning_rate
 
 EXTRA_MODES = ("online", "offline")
 # The seed stream of the parameters drawn once per image in offline mode.
@@ -197,3 +198,18 @@ class TwoViewModel(keras.Model):
         rows = tf.concat([original, view1, view2], axis=2)
         grid = tf.reshape(rows, [-1, 3 * self.image_size, 3])
         return {"augmented_view_pairs": tf.cast(tf.round(grid * 255.0), tf.uint8).numpy()}
+
+
+def build_two_view_model(make_model, train, data, backbone, config: ViewsConfig) -> TwoViewModel:
+    """What every two-view method's `build_model` does: refuse XLA, check the views, build a
+    ResNet encoder, hand it to `make_model(encoder)` and compile with Adam at the run's
+    learning rate (schedule)."""
+    if train.jit_compile:
+        raise FgsslError(
+            f"--jit_compile does not work with --pretext={train.pretext} yet: its on-device augmentation uses "
+            "CropAndResize, which XLA cannot compile; leave --jit_compile off"
+        )
+    config.check(data.image_size)
+    model = make_model(build_resnet(backbone, data.image_size))
+    model.compile(optimizer=guard(keras.optimizers.Adam(learning_rate(train))), jit_compile=False)
+    return model

@@ -81,3 +81,12 @@ def test_random_init_baseline_draws_its_weights_from_the_init_seed(elpv_small):
     with tempfile.TemporaryDirectory() as tmp:
         default, same, other = knn(f"{tmp}/a", None), knn(f"{tmp}/b", 0), knn(f"{tmp}/c", 1)
     assert default == same and other != default  # init_seed=0 is today's baseline; another seed, other weights
+
+
+def test_unknown_protocol_is_one_clear_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "reproduce.py"), "--budget=medium", "--protocols=linear,probe",
+         f"--output_dir={tmp_path}"], capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: unknown --protocols probe; the medium budget has")

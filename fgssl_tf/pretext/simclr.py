@@ -24,11 +24,9 @@ import keras
 import tensorflow as tf
 
 from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
-from fgssl_tf.errors import FgsslError
-from fgssl_tf.models import build_resnet
 from fgssl_tf.objectives import nt_xent, replica_info
-from fgssl_tf.optim import FiniteMean, guard, learning_rate
-from fgssl_tf.views import EXTRA_MODES, TwoViewModel, ViewsConfig  # noqa: F401 (EXTRA_MODES: part of this module's API)
+from fgssl_tf.optim import FiniteMean
+from fgssl_tf.views import EXTRA_MODES, TwoViewModel, ViewsConfig, build_two_view_model  # noqa: F401 (API)
 
 DEFAULT_LEARNING_RATE = 1e-3  # Adam, constant (the paper's schedule was never stepped)
 DEFAULT_WEIGHT_DECAY = 1e-5
@@ -91,15 +89,10 @@ def build(encoder: keras.Model, image_size: int, config: SimCLRConfig, seed: int
 def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, config: SimCLRConfig) -> SimCLRModel:
     """The compiled pretext model (Adam; a constant learning rate, as the paper trained, unless
     `train.lr_schedule` asks for warm-up and cosine decay)."""
-    if train.jit_compile:
-        raise FgsslError(
-            "--jit_compile does not work with --pretext=simclr yet: its on-device augmentation uses "
-            "CropAndResize, which XLA cannot compile; leave --jit_compile off"
-        )
-    config.check(data.image_size)
-    model = build(build_resnet(backbone, data.image_size), data.image_size, config, train.seed, train.weight_decay)
-    model.compile(optimizer=guard(keras.optimizers.Adam(learning_rate(train))), jit_compile=False)
-    return model
+    def make(encoder):
+        return build(encoder, data.image_size, config, train.seed, train.weight_decay)
+
+    return build_two_view_model(make, train, data, backbone, config)
 
 
 Config = SimCLRConfig

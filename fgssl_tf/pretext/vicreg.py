@@ -23,12 +23,10 @@ import keras
 import tensorflow as tf
 
 from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
-from fgssl_tf.errors import FgsslError
-from fgssl_tf.models import build_resnet
 from fgssl_tf.models.layers import batch_norm
 from fgssl_tf.objectives import cross_replica_concat, replica_info
-from fgssl_tf.optim import FiniteMean, guard, learning_rate
-from fgssl_tf.views import TwoViewModel, ViewsConfig
+from fgssl_tf.optim import FiniteMean
+from fgssl_tf.views import TwoViewModel, ViewsConfig, build_two_view_model
 
 DEFAULT_LEARNING_RATE = 1e-3  # Adam (the paper: LARS at batch 2048; Adam suits the small batches of a CPU)
 DEFAULT_WEIGHT_DECAY = 1e-5
@@ -122,22 +120,12 @@ class VICRegModel(TwoViewModel):
 
 def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, config: VICRegConfig) -> VICRegModel:
     """The compiled pretext model: Adam with the run's learning rate (schedule)."""
-    if train.jit_compile:
-        raise FgsslError(
-            "--jit_compile does not work with --pretext=vicreg yet: its on-device augmentation uses "
-            "CropAndResize, which XLA cannot compile; leave --jit_compile off"
-        )
-    config.check(data.image_size)
-    model = VICRegModel(
-        build_resnet(backbone, data.image_size),
-        data.image_size,
-        config,
-        seed=train.seed,
-        weight_decay=train.weight_decay,
-        name="vicreg",
+    return build_two_view_model(
+        lambda encoder: VICRegModel(
+            encoder, data.image_size, config, seed=train.seed, weight_decay=train.weight_decay, name="vicreg"
+        ),
+        train, data, backbone, config,
     )
-    model.compile(optimizer=guard(keras.optimizers.Adam(learning_rate(train))), jit_compile=False)
-    return model
 
 
 Config = VICRegConfig
