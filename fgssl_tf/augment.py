@@ -45,7 +45,9 @@ def sample_view_params(seed, batch: int, height: int, width: int, config: Augmen
     # Random resized crop: first valid of ten tries, as torchvision.
     area = float(height * width)
     scale = _uniform(seeds[0], [batch, _CROP_TRIES], config.crop_scale_min, 1.0)
-    log_ratio = _uniform(seeds[1], [batch, _CROP_TRIES], math.log(config.crop_ratio_min), math.log(config.crop_ratio_max))
+    log_ratio = _uniform(
+        seeds[1], [batch, _CROP_TRIES], math.log(config.crop_ratio_min), math.log(config.crop_ratio_max)
+    )
     ratio = tf.exp(log_ratio)
     crop_w = tf.round(tf.sqrt(area * scale * ratio))
     crop_h = tf.round(tf.sqrt(area * scale / ratio))

@@ -15,7 +15,6 @@ from fgssl_tf.errors import FgsslError, Interrupted  # noqa: E402
 def run_main(main, argv) -> None:
     """Run main(argv); a FgsslError becomes `error: <message>` on stderr and exit code 2."""
     import tensorflow as tf
-
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # TensorFlow internals log through absl

@@ -7,7 +7,6 @@ them down, so every function here can be called from Python or a test directly.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,12 +17,12 @@ class DataConfig:
     image_size: int = 64  # every image is resized (squashed) to image_size x image_size
     # Pretexts that cut random crops (SimCLR, VICReg) cut them from images cached at this larger
     # size, as torchvision's RandomResizedCrop cuts from the original; None: from image_size.
-    source_size: Optional[int] = None
-    unlabeled_dir: Optional[str] = None  # extra unlabelled images for pretraining
-    tfds_data_dir: Optional[str] = None  # where TFDS keeps cassava
+    source_size: int | None = None
+    unlabeled_dir: str | None = None  # extra unlabelled images for pretraining
+    tfds_data_dir: str | None = None  # where TFDS keeps cassava
     val_fraction: float = 0.2  # carved from train when a source has no validation split
-    max_images_per_split: Optional[int] = None  # a stratified subset, for smoke runs
-    max_cache_gb: Optional[float] = None  # decoded images kept in memory; None = half the RAM
+    max_images_per_split: int | None = None  # a stratified subset, for smoke runs
+    max_cache_gb: float | None = None  # decoded images kept in memory; None = half the RAM
     near_duplicate_bits: int = 4  # dHash Hamming distance that counts as a duplicate
     allow_unseen_classes: bool = False  # val/test classes that train lacks: left out and counted, not an error
 
@@ -33,8 +32,8 @@ class BackboneConfig:
     """A ResNet encoder."""
 
     name: str = "resnet18"  # "resnet18" or "resnet50"
-    small_stem: Optional[bool] = None  # None: on for images of 32 px and less
-    synchronized_bn: Optional[bool] = None  # BN statistics over the global batch; None: when there are several replicas
+    small_stem: bool | None = None  # None: on for images of 32 px and less
+    synchronized_bn: bool | None = None  # BN statistics over the global batch; None: when there are several replicas
     width: int = 64  # channels of the first stage; 64 is the standard ResNet
 
     def resolved_small_stem(self, image_size: int) -> bool:
@@ -67,14 +66,14 @@ class TrainConfig:
     pretext: str = "simclr"
     model_dir: str = "runs/simclr"
     export_dir: str = "savedmodels"
-    export_name: Optional[str] = None  # default: <pretext>_<backbone>_<dataset>
+    export_name: str | None = None  # default: <pretext>_<backbone>_<dataset>
     epochs: int = 10
     batch_size: int = 64  # global batch, split over replicas
-    steps_per_epoch: Optional[int] = None  # None: one pass over the pretraining pool
-    learning_rate: Optional[float] = None  # None: the pretext's default (simclr 1e-3, jigsaw 1e-2); a schedule's peak
+    steps_per_epoch: int | None = None  # None: one pass over the pretraining pool
+    learning_rate: float | None = None  # None: the pretext's default (simclr 1e-3, jigsaw 1e-2); a schedule's peak
     lr_schedule: str = "constant"  # constant (the paper's) | cosine: linear warm-up, then cosine decay to 0
     warmup_epochs: float = 0.0  # cosine: epochs of linear warm-up
-    weight_decay: Optional[float] = None  # coupled L2, as PyTorch; None: the pretext's default
+    weight_decay: float | None = None  # coupled L2, as PyTorch; None: the pretext's default
     seed: int = 0
     strategy: str = "auto"  # auto | one_device | mirrored | multiworker
     jit_compile: bool = False

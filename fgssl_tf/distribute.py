@@ -38,15 +38,21 @@ def _patch_keras_for_multiworker() -> None:
         for _, _, it in iterator:  # consumes one batch, as Keras' own does
             batch = next(it)
             data_batch = tree.map_structure(
-                lambda x: strategy.experimental_local_results(x)[0] if isinstance(x, tf.distribute.DistributedValues) else x, batch
+                lambda x: (
+                    strategy.experimental_local_results(x)[0] if isinstance(x, tf.distribute.DistributedValues) else x
+                ),
+                batch,
             )
             break
         return original_build(self, None, data_batch)
 
     def reduce_per_replica(values, strategy, reduction):
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and reduction in ("auto", "mean"):
+
             def mean(v):
-                if getattr(v, "shape", None) is not None and v.shape.rank == 0:  # a DistributedValues, or one replica's tensor
+                if (
+                    getattr(v, "shape", None) is not None and v.shape.rank == 0
+                ):  # a DistributedValues, or one replica's tensor
                     return strategy.reduce("MEAN", v, axis=None)
                 return original_reduce(v, strategy, reduction)
 

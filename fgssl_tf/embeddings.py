@@ -25,7 +25,9 @@ def project_2d(features: np.ndarray, method: str = "tsne", seed: int = 0) -> np.
         try:
             import umap
         except ImportError as err:
-            raise FgsslError("--method=umap needs the umap-learn package (pip install umap-learn); or use --method=tsne") from err
+            raise FgsslError(
+                "--method=umap needs the umap-learn package (pip install umap-learn); or use --method=tsne"
+            ) from err
         return umap.UMAP(random_state=seed).fit_transform(features)
     if method == "tsne":
         from sklearn.manifold import TSNE
@@ -41,7 +43,9 @@ def sprite(images: np.ndarray, thumbnail: int) -> np.ndarray:
 
     side = math.ceil(math.sqrt(len(images)))
     if side * thumbnail > SPRITE_MAX_SIDE:
-        raise FgsslError(f"{len(images)} thumbnails of {thumbnail} px exceed TensorBoard's {SPRITE_MAX_SIDE} px sprite; use fewer images or smaller thumbnails")
+        raise FgsslError(
+            f"{len(images)} thumbnails of {thumbnail} px exceed TensorBoard's {SPRITE_MAX_SIDE} px sprite; use fewer images or smaller thumbnails"
+        )
     small = tf.image.resize(tf.convert_to_tensor(images), [thumbnail, thumbnail], antialias=True)
     small = tf.cast(tf.clip_by_value(tf.round(small), 0, 255), tf.uint8).numpy()
     grid = np.full([side * thumbnail, side * thumbnail, 3], 255, np.uint8)
@@ -51,7 +55,9 @@ def sprite(images: np.ndarray, thumbnail: int) -> np.ndarray:
     return grid
 
 
-def write_projector(log_dir: str, embeddings: np.ndarray, labels, class_names, images: np.ndarray | None = None, thumbnail: int = 32) -> str:
+def write_projector(
+    log_dir: str, embeddings: np.ndarray, labels, class_names, images: np.ndarray | None = None, thumbnail: int = 32
+) -> str:
     """TensorBoard projector files in `log_dir`: the embeddings (a checkpoint), metadata.tsv
     (index, class) and, with images, a sprite of thumbnails. `tensorboard --logdir log_dir`."""
     import tensorflow as tf
@@ -63,7 +69,9 @@ def write_projector(log_dir: str, embeddings: np.ndarray, labels, class_names, i
         f.write("index\tclass\n")
         for i, label in enumerate(labels):
             f.write(f"{i}\t{class_names[label]}\n")
-    tf.train.Checkpoint(embedding=tf.Variable(np.asarray(embeddings, np.float32))).save(os.path.join(log_dir, "embedding.ckpt"))
+    tf.train.Checkpoint(embedding=tf.Variable(np.asarray(embeddings, np.float32))).save(
+        os.path.join(log_dir, "embedding.ckpt")
+    )
     config = projector.ProjectorConfig()
     entry = config.embeddings.add()
     entry.tensor_name = PROJECTOR_TENSOR

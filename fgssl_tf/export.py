@@ -95,21 +95,26 @@ def write_version(export_dir: str, name: str, write, retry_hint: str) -> str:
     except OSError as err:  # a full disk, a quota, a read-only folder: earlier versions are untouched
         shutil.rmtree(staging, ignore_errors=True)
         kept = f"version {version - 1} of {name} is intact" if version > 1 else "no earlier version existed"
-        raise FgsslError(f"exporting {name} version {version} failed ({err}); nothing was left half-written and {kept}; "
-                         f"{retry_hint}") from err
+        raise FgsslError(
+            f"exporting {name} version {version} failed ({err}); nothing was left half-written and {kept}; {retry_hint}"
+        ) from err
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
 
 
-def export_encoder(encoder: keras.Model, export_dir: str, name: str, image_size: int, metadata: dict, extras: dict | None = None) -> str:
+def export_encoder(
+    encoder: keras.Model, export_dir: str, name: str, image_size: int, metadata: dict, extras: dict | None = None
+) -> str:
     """Write a new version of `name` and return its directory; `extras` ({file name: model})
     are saved beside it as more `.keras` files (SRGAN's full networks)."""
 
     def serve(images):
         x = preprocess(_check_and_convert(images), image_size)
-        return {OUTPUT_NAME: tf.cast(encoder(x, training=False), tf.float32)}  # float32 also from a mixed-precision encoder
+        return {
+            OUTPUT_NAME: tf.cast(encoder(x, training=False), tf.float32)
+        }  # float32 also from a mixed-precision encoder
 
     def write(staging, version):
         archive = keras.export.ExportArchive()
@@ -126,17 +131,19 @@ def export_encoder(encoder: keras.Model, export_dir: str, name: str, image_size:
             metadata_out = {"name": name, "version": version, "image_size": image_size, **metadata, **extra}
             json.dump(metadata_out, f, indent=2, default=str)
 
-    retry = "free space and re-run the same command (training resumes from its checkpoint, so only the export is redone)"
+    retry = (
+        "free space and re-run the same command (training resumes from its checkpoint, so only the export is redone)"
+    )
     return write_version(export_dir, name, write, retry)
 
 
 # Why a layer still in a shipped .keras file has no stock Keras equivalent (the file then needs fgssl_tf to load).
 NON_STOCK_REASONS = {
     "GridAveragePooling": "PyTorch's adaptive g x g average pooling on maps of any size; Keras' "
-                          "AdaptiveAveragePooling2D needs the size fixed when the model is built, and this encoder "
-                          "takes any image size",
+    "AdaptiveAveragePooling2D needs the size fixed when the model is built, and this encoder "
+    "takes any image size",
     "PixelShuffle": "depth-to-space upsampling on maps of any size; no stock Keras layer does it without a Lambda, "
-                    "which load_model refuses in safe mode",
+    "which load_model refuses in safe mode",
     "FixedInputSize": "refuses a wrong image size by name before the dense layers; no stock layer checks a size",
 }
 
@@ -150,8 +157,11 @@ def _iter_layers(model: keras.Model):
 
 def custom_layers(model: keras.Model) -> dict:
     """{registered class name: why it is not stock} for the layers that need fgssl_tf to load."""
-    return {keras.saving.get_registered_name(type(layer)): NON_STOCK_REASONS.get(type(layer).__name__, "a custom layer")
-            for layer in _iter_layers(model) if type(layer).__module__.startswith("fgssl_tf")}
+    return {
+        keras.saving.get_registered_name(type(layer)): NON_STOCK_REASONS.get(type(layer).__name__, "a custom layer")
+        for layer in _iter_layers(model)
+        if type(layer).__module__.startswith("fgssl_tf")
+    }
 
 
 def _caffe_as_conv(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -207,8 +217,10 @@ def stock_layers(model: keras.Model, probe_size: int | None = None) -> keras.Mod
         for a, b in zip(tf.nest.flatten(expected), tf.nest.flatten(got)):
             a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
             if not np.allclose(a, b, rtol=1e-4, atol=1e-4 * (1 + np.abs(a).max())):
-                raise FgsslError(f"{model.name} with stock Keras layers differs from the trained model by "
-                                 f"{np.abs(a - b).max():g}; this is a bug in fgssl_tf.export.stock_layers, please report it")
+                raise FgsslError(
+                    f"{model.name} with stock Keras layers differs from the trained model by "
+                    f"{np.abs(a - b).max():g}; this is a bug in fgssl_tf.export.stock_layers, please report it"
+                )
     return shipped
 
 
@@ -257,8 +269,10 @@ class ServingEncoder:
         if images.dtype != np.uint8:
             raise FgsslError(f"the encoder takes uint8 images (0..255); got dtype {images.dtype}")
         if images.ndim != 4 or images.shape[-1] not in (1, 3, 4) or 0 in images.shape[1:3]:
-            raise FgsslError("the encoder takes a batch [batch, height, width, 1|3|4] of images at least 1 x 1; "
-                             f"got shape {images.shape}")
+            raise FgsslError(
+                "the encoder takes a batch [batch, height, width, 1|3|4] of images at least 1 x 1; "
+                f"got shape {images.shape}"
+            )
         return self._signature(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
 
     def embed(self, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
@@ -278,5 +292,7 @@ def load_keras_encoder(path: str) -> keras.Model:
     CPU Conv2D in place of the stock one the file holds."""
     keras_path = os.path.join(path, KERAS_FILE)
     if not os.path.isfile(keras_path):
-        raise FgsslError(f"{keras_path!r} is missing; fine-tuning needs the .keras file that export writes beside the SavedModel")
+        raise FgsslError(
+            f"{keras_path!r} is missing; fine-tuning needs the .keras file that export writes beside the SavedModel"
+        )
     return fast_layers(keras.saving.load_model(keras_path, compile=False))

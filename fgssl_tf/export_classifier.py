@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import warnings
-from typing import Optional
 
 import keras
 import numpy as np
@@ -50,31 +49,37 @@ class ClassifierExportConfig:
     export_path: str  # savedmodels/NAME: the version goes in savedmodels/NAME/VERSION
     tflite: bool = True  # also write the float32 and int8 TFLite models
     calibration_images: int = 200  # training images the int8 quantisation is calibrated on
-    max_test_images: Optional[int] = None  # test images the TFLite accuracies are measured on (None: all)
+    max_test_images: int | None = None  # test images the TFLite accuracies are measured on (None: all)
     batch_size: int = 64
-    tfds_data_dir: Optional[str] = None
+    tfds_data_dir: str | None = None
 
 
 def read_report(report_dir: str) -> dict:
     """The report's fields a classifier export needs, checked; every problem is one error line."""
     report_path = os.path.join(report_dir, REPORT_FILE)
     if not os.path.isfile(report_path):
-        raise FgsslError(f"{report_dir!r} is not an evaluation report folder (no {REPORT_FILE}); pass the folder "
-                         "tools/evaluate.py wrote, e.g. savedmodels/NAME/evaluations/v1-elpv-finetune-labels100")
+        raise FgsslError(
+            f"{report_dir!r} is not an evaluation report folder (no {REPORT_FILE}); pass the folder "
+            "tools/evaluate.py wrote, e.g. savedmodels/NAME/evaluations/v1-elpv-finetune-labels100"
+        )
     with open(report_path) as f:
         report = json.load(f)
     missing = [key for key in ("class_names", "image_size") if not report.get(key)]
     if missing:
-        raise FgsslError(f"{report_path} has no {' and no '.join(missing)}: a classifier export needs both to name its "
-                         "outputs and size its inputs; re-run tools/evaluate.py to write a complete report")
+        raise FgsslError(
+            f"{report_path} has no {' and no '.join(missing)}: a classifier export needs both to name its "
+            "outputs and size its inputs; re-run tools/evaluate.py to write a complete report"
+        )
     names = report["class_names"]
     if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
         raise FgsslError(f"{report_path}: class_names must be a list of non-empty strings, got {names!r}")
     if not isinstance(report["image_size"], int) or report["image_size"] < 1:
         raise FgsslError(f"{report_path}: image_size must be a positive integer, got {report['image_size']!r}")
     if not os.path.isfile(os.path.join(report_dir, CLASSIFIER_FILE)):
-        raise FgsslError(f"{report_dir!r} holds no {CLASSIFIER_FILE} (a kNN report, or a trained classifier's report, "
-                         "saves none); run tools/evaluate.py with --protocol=finetune or --protocol=linear")
+        raise FgsslError(
+            f"{report_dir!r} holds no {CLASSIFIER_FILE} (a kNN report, or a trained classifier's report, "
+            "saves none); run tools/evaluate.py with --protocol=finetune or --protocol=linear"
+        )
     return report
 
 
@@ -95,7 +100,7 @@ def _embedding_and_logits(classifier: keras.Model) -> keras.Model | None:
     return keras.Model(classifier.inputs, [head_input, classifier.outputs[0]], name="classifier_with_embedding")
 
 
-def _tflite_model(classifier: keras.Model, image_size: int, calibration: Optional[np.ndarray]) -> bytes:
+def _tflite_model(classifier: keras.Model, image_size: int, calibration: np.ndarray | None) -> bytes:
     """TensorFlow's own converter on float32 [B, S, S, 3] -> probabilities; with `calibration`
     ([N, S, S, 3] float32 training images), int8 post-training quantisation (float fallback)."""
 
@@ -137,8 +142,10 @@ def export_classifier(config: ClassifierExportConfig, splits=None) -> dict:
     class_names, image_size = list(report["class_names"]), int(report["image_size"])
     trained = keras.saving.load_model(os.path.join(config.report_dir, CLASSIFIER_FILE), compile=False)
     if trained.output_shape[-1] != len(class_names):
-        raise FgsslError(f"{config.report_dir}: the classifier has {trained.output_shape[-1]} outputs but the report "
-                         f"names {len(class_names)} classes; re-run tools/evaluate.py")
+        raise FgsslError(
+            f"{config.report_dir}: the classifier has {trained.output_shape[-1]} outputs but the report "
+            f"names {len(class_names)} classes; re-run tools/evaluate.py"
+        )
     classifier = export_lib.stock_layers(trained, probe_size=image_size)
     with_embedding = _embedding_and_logits(classifier)
     if config.tflite and splits is None:
@@ -148,8 +155,9 @@ def export_classifier(config: ClassifierExportConfig, splits=None) -> dict:
         data = DataConfig(dataset=report["dataset"], image_size=image_size, tfds_data_dir=config.tfds_data_dir)
         splits = load_splits(data)
     if splits is not None and list(splits.class_names) != class_names:
-        raise FgsslError(f"the {report['dataset']} classes {list(splits.class_names)} differ from the report's "
-                         f"{class_names}")
+        raise FgsslError(
+            f"the {report['dataset']} classes {list(splits.class_names)} differ from the report's {class_names}"
+        )
     names = tf.constant(class_names)
 
     def outputs(images, with_extras: bool):
@@ -172,12 +180,24 @@ def export_classifier(config: ClassifierExportConfig, splits=None) -> dict:
         "image_size": image_size,
         "signatures": {
             export_lib.SIGNATURE: "images: uint8 [batch, height, width, 1|3|4] -> probabilities, class_index, "
-                                  "class_name",
+            "class_name",
             **({PREDICT_SIGNATURE: "the same, plus logits and embedding (the head's input)"} if with_embedding else {}),
         },
         "keras_file": f"{CLASSIFIER_FILE}: float32 RGB in [0, 1] at {image_size}x{image_size} -> logits",
-        "report": {k: report.get(k) for k in ("dataset", "protocol", "label_fraction", "seeds", "split_fingerprint",
-                                              "accuracy", "balanced_accuracy", "macro_f1", "encoder")},
+        "report": {
+            k: report.get(k)
+            for k in (
+                "dataset",
+                "protocol",
+                "label_fraction",
+                "seeds",
+                "split_fingerprint",
+                "accuracy",
+                "balanced_accuracy",
+                "macro_f1",
+                "encoder",
+            )
+        },
         "report_dir": os.path.abspath(config.report_dir),
         "encoder_metadata": report.get("encoder_metadata", {}),
     }
@@ -202,8 +222,12 @@ def export_classifier(config: ClassifierExportConfig, splits=None) -> dict:
             json.dump({"name": name, "version": version, **metadata, **extra}, f, indent=2, default=str)
 
     export_path = os.path.normpath(config.export_path)
-    version_dir = export_lib.write_version(os.path.dirname(export_path) or ".", os.path.basename(export_path), write,
-                                           "free space and re-run the same command")
+    version_dir = export_lib.write_version(
+        os.path.dirname(export_path) or ".",
+        os.path.basename(export_path),
+        write,
+        "free space and re-run the same command",
+    )
     summary["saved_model"] = version_dir
     if config.tflite:
         summary["tflite_float32"] = os.path.join(version_dir, TFLITE_FLOAT_FILE)
@@ -221,11 +245,15 @@ def _write_tflite(classifier, staging, class_names, image_size, splits, config, 
         keep = label_fraction_subset(test_labels, config.max_test_images / len(test_labels), 0)
         test_images, test_labels = test_images[keep], test_labels[keep]
     x = _float_images(test_images, image_size)
-    keras_classes = np.concatenate([np.argmax(export_lib.call(classifier, x[i : i + config.batch_size]), axis=-1)
-                                    for i in range(0, len(x), config.batch_size)])
+    keras_classes = np.concatenate(
+        [
+            np.argmax(export_lib.call(classifier, x[i : i + config.batch_size]), axis=-1)
+            for i in range(0, len(x), config.batch_size)
+        ]
+    )
     info = {
         "input": f"images: float32 [batch, {image_size}, {image_size}, 3], RGB scaled to [0, 1] (pixel / 255), "
-                 f"squash-resized to {image_size}x{image_size} (bilinear, antialiased)",
+        f"squash-resized to {image_size}x{image_size} (bilinear, antialiased)",
         "output": f"probabilities: float32 [batch, {len(class_names)}], in the order of class_names",
         "image_size": image_size,
         "class_names": class_names,
@@ -252,15 +280,19 @@ def _write_tflite(classifier, staging, class_names, image_size, splits, config, 
 
 
 def summary_lines(summary: dict) -> list[str]:
-    lines = [f"classifier exported to {summary['saved_model']} ({len(summary['class_names'])} classes, "
-             f"{summary['image_size']} px): serving_default takes uint8 images of any size"]
+    lines = [
+        f"classifier exported to {summary['saved_model']} ({len(summary['class_names'])} classes, "
+        f"{summary['image_size']} px): serving_default takes uint8 images of any size"
+    ]
     info = summary.get("tflite_report")
     if info:
         lines.append(f"test split ({info['test_images']} images): .keras accuracy {info['keras_test_accuracy']:.4f}")
         for kind in ("float32", "int8"):
             t = info[kind]
-            lines.append(f"TFLite {kind}: {t['size_bytes']} bytes, accuracy {t['test_accuracy']:.4f}, "
-                         f"argmax agrees with .keras on {100 * t['argmax_agreement_with_keras']:.2f}% ({t['file']})")
+            lines.append(
+                f"TFLite {kind}: {t['size_bytes']} bytes, accuracy {t['test_accuracy']:.4f}, "
+                f"argmax agrees with .keras on {100 * t['argmax_agreement_with_keras']:.2f}% ({t['file']})"
+            )
     return lines
 
 
@@ -273,8 +305,9 @@ def check_images(images, what: str) -> np.ndarray:
     if images.dtype != np.uint8:
         raise FgsslError(f"{what} takes uint8 images (0..255); got dtype {images.dtype}")
     if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise FgsslError(f"{what} takes a batch [batch, height, width, 1|3|4] of uint8 images; "
-                         f"got shape {images.shape}")
+        raise FgsslError(
+            f"{what} takes a batch [batch, height, width, 1|3|4] of uint8 images; got shape {images.shape}"
+        )
     if images.shape[0] == 0:
         raise FgsslError(f"{what} got an empty batch (shape {images.shape}); pass at least one image")
     return images
@@ -302,8 +335,10 @@ class SavedModelClassifier(_Classifier):
         self.path = export_lib.resolve_version_dir(path)
         metadata = export_lib.read_metadata(self.path)
         if metadata.get("kind") != "classifier":
-            raise FgsslError(f"{self.path} is an encoder export (embeddings out), not a classifier; export one with "
-                             "tools/evaluate.py --export_classifier or tools/export_classifier.py")
+            raise FgsslError(
+                f"{self.path} is an encoder export (embeddings out), not a classifier; export one with "
+                "tools/evaluate.py --export_classifier or tools/export_classifier.py"
+            )
         self.class_names, self.image_size = metadata["class_names"], int(metadata["image_size"])
         self._loaded = tf.saved_model.load(self.path)
         self._signature = self._loaded.signatures[export_lib.SIGNATURE]
@@ -368,16 +403,19 @@ def _names_and_size_beside(path: str) -> tuple[list, int]:
                 data = json.load(f)
             if data.get("class_names") and data.get("image_size"):
                 return list(data["class_names"]), int(data["image_size"])
-    raise FgsslError(f"no class names beside {path}: keep it in the folder it was exported to (with "
-                     f"{TFLITE_METADATA_FILE}, {export_lib.METADATA_FILE} or {REPORT_FILE})")
+    raise FgsslError(
+        f"no class names beside {path}: keep it in the folder it was exported to (with "
+        f"{TFLITE_METADATA_FILE}, {export_lib.METADATA_FILE} or {REPORT_FILE})"
+    )
 
 
 def load_classifier(path: str) -> _Classifier:
     """A SavedModel classifier export (savedmodels/NAME[/VERSION]), a .tflite or .keras file
     written beside it, or an evaluation report folder (its classifier.keras)."""
     if not os.path.exists(path):
-        raise FgsslError(f"{path!r} does not exist; pass savedmodels/NAME, a .tflite or .keras file, "
-                         "or a report folder")
+        raise FgsslError(
+            f"{path!r} does not exist; pass savedmodels/NAME, a .tflite or .keras file, or a report folder"
+        )
     if path.endswith(".tflite"):
         return TFLiteClassifier(path, _names_and_size_beside(path)[0])
     if path.endswith(".keras"):

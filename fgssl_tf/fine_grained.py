@@ -115,7 +115,9 @@ def apply_coarse_dropout(images, params, config, side=None):
 def _swap_geometry(size: int, config: FineGrainedConfig) -> tuple[int, int]:
     patch = _px(config.swap_patch, size)
     if patch > size // 2:
-        raise FgsslError(f"--swap_patch={config.swap_patch} must be at most half the image side: one patch comes from each half")
+        raise FgsslError(
+            f"--swap_patch={config.swap_patch} must be at most half the image side: one patch comes from each half"
+        )
     return patch, min(_px(config.swap_drop, size, 0), size - patch - size // 2)
 
 
@@ -178,7 +180,9 @@ def apply_random_jigsaw(images, params, config, side=None, grid: int | None = No
 
 def random_jigsaw(images, seed, grid: int, same_for_batch: bool = False):
     """The PMG op on a batch: per image, or one order for the batch as PMG's training loop did."""
-    params = sample_random_jigsaw(seed, 1 if same_for_batch else tf.shape(images)[0], images.shape[1], FineGrainedConfig(), grid)
+    params = sample_random_jigsaw(
+        seed, 1 if same_for_batch else tf.shape(images)[0], images.shape[1], FineGrainedConfig(), grid
+    )
     if same_for_batch:
         params = {"order": tf.repeat(params["order"], tf.shape(images)[0], axis=0)}
     return apply_random_jigsaw(images, params, FineGrainedConfig(), grid=grid)

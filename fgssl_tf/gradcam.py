@@ -48,10 +48,14 @@ def feature_and_output_model(model: keras.Model, layer_name: str | None) -> tupl
     """A model giving (the named layer's feature map, the model's output); default layer: the last spatial one."""
     names = spatial_layer_names(model)
     if not names:
-        raise FgsslError(f"model {model.name!r} has no layer with a spatial [batch, height, width, channels] output for Grad-CAM")
+        raise FgsslError(
+            f"model {model.name!r} has no layer with a spatial [batch, height, width, channels] output for Grad-CAM"
+        )
     layer_name = layer_name or names[-1]
     if layer_name not in names:
-        raise FgsslError(f"--layer={layer_name!r} is not a spatial layer of {model.name!r}; valid names: {', '.join(names)}")
+        raise FgsslError(
+            f"--layer={layer_name!r} is not a spatial layer of {model.name!r}; valid names: {', '.join(names)}"
+        )
     return keras.Model(model.inputs, [model.get_layer(layer_name).output, model.outputs[0]]), layer_name
 
 
@@ -65,7 +69,9 @@ def embedding_scores(outputs: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.square(tf.reshape(outputs, [tf.shape(outputs)[0], -1])), axis=1)
 
 
-def grad_cam(model: keras.Model, images, target=None, layer_name: str | None = None, method: str = "gradcam") -> tuple[np.ndarray, np.ndarray, str]:
+def grad_cam(
+    model: keras.Model, images, target=None, layer_name: str | None = None, method: str = "gradcam"
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Heat maps [B, H, W] in [0, 1] at the images' size, the predictions [B] (argmax of the
     output; -1 for target 'embedding') and the layer used. `images` are the model's float
     input. target: None explains the predicted class, an int (or one per image) that

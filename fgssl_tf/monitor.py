@@ -82,21 +82,37 @@ class LinearProbe:
     def __init__(self, num_classes: int, config: MonitorConfig, seed: int):
         self.config, self.seed = config, seed
         self.model = keras.Sequential([keras.layers.Dense(num_classes)])
-        self.model.compile(keras.optimizers.Adam(config.probe_learning_rate), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        self.model.compile(
+            keras.optimizers.Adam(config.probe_learning_rate),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
 
     def update(self, features, labels, val_features, val_labels) -> np.ndarray:
         # Standardised with the current bank's statistics: the encoder's scale drifts during training.
         mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
         order = np.random.RandomState(self.seed).permutation(len(labels))
-        self.model.fit((features[order] - mean) / std, labels[order], epochs=self.config.probe_epochs, batch_size=64, verbose=0)
+        self.model.fit(
+            (features[order] - mean) / std, labels[order], epochs=self.config.probe_epochs, batch_size=64, verbose=0
+        )
         return np.argmax(self.model.predict((val_features - mean) / std, verbose=0), axis=1)
 
 
 class Monitor(keras.callbacks.Callback):
     """Runs the signals before training and every `config.every` epochs; adds `monitor_*` to the epoch logs."""
 
-    def __init__(self, encoder: keras.Model, input_size: int, bank, query, num_classes: int, config: MonitorConfig,
-                 log_dir: str, seed: int = 0, initial_epoch: int = 0, history_path: str | None = None):
+    def __init__(
+        self,
+        encoder: keras.Model,
+        input_size: int,
+        bank,
+        query,
+        num_classes: int,
+        config: MonitorConfig,
+        log_dir: str,
+        seed: int = 0,
+        initial_epoch: int = 0,
+        history_path: str | None = None,
+    ):
         super().__init__()
         self.history_path = history_path
         self.train_seconds = 0.0  # training time so far (monitor time excluded), carried over a resume
@@ -123,7 +139,12 @@ class Monitor(keras.callbacks.Callback):
 
     def _features(self, images):
         size = self.config.batch_size
-        return np.concatenate([self._embed(tf.constant(images[i : i + size])).numpy().reshape(min(size, len(images) - i), -1) for i in range(0, len(images), size)])
+        return np.concatenate(
+            [
+                self._embed(tf.constant(images[i : i + size])).numpy().reshape(min(size, len(images) - i), -1)
+                for i in range(0, len(images), size)
+            ]
+        )
 
     def measure(self, epoch: int) -> dict:
         started = time.perf_counter()

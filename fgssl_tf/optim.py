@@ -108,8 +108,14 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     the first step (it refuses to run before).
     """
 
-    def __init__(self, peak: float, warmup_epochs: float = 0.0, final_fraction: float = 0.0,
-                 steps_per_epoch: int | None = None, epochs: int | None = None):
+    def __init__(
+        self,
+        peak: float,
+        warmup_epochs: float = 0.0,
+        final_fraction: float = 0.0,
+        steps_per_epoch: int | None = None,
+        epochs: int | None = None,
+    ):
         self.peak, self.warmup_epochs, self.final_fraction = float(peak), float(warmup_epochs), float(final_fraction)
         self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
 
@@ -129,8 +135,13 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return tf.where(step <= warmup, warm, cosine)
 
     def get_config(self):
-        return {"peak": self.peak, "warmup_epochs": self.warmup_epochs, "final_fraction": self.final_fraction,
-                "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs}
+        return {
+            "peak": self.peak,
+            "warmup_epochs": self.warmup_epochs,
+            "final_fraction": self.final_fraction,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": self.epochs,
+        }
 
 
 def learning_rate(train) -> float | WarmupCosine:

@@ -26,7 +26,9 @@ def confusion_matrix_png(matrix, class_names, path: str, title: str = "") -> str
     image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            axes.text(j, i, str(matrix[i, j]), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
+            axes.text(
+                j, i, str(matrix[i, j]), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black"
+            )
     axes.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
     axes.set_yticks(range(len(class_names)), class_names)
     axes.set_xlabel("predicted")
@@ -55,7 +57,13 @@ def embedding_map_png(points, labels, class_names, path: str, title: str = "") -
     colours = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
     for k, name in enumerate(class_names):
         chosen = labels == k
-        axes.scatter(points[chosen, 0], points[chosen, 1], s=8, color=colours(k % colours.N), label=f"{name} ({int(chosen.sum())})")
+        axes.scatter(
+            points[chosen, 0],
+            points[chosen, 1],
+            s=8,
+            color=colours(k % colours.N),
+            label=f"{name} ({int(chosen.sum())})",
+        )
     axes.legend(markerscale=2, fontsize=8)
     axes.set_xticks([])
     axes.set_yticks([])

@@ -17,7 +17,7 @@ import logging
 import os
 import platform
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Method:
     name: str
-    flagfile: Optional[str]  # flags/<file>.cfg for a pretext; None for a baseline
+    flagfile: str | None  # flags/<file>.cfg for a pretext; None for a baseline
     paper: str  # the paper's reported accuracy on cassava (spec §7), "" when none
     encoders: tuple = ("",)  # export suffixes to evaluate (SRGAN: generator, discriminator)
 
@@ -72,7 +72,7 @@ class Budget:
     methods: tuple
     srgan_blocks: int = 16
     srgan_width: int = 64
-    max_images_per_split: Optional[int] = None
+    max_images_per_split: int | None = None
     perceptual_weights: str = "none"  # offline budgets have no ImageNet VGG19
     machine: str = ""
     # Whole passes over the pretraining pool (images_seen rounded to them), so warm-up and decay
@@ -85,19 +85,75 @@ ALL = tuple(m for m in METHODS if not m.endswith("_tuned"))  # the paper's compa
 # The faithful SimCLR beside the tuned one, and the baselines (docs/tuning.md); vicreg_tuned by --methods.
 TUNED = ("simclr_original", "simclr_tuned", "random_init", "supervised")
 BUDGETS = {
-    "tiny": Budget("tiny", 32, 8, 16, 64, (0,), (0,), ("linear",), (1.0,), 1, ("simclr_original", "random_init"),
-                   srgan_blocks=2, srgan_width=8, max_images_per_split=96),
-    "small": Budget("small", 32, 16, 32, 32 * 240, (0, 1, 2), (0,), ("linear", "knn", "finetune"), (1.0, 0.1), 2, ALL,
-                    srgan_blocks=4, srgan_width=32, machine="a 2-core CPU"),
-    "medium": Budget("medium", 64, 32, 64, 64 * 24 * 100, (0, 1, 2), (0, 1, 2), ("linear", "knn", "finetune"), (1.0, 0.1),
-                     10, TUNED, machine="a 2-core CPU", whole_epochs=True, monitor_readings=6),
-    "paper": Budget("paper", 224, 64, 64, 64 * 24 * 500, (0, 1, 2), (0, 1, 2), ("linear", "knn", "finetune"), (1.0, 0.1, 0.01), 30, ALL,
-                    perceptual_weights="imagenet", machine="a GPU with internet (ImageNet weights)"),
+    "tiny": Budget(
+        "tiny",
+        32,
+        8,
+        16,
+        64,
+        (0,),
+        (0,),
+        ("linear",),
+        (1.0,),
+        1,
+        ("simclr_original", "random_init"),
+        srgan_blocks=2,
+        srgan_width=8,
+        max_images_per_split=96,
+    ),
+    "small": Budget(
+        "small",
+        32,
+        16,
+        32,
+        32 * 240,
+        (0, 1, 2),
+        (0,),
+        ("linear", "knn", "finetune"),
+        (1.0, 0.1),
+        2,
+        ALL,
+        srgan_blocks=4,
+        srgan_width=32,
+        machine="a 2-core CPU",
+    ),
+    "medium": Budget(
+        "medium",
+        64,
+        32,
+        64,
+        64 * 24 * 100,
+        (0, 1, 2),
+        (0, 1, 2),
+        ("linear", "knn", "finetune"),
+        (1.0, 0.1),
+        10,
+        TUNED,
+        machine="a 2-core CPU",
+        whole_epochs=True,
+        monitor_readings=6,
+    ),
+    "paper": Budget(
+        "paper",
+        224,
+        64,
+        64,
+        64 * 24 * 500,
+        (0, 1, 2),
+        (0, 1, 2),
+        ("linear", "knn", "finetune"),
+        (1.0, 0.1, 0.01),
+        30,
+        ALL,
+        perceptual_weights="imagenet",
+        machine="a GPU with internet (ImageNet weights)",
+    ),
 }
 
 
-def overrides(budget: Budget, method: Method, dataset: str, output_dir: str, seed: int, stage: str = "",
-              pool_size: int = 0) -> list[str]:
+def overrides(
+    budget: Budget, method: Method, dataset: str, output_dir: str, seed: int, stage: str = "", pool_size: int = 0
+) -> list[str]:
     """Flags that put a method's flagfile on the budget's common footing (`pool_size`: the
     pretraining pool's images, for budgets counted in whole epochs)."""
     steps = max(1, budget.images_seen // budget.batch_size // (2 if method.name == "srgan" else 1))
@@ -110,9 +166,17 @@ def overrides(budget: Budget, method: Method, dataset: str, output_dir: str, see
         monitor_every = max(1, epochs // budget.monitor_readings) if budget.monitor_readings else 0
     run = f"{method.name}{'_' + stage if stage else ''}-seed{seed}"
     flags = [
-        f"--dataset={dataset}", f"--image_size={budget.image_size}", f"--width={budget.width}", f"--batch_size={budget.batch_size}",
-        *length, f"--seed={seed}", f"--monitor_every={monitor_every}", "--verbose=0", "--novalidate",
-        f"--model_dir={os.path.join(output_dir, 'runs', run)}", f"--export_dir={os.path.join(output_dir, 'savedmodels')}",
+        f"--dataset={dataset}",
+        f"--image_size={budget.image_size}",
+        f"--width={budget.width}",
+        f"--batch_size={budget.batch_size}",
+        *length,
+        f"--seed={seed}",
+        f"--monitor_every={monitor_every}",
+        "--verbose=0",
+        "--novalidate",
+        f"--model_dir={os.path.join(output_dir, 'runs', run)}",
+        f"--export_dir={os.path.join(output_dir, 'savedmodels')}",
         f"--export_name={run}",
     ]
     if budget.max_images_per_split:
@@ -120,10 +184,18 @@ def overrides(budget: Budget, method: Method, dataset: str, output_dir: str, see
     if method.name.startswith("jigsaw"):
         flags.append("--small_stem=auto")
     if method.name == "srgan":
-        flags += [f"--srgan_hr_size={budget.image_size}", f"--srgan_residual_blocks={budget.srgan_blocks}", f"--srgan_width={budget.srgan_width}",
-                  f"--srgan_discriminator_width={budget.srgan_width}", f"--perceptual_weights={budget.perceptual_weights}"]
+        flags += [
+            f"--srgan_hr_size={budget.image_size}",
+            f"--srgan_residual_blocks={budget.srgan_blocks}",
+            f"--srgan_width={budget.srgan_width}",
+            f"--srgan_discriminator_width={budget.srgan_width}",
+            f"--perceptual_weights={budget.perceptual_weights}",
+        ]
         if stage == "gan":
-            flags += ["--srgan_stage=gan", f"--srgan_generator_init={os.path.join(output_dir, 'runs', f'srgan_psnr-seed{seed}')}"]
+            flags += [
+                "--srgan_stage=gan",
+                f"--srgan_generator_init={os.path.join(output_dir, 'runs', f'srgan_psnr-seed{seed}')}",
+            ]
     if method.name == "pmg":
         flags.append("--backbone=resnet18")
     return flags
@@ -133,8 +205,14 @@ def _report_path(output_dir: str, label: str) -> str:
     return os.path.join(output_dir, "evaluations", label, "report.json")
 
 
-def run_comparison(budget: Budget, dataset: str, output_dir: str, splits: Splits, pretrain: Callable[[Method, int, str], dict],
-                   methods: Optional[tuple] = None) -> dict:
+def run_comparison(
+    budget: Budget,
+    dataset: str,
+    output_dir: str,
+    splits: Splits,
+    pretrain: Callable[[Method, int, str], dict],
+    methods: tuple | None = None,
+) -> dict:
     """Pretrain (through `pretrain(method, seed, stage) -> {suffix: export dir}`, which
     resumes or skips finished runs), evaluate every encoder, baseline, protocol and label
     fraction that has no report yet. Returns {row label: {column: report path}}."""
@@ -171,9 +249,14 @@ def run_comparison(budget: Budget, dataset: str, output_dir: str, splits: Splits
                             encoder=exports.get(suffix) if method.flagfile else None,
                             baseline=name if method.flagfile is None else None,
                             init_seed=seed if method.flagfile is None and len(budget.pretrain_seeds) > 1 else None,
-                            dataset=dataset, protocol=protocol, label_fraction=fraction, seeds=budget.seeds,
-                            output_dir=os.path.dirname(path), image_size=budget.image_size if method.flagfile is None else None,
-                            backbone=BackboneConfig(width=budget.width), finetune_epochs=budget.finetune_epochs,
+                            dataset=dataset,
+                            protocol=protocol,
+                            label_fraction=fraction,
+                            seeds=budget.seeds,
+                            output_dir=os.path.dirname(path),
+                            image_size=budget.image_size if method.flagfile is None else None,
+                            backbone=BackboneConfig(width=budget.width),
+                            finetune_epochs=budget.finetune_epochs,
                             batch_size=budget.batch_size,
                         )
                         started = time.time()
@@ -185,7 +268,7 @@ def run_comparison(budget: Budget, dataset: str, output_dir: str, splits: Splits
     return rows
 
 
-def _cell(paths: list[str], metric: str) -> tuple[str, Optional[float]]:
+def _cell(paths: list[str], metric: str) -> tuple[str, float | None]:
     """'mean ± std' over every evaluation seed of every pretraining seed, read from the reports."""
     values = []
     for path in paths:
@@ -195,7 +278,10 @@ def _cell(paths: list[str], metric: str) -> tuple[str, Optional[float]]:
 
 
 def results_markdown(budget: Budget, dataset: str, rows: dict, output_dir: str, command: str, machine: str) -> str:
-    columns = sorted({c for cells in rows.values() for c in cells}, key=lambda c: (c.split("@")[0] != "linear", c.split("@")[0], -float(c.split("@")[1][:-1])))
+    columns = sorted(
+        {c for cells in rows.values() for c in cells},
+        key=lambda c: (c.split("@")[0] != "linear", c.split("@")[0], -float(c.split("@")[1][:-1])),
+    )
     timings_path = os.path.join(output_dir, "timings.json")
     timings = json.load(open(timings_path)) if os.path.isfile(timings_path) else {}
     any_report = next(p for cells in rows.values() for paths in cells.values() for p in paths)
@@ -218,24 +304,37 @@ def results_markdown(budget: Budget, dataset: str, rows: dict, output_dir: str, 
         "",
     ]
     for metric in ("accuracy", "balanced_accuracy", "macro_f1"):
-        lines += [f"## Test {metric.replace('_', ' ')}", "", "| method | " + " | ".join(columns) + " | paper (cassava) |", "|---" * (len(columns) + 2) + "|"]
+        lines += [
+            f"## Test {metric.replace('_', ' ')}",
+            "",
+            "| method | " + " | ".join(columns) + " | paper (cassava) |",
+            "|---" * (len(columns) + 2) + "|",
+        ]
         for row, cells in rows.items():
             method = METHODS.get(row) or METHODS[row.rsplit("_", 1)[0]]
             values = [_cell(cells[c], metric)[0] if c in cells else "" for c in columns]
             lines.append(f"| {row} | " + " | ".join(values) + f" | {method.paper if metric == 'accuracy' else ''} |")
         lines.append("")
     if timings:
-        lines += ["## Time (seconds)", "", "| step | s |", "|---|---|"] + [f"| {k} | {v} |" for k, v in timings.items()] + [""]
+        lines += (
+            ["## Time (seconds)", "", "| step | s |", "|---|---|"]
+            + [f"| {k} | {v} |" for k, v in timings.items()]
+            + [""]
+        )
     return "\n".join(lines)
 
 
-def label_efficiency_png(rows: dict, protocol: str, path: str, title: str) -> Optional[str]:
+def label_efficiency_png(rows: dict, protocol: str, path: str, title: str) -> str | None:
     """Test accuracy against the share of labels, one line per method (from the reports)."""
     from fgssl_tf import plots
 
     series = {}
     for row, cells in rows.items():
-        points = sorted((float(c.split("@")[1][:-1]), _cell(paths, "accuracy")[1]) for c, paths in cells.items() if c.startswith(protocol + "@"))
+        points = sorted(
+            (float(c.split("@")[1][:-1]), _cell(paths, "accuracy")[1])
+            for c, paths in cells.items()
+            if c.startswith(protocol + "@")
+        )
         if points:
             series[row] = points
     if not series or max(len(p) for p in series.values()) < 2:

@@ -27,7 +27,9 @@ def main(argv):
     fgssl_flags.check_pretext_flags()  # before any data is loaded (each flag's own validator ran at parsing)
     from fgssl_tf import distribute, trainer  # TensorFlow imports only after flags are valid
 
-    distribute.make_strategy(FLAGS.strategy)  # first: a multi-worker cluster must be joined before TensorFlow's first op
+    distribute.make_strategy(
+        FLAGS.strategy
+    )  # first: a multi-worker cluster must be joined before TensorFlow's first op
 
     result = trainer.pretrain(
         fgssl_flags.train_config(),

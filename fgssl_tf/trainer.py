@@ -45,7 +45,7 @@ MIXED_PRECISION_POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16"}
 # docs/reliability.md ("What a resumed run may change") lists the same, with the reasons.
 RESUMABLE_CHANGES = {
     "train.epochs": "train on, or stop sooner (a cosine --lr_schedule then follows the new length's curve "
-                    "from the step it resumes at)",
+    "from the step it resumes at)",
     "train.verbose": "console output only",
     "train.model_dir": "the run's folder, moved or copied",
     "train.export": "whether the encoder is exported at the end",
@@ -54,7 +54,7 @@ RESUMABLE_CHANGES = {
     "train.checkpoints_to_keep": "how many old checkpoints stay on disk",
     "train.nan_policy": "the NaN stop's own advice: resume with --nan_policy=skip_batch",
     "train.strategy": "the global batch, data order and augmentation do not depend on it, and automatic "
-                      "synchronized batch norm keeps the statistics over the global batch",
+    "synchronized batch norm keeps the statistics over the global batch",
     "data.max_cache_gb": "a memory limit for the same images",
     "data.tfds_data_dir": "where the same TFDS data is kept",
 }
@@ -124,8 +124,10 @@ def _check_resumable(model_dir: str, summary: dict, pretext_config, not_yet: tup
             previous = json.load(f)
         stored = _settings(previous)
     except (OSError, ValueError, AttributeError) as err:
-        raise FgsslError(f"{path} cannot be read ({err}); it records the settings of the run in "
-                         f"--model_dir={model_dir}: restore it, or use a new --model_dir") from err
+        raise FgsslError(
+            f"{path} cannot be read ({err}); it records the settings of the run in "
+            f"--model_dir={model_dir}: restore it, or use a new --model_dir"
+        ) from err
     new, defaults = _settings(summary), _default_settings(pretext_config)
     missing = object()
     changed = []
@@ -150,11 +152,16 @@ def _check_same_data(model_dir: str, stats: dict) -> None:
         return
     with open(path) as f:
         previous = json.load(f).get("data_stats") or {}
-    changed = [f"{key}: {previous[key]!r} -> {stats.get(key)!r}" for key in ("split_sizes", "split_fingerprint")
-               if key in previous and json.loads(json.dumps(stats.get(key))) != previous[key]]
+    changed = [
+        f"{key}: {previous[key]!r} -> {stats.get(key)!r}"
+        for key in ("split_sizes", "split_fingerprint")
+        if key in previous and json.loads(json.dumps(stats.get(key))) != previous[key]
+    ]
     if changed:
-        raise FgsslError(f"--model_dir={model_dir} holds a run on other data ({'; '.join(changed)}); the dataset's "
-                         "files changed since it was trained: use a new --model_dir, or restore the data to resume it")
+        raise FgsslError(
+            f"--model_dir={model_dir} holds a run on other data ({'; '.join(changed)}); the dataset's "
+            "files changed since it was trained: use a new --model_dir, or restore the data to resume it"
+        )
 
 
 def _check_writable_folder(path: str, flag: str) -> None:
@@ -165,16 +172,21 @@ def _check_writable_folder(path: str, flag: str) -> None:
     if not os.path.isdir(probe):
         raise FgsslError(f"{flag}={path} cannot be made: {probe} is not a folder; choose another {flag}")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise FgsslError(f"{flag}={path} cannot be written: {probe} is not writable by this user; "
-                         f"choose another {flag}")
+        raise FgsslError(
+            f"{flag}={path} cannot be written: {probe} is not writable by this user; choose another {flag}"
+        )
 
 
-def build_pretext_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, pretext_config=None) -> keras.Model:
+def build_pretext_model(
+    train: TrainConfig, data: DataConfig, backbone: BackboneConfig, pretext_config=None
+) -> keras.Model:
     """The pretext model, compiled, with optimizer variables created (so restore is exact)."""
     module = get_pretext(train.pretext)
     keras.utils.set_random_seed(train.seed)
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(MIXED_PRECISION_POLICIES[train.mixed_precision])  # layers keep the policy they are made with
+    keras.config.set_dtype_policy(
+        MIXED_PRECISION_POLICIES[train.mixed_precision]
+    )  # layers keep the policy they are made with
     try:
         model = module.build_model(with_pretext_defaults(train), data, backbone, pretext_config or module.Config())
     finally:
@@ -193,8 +205,16 @@ class _Checkpointing(keras.callbacks.Callback):
     Checkpoints are numbered by batches trained, so mid-epoch ones sort in place.
     """
 
-    def __init__(self, manager: tf.train.CheckpointManager, epoch: tf.Variable, step: tf.Variable, steps_per_epoch: int,
-                 first_step: int, write: bool, stop_signal: "_StopSignal"):
+    def __init__(
+        self,
+        manager: tf.train.CheckpointManager,
+        epoch: tf.Variable,
+        step: tf.Variable,
+        steps_per_epoch: int,
+        first_step: int,
+        write: bool,
+        stop_signal: _StopSignal,
+    ):
         super().__init__()
         self.manager, self.epoch, self.step, self.steps_per_epoch = manager, epoch, step, steps_per_epoch
         self.first_step, self.write, self.stop_signal = first_step, write, stop_signal
@@ -214,9 +234,14 @@ class _Checkpointing(keras.callbacks.Callback):
             )
         try:
             return self.manager.save(checkpoint_number=epoch * self.steps_per_epoch + step)
-        except (OSError, tf.errors.OpError) as err:  # a full disk, a quota: the state file still names the last good one
-            raise FgsslError(f"could not write a checkpoint after epoch {epoch} (batch {step}): {str(err).splitlines()[0][:200]}; "
-                             f"the last good checkpoint {self.manager.latest_checkpoint} is kept; free space and re-run to resume from it") from err
+        except (
+            OSError,
+            tf.errors.OpError,
+        ) as err:  # a full disk, a quota: the state file still names the last good one
+            raise FgsslError(
+                f"could not write a checkpoint after epoch {epoch} (batch {step}): {str(err).splitlines()[0][:200]}; "
+                f"the last good checkpoint {self.manager.latest_checkpoint} is kept; free space and re-run to resume from it"
+            ) from err
 
     def on_epoch_begin(self, epoch, logs=None):
         self.current_epoch = epoch
@@ -276,8 +301,10 @@ class _NonFiniteWatch(keras.callbacks.Callback):
         if self.bad_batches:
             log.warning("epoch %d: skipped %d batches with a non-finite loss or gradients", epoch + 1, self.bad_batches)
         if self.bad_batches and self.bad_batches >= self.steps_per_epoch - self.first_step:
-            raise FgsslError(f"every batch of epoch {epoch + 1} had a non-finite loss or gradients; the run learns "
-                             "nothing; start over in a new --model_dir with a lower --learning_rate")
+            raise FgsslError(
+                f"every batch of epoch {epoch + 1} had a non-finite loss or gradients; the run learns "
+                "nothing; start over in a new --model_dir with a lower --learning_rate"
+            )
         self.first_step = 0
 
 
@@ -355,7 +382,9 @@ def _write_data_stats(log_dir: str, stats: dict, step: int) -> None:
         tf.summary.text("data/skipped_paths", "\n".join(lines), step=step)
 
 
-def _monitor(model, splits: Splits, config: MonitorConfig, input_size: int, log_dir: str, seed: int, initial_epoch: int) -> Monitor:
+def _monitor(
+    model, splits: Splits, config: MonitorConfig, input_size: int, log_dir: str, seed: int, initial_epoch: int
+) -> Monitor:
     """The monitor on the pretext's first exportable encoder, over stratified subsets of train (bank) and val (queries)."""
     from fgssl_tf.data import stratified_at_most
 
@@ -365,9 +394,18 @@ def _monitor(model, splits: Splits, config: MonitorConfig, input_size: int, log_
         return images[chosen], np.asarray(labels)[chosen]
 
     encoder = next(iter(model.exportable_encoders().values()))
-    return Monitor(encoder, input_size, subset("train", config.max_bank_images), subset("val", config.max_query_images),
-                   splits.num_classes, config, log_dir, seed, initial_epoch,
-                   history_path=os.path.join(os.path.dirname(log_dir), MONITOR_FILE))
+    return Monitor(
+        encoder,
+        input_size,
+        subset("train", config.max_bank_images),
+        subset("val", config.max_query_images),
+        splits.num_classes,
+        config,
+        log_dir,
+        seed,
+        initial_epoch,
+        history_path=os.path.join(os.path.dirname(log_dir), MONITOR_FILE),
+    )
 
 
 def _position(epoch: int, step: int, steps: int) -> str:
@@ -400,9 +438,13 @@ def _recover_checkpoint_state(directory: str) -> None:
     with open(os.path.join(directory, "checkpoint.recovered"), "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(os.path.join(directory, "checkpoint.recovered"), os.path.join(directory, "checkpoint"))
-    log.warning("the checkpoint state file %s was missing, empty or named no checkpoint present; rebuilt it from "
-                "the %d checkpoint files there (newest %s)", os.path.join(directory, "checkpoint"), len(present),
-                present[-1])
+    log.warning(
+        "the checkpoint state file %s was missing, empty or named no checkpoint present; rebuilt it from "
+        "the %d checkpoint files there (newest %s)",
+        os.path.join(directory, "checkpoint"),
+        len(present),
+        present[-1],
+    )
 
 
 def _restore_newest_readable(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> str | None:
@@ -419,7 +461,9 @@ def _restore_newest_readable(checkpoint: tf.train.Checkpoint, manager: tf.train.
             continue
         return path
     if manager.checkpoints:
-        raise FgsslError(f"no checkpoint under {manager.directory} could be read (last: {error}); move that folder away to start over")
+        raise FgsslError(
+            f"no checkpoint under {manager.directory} could be read (last: {error}); move that folder away to start over"
+        )
     return None
 
 
@@ -432,11 +476,19 @@ def _validation_data(splits: Splits, batch_size: int, replicas: int, supervised:
     else:
         count = val_batch = available // replicas * replicas
         if count < 2 * replicas:  # a contrastive or batch-norm loss needs two images a replica
-            log.warning("the validation split has %d images, too few to validate on %d replica(s): no validation loss "
-                        "this run (pass --novalidate to say so, or use a larger split)", available, replicas)
+            log.warning(
+                "the validation split has %d images, too few to validate on %d replica(s): no validation loss "
+                "this run (pass --novalidate to say so, or use a larger split)",
+                available,
+                replicas,
+            )
             return None, None
-        log.warning("the validation split has %d images, fewer than --batch_size=%d: validating on one batch of %d",
-                    available, batch_size, count)
+        log.warning(
+            "the validation split has %d images, fewer than --batch_size=%d: validating on one batch of %d",
+            available,
+            batch_size,
+            count,
+        )
     val_images = splits.val_images[:count]
     val_side = splits.val_labels[:count] if supervised else np.arange(count)
     return pipeline.ordered_batches(val_images, val_side, val_batch), val_images
@@ -463,7 +515,9 @@ def pretrain(
 ) -> PretrainResult:
     """Train `train.pretext` on `data`, resume from `train.model_dir` if it holds a checkpoint, export.
     `monitor` (every > 0) adds kNN, online linear probe and collapse signals during training."""
-    strategy = make_strategy(train.strategy)  # first: a multi-worker cluster must be joined before TensorFlow's first op
+    strategy = make_strategy(
+        train.strategy
+    )  # first: a multi-worker cluster must be joined before TensorFlow's first op
     backbone = backbone or BackboneConfig()
     train = with_pretext_defaults(train)
     module = get_pretext(train.pretext)
@@ -493,8 +547,10 @@ def pretrain(
         model = build_pretext_model(train, data, backbone, pretext_config)
     check_schedule(model, train)
     if data.source_size and (data.source_size < data.image_size or not isinstance(model, TwoViewModel)):
-        raise FgsslError(f"--source_size={data.source_size} is for the two-view methods (simclr, vicreg), and at least "
-                         f"--image_size={data.image_size}; leave it unset otherwise")
+        raise FgsslError(
+            f"--source_size={data.source_size} is for the two-view methods (simclr, vicreg), and at least "
+            f"--image_size={data.image_size}; leave it unset otherwise"
+        )
     export_size = getattr(model, "export_image_size", data.image_size)  # the encoders' input size (SRGAN: its HR crop)
     splits = splits or load_splits(data)
     _check_same_data(train.model_dir, splits.stats)
@@ -522,7 +578,9 @@ def pretrain(
         log.info("resumed from %s, saved %s", restored, _position(initial_epoch, initial_step, steps))
     if initial_step >= steps:  # stopped after an epoch's last batch, before its end: that epoch is done
         initial_epoch, initial_step = initial_epoch + 1, 0
-    check_workers_agree(strategy, initial_epoch * steps + initial_step, "the batches already trained (the checkpoint to resume from)")
+    check_workers_agree(
+        strategy, initial_epoch * steps + initial_step, "the batches already trained (the checkpoint to resume from)"
+    )
     if chief:
         os.makedirs(train.model_dir, exist_ok=True)
         with open(os.path.join(train.model_dir, RUN_CONFIG_FILE), "w") as f:
@@ -541,7 +599,11 @@ def pretrain(
             _write_data_stats(log_dir, splits.stats, initial_epoch)
         stop_signal = _StopSignal()
         # The pretext's schedule first, so the checkpoint holds the learning rate it set.
-        callbacks = model.training_callbacks("val_loss" if validation is not None else "loss") if hasattr(model, "training_callbacks") else []
+        callbacks = (
+            model.training_callbacks("val_loss" if validation is not None else "loss")
+            if hasattr(model, "training_callbacks")
+            else []
+        )
         callbacks.append(_NonFiniteWatch(train.nan_policy, steps, initial_step))
         callbacks.append(_Checkpointing(manager, epoch, step, steps, initial_step, chief, stop_signal))
         if monitor is not None and monitor.every > 0 and chief:
@@ -551,7 +613,9 @@ def pretrain(
         if initial_epoch == 0 and initial_step == 0 and chief:
             callbacks.append(_SummaryImages(pool[:8], log_dir, train.seed))
         if hasattr(model, "epoch_images") and chief:
-            callbacks.append(_EpochImages(val_images[:4] if val_images is not None else pool[:4], log_dir, initial_epoch))
+            callbacks.append(
+                _EpochImages(val_images[:4] if val_images is not None else pool[:4], log_dir, initial_epoch)
+            )
         started = time.time()
         # A run stopped mid-epoch first finishes that epoch's remaining batches (the
         # batch order is a function of (seed, epoch), so skipping the done ones is exact).
@@ -562,9 +626,18 @@ def pretrain(
             for first, last, skip in segments:
                 if first >= last:
                     continue
-                dataset = pipeline.epoch_batches(pool, pool_side, train.batch_size, train.seed, first, last, steps).skip(skip)
-                fit = model.fit(dataset, epochs=last, initial_epoch=first, steps_per_epoch=steps - skip, validation_data=validation,
-                                callbacks=callbacks, verbose=train.verbose)
+                dataset = pipeline.epoch_batches(
+                    pool, pool_side, train.batch_size, train.seed, first, last, steps
+                ).skip(skip)
+                fit = model.fit(
+                    dataset,
+                    epochs=last,
+                    initial_epoch=first,
+                    steps_per_epoch=steps - skip,
+                    validation_data=validation,
+                    callbacks=callbacks,
+                    verbose=train.verbose,
+                )
                 for key, values in fit.history.items():
                     history.setdefault(key, []).extend(values)
         log.info("trained epochs %d..%d in %.1f s", initial_epoch + 1, train.epochs, time.time() - started)
@@ -594,7 +667,16 @@ def pretrain(
             model_root, version = os.path.split(exports[name])
             dataset_name = data.dataset.split(":", 1)[0]
             output_dir = os.path.join(model_root, "evaluations", f"v{version}-{dataset_name}-classifier-labels100")
-            report = classifier_report(model.predict_classes, splits, data.dataset, data.image_size, f"{name} (trained classifier)", metadata, train.seed, output_dir)
+            report = classifier_report(
+                model.predict_classes,
+                splits,
+                data.dataset,
+                data.image_size,
+                f"{name} (trained classifier)",
+                metadata,
+                train.seed,
+                output_dir,
+            )
             log.info("classifier report: %s/report.json", report["output_dir"])
     wait_for_workers(strategy)
     return PretrainResult(model, history, exports, initial_epoch, splits)

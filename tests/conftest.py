@@ -37,7 +37,9 @@ def elpv_small(elpv_splits):
         idx = label_fraction_subset(labels, limit / len(labels), 0)
         parts[name] = (images[idx], labels[idx])
     return Splits(
-        *parts["train"], *parts["val"], *parts["test"],
+        *parts["train"],
+        *parts["val"],
+        *parts["test"],
         class_names=elpv_splits.class_names,
         unlabeled_images=elpv_splits.unlabeled_images,
         stats={**elpv_splits.stats, "split_sizes": {k: len(v[1]) for k, v in parts.items()}},
@@ -71,7 +73,9 @@ def trained_encoder(tmp_path_factory, elpv_small):
     tmp_path = tmp_path_factory.mktemp("pretrained")
     config = tiny_train_config(tmp_path, epochs=2, steps_per_epoch=6)
     monitor = MonitorConfig(every=1, max_bank_images=200, max_query_images=100, probe_epochs=3)
-    result = trainer.pretrain(config, DataConfig(image_size=IMAGE_SIZE), TINY_BACKBONE, splits=elpv_small, monitor=monitor)
+    result = trainer.pretrain(
+        config, DataConfig(image_size=IMAGE_SIZE), TINY_BACKBONE, splits=elpv_small, monitor=monitor
+    )
     return result, result.exports["tiny"]
 
 

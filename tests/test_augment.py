@@ -5,14 +5,19 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import REPO
+
 from fgssl_tf.augment import SimCLRAugmentation, blur_kernel_size, sample_view_params
 from fgssl_tf.config import AugmentConfig
 
 IDENTITY = AugmentConfig(
-    crop_scale_min=1.0, crop_ratio_min=1.0, crop_ratio_max=1.0,
-    color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, horizontal_flip=False,
+    crop_scale_min=1.0,
+    crop_ratio_min=1.0,
+    crop_ratio_max=1.0,
+    color_jitter_prob=0.0,
+    grayscale_prob=0.0,
+    blur_prob=0.0,
+    horizontal_flip=False,
 )
 
 

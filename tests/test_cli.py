@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 
@@ -24,13 +23,18 @@ SMALL_NETWORKS = {
 @pytest.mark.parametrize("pretext", ["simclr", "jigsaw", "srgan", "vicreg"])
 def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path, pretext):
     flagfile = os.path.join(REPO, "flags", "smoke.cfg")
-    result = run(["-m", "fgssl_tf.train", f"--flagfile={flagfile}", f"--pretext={pretext}", *SMALL_NETWORKS.get(pretext, [])], cwd=str(tmp_path))
+    result = run(
+        ["-m", "fgssl_tf.train", f"--flagfile={flagfile}", f"--pretext={pretext}", *SMALL_NETWORKS.get(pretext, [])],
+        cwd=str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     name = "smoke_generator" if pretext == "srgan" else "smoke"  # SRGAN's psnr stage exports its generator
     assert f"exported {name}: savedmodels/{name}/1" in result.stdout
     assert os.path.isfile(tmp_path / "savedmodels" / name / "1" / "saved_model.pb")
     checkpoints = os.listdir(tmp_path / "runs" / "smoke" / "checkpoints")
-    assert "checkpoint" in checkpoints and any(name.startswith("ckpt-6.") for name in checkpoints)  # 2 epochs of 3 batches
+    assert "checkpoint" in checkpoints and any(
+        name.startswith("ckpt-6.") for name in checkpoints
+    )  # 2 epochs of 3 batches
 
 
 @pytest.mark.parametrize(
@@ -45,14 +49,24 @@ def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path, pretext):
         (["--pretext=jigsaw", "--jigsaw_permutations=paper", "--jigsaw_num_permutations=7"], "must be even"),
         (["--view2_pre_ops=gamma,sepia"], "unknown augmentation 'sepia'"),
         (["--pretext=srgan", "--srgan_hr_size=96"], "--srgan_hr_size=96 is larger than --image_size=64"),
-        (["--pretext=srgan", "--srgan_stage=gan", "--perceptual_weights=/no/vgg.h5", "--srgan_hr_size=64"], "no such file; use one of auto, imagenet, none"),
+        (
+            ["--pretext=srgan", "--srgan_stage=gan", "--perceptual_weights=/no/vgg.h5", "--srgan_hr_size=64"],
+            "no such file; use one of auto, imagenet, none",
+        ),
         (["--gamma_min=2", "--gamma_max=1"], "--gamma_min=2.0 is larger than --gamma_max=1.0"),
         # Contradictory flags: a flag that only another pretext reads, refused before any work.
-        (["--pretext=jigsaw", "--view2_pre_ops=gamma", "--temperature=0.1"],
-         "--temperature, --view2_pre_ops only apply to --pretext=simclr/vicreg, not --pretext=jigsaw"),
-        (["--pretext=vicreg", "--temperature=0.1"], "--temperature only apply to --pretext=simclr, not --pretext=vicreg"),
-        (["--pretext=simclr", "--variance_weight=5"],
-         "--variance_weight only apply to --pretext=vicreg, not --pretext=simclr"),
+        (
+            ["--pretext=jigsaw", "--view2_pre_ops=gamma", "--temperature=0.1"],
+            "--temperature, --view2_pre_ops only apply to --pretext=simclr/vicreg, not --pretext=jigsaw",
+        ),
+        (
+            ["--pretext=vicreg", "--temperature=0.1"],
+            "--temperature only apply to --pretext=simclr, not --pretext=vicreg",
+        ),
+        (
+            ["--pretext=simclr", "--variance_weight=5"],
+            "--variance_weight only apply to --pretext=vicreg, not --pretext=simclr",
+        ),
         (["--pretext=jigsaw", "--lr_schedule=cosine"], "--lr_schedule=cosine is not available for --pretext=jigsaw"),
         (["--source_size=16", "--image_size=32"], "--source_size=16 is for the two-view methods"),
         (["--pretext=srgan", "--srgan_generator_init=."], "--srgan_generator_init is for --srgan_stage=gan"),
@@ -63,8 +77,10 @@ def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path, pretext):
         (["--mixed_precision=float16"], "--mixed_precision"),
         (["--sync_bn=yes"], "--sync_bn"),
         # Issue 21: NaN and Inf at parse time, a missing flagfile, folders that cannot be written, an absurd image size.
-        (["--learning_rate=nan", "--weight_decay=nan"],
-         "flag --learning_rate=nan: not a finite number; flag --weight_decay=nan: not a finite"),
+        (
+            ["--learning_rate=nan", "--weight_decay=nan"],
+            "flag --learning_rate=nan: not a finite number; flag --weight_decay=nan: not a finite",
+        ),
         (["--temperature=inf"], "flag --temperature=inf: not a finite number"),
         (["--flagfile=MISSING"], "error: Unable to open flagfile: [Errno 2] No such file or directory"),
         (["--export_dir=AFILE/sub"], "--export_dir=AFILE/sub cannot be made: "),
@@ -81,8 +97,12 @@ def test_train_bad_input_is_one_clear_line(tmp_path, args, message, capsys, monk
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.cfg").write_text("--epochs=2\n--no_such_flag=1\n")
     (tmp_path / "a_file").write_text("")
-    replacements = {"EMPTY": tmp_path / "empty", "BADFILE": tmp_path / "bad.cfg", "MISSING": tmp_path / "missing.cfg",
-                    "AFILE": tmp_path / "a_file"}
+    replacements = {
+        "EMPTY": tmp_path / "empty",
+        "BADFILE": tmp_path / "bad.cfg",
+        "MISSING": tmp_path / "missing.cfg",
+        "AFILE": tmp_path / "a_file",
+    }
     for key, value in replacements.items():
         args = [a.replace(key, str(value)) for a in args]
         message = message.replace(key, str(value))
@@ -110,7 +130,10 @@ def test_evaluate_bad_encoder_is_one_clear_line(tmp_path):
     result = run([os.path.join(REPO, "tools", "evaluate.py"), f"--encoder={tmp_path}"], cwd=str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "saved_model.pb" in result.stderr.strip().splitlines()[-1]
-    result = run([os.path.join(REPO, "tools", "evaluate.py"), f"--encoder={tmp_path / 'missing'}", "--seeds=0,x"], cwd=str(tmp_path))
+    result = run(
+        [os.path.join(REPO, "tools", "evaluate.py"), f"--encoder={tmp_path / 'missing'}", "--seeds=0,x"],
+        cwd=str(tmp_path),
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "does not exist" in result.stderr and "--seeds must be comma-separated integers" in result.stderr
@@ -119,8 +142,17 @@ def test_evaluate_bad_encoder_is_one_clear_line(tmp_path):
 def test_benchmark_prints_figures_for_each_pretext_in_one_run(tmp_path):
     # PMG is left out here: its four-granularity step takes minutes to trace on a 2-core CPU.
     result = run(
-        [os.path.join(REPO, "tools", "benchmark.py"), "--pretext=simclr,jigsaw,srgan", "--image_size=32", "--width=8",
-         "--batch_size=8", "--steps=2", "--warmup=1", "--peak_matrix=256", "--srgan_residual_blocks=2"],
+        [
+            os.path.join(REPO, "tools", "benchmark.py"),
+            "--pretext=simclr,jigsaw,srgan",
+            "--image_size=32",
+            "--width=8",
+            "--batch_size=8",
+            "--steps=2",
+            "--warmup=1",
+            "--peak_matrix=256",
+            "--srgan_residual_blocks=2",
+        ],
         cwd=str(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -220,7 +252,13 @@ def test_every_flag_of_train_and_evaluate_is_checked_when_parsed():
 
 
 def test_benchmark_refuses_an_unknown_pretext_in_its_list(tmp_path):
-    result = run([os.path.join(REPO, "tools", "benchmark.py"), "--pretext=simclr,rotnet"], cwd=str(tmp_path), timeout=120)
+    result = run(
+        [os.path.join(REPO, "tools", "benchmark.py"), "--pretext=simclr,rotnet"], cwd=str(tmp_path), timeout=120
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: flag --pretext=") and "rotnet" in last and "choose a comma list of simclr, jigsaw, srgan, pmg" in last
+    assert (
+        last.startswith("error: flag --pretext=")
+        and "rotnet" in last
+        and "choose a comma list of simclr, jigsaw, srgan, pmg" in last
+    )

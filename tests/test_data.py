@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import write_image
+
 from fgssl_tf.config import BackboneConfig, DataConfig
 from fgssl_tf.data import label_fraction_subset, load_splits, pipeline, stratified_split
 from fgssl_tf.errors import FgsslError
@@ -26,9 +26,11 @@ def test_elpv_splits_are_stratified_disjoint_and_fixed(elpv_splits):
     assert elpv_splits.train_images.dtype == np.uint8
     assert elpv_splits.train_images.shape[1:] == (32, 32, 3)
     assert elpv_splits.stats["split_fingerprint"] == ELPV_SPLIT_FINGERPRINT
+
     # Disjoint: no image appears in two splits (the elpv images are all distinct).
     def keys(images):
         return {img.tobytes() for img in images}
+
     assert not keys(elpv_splits.train_images[:300]) & keys(elpv_splits.test_images)
 
 
@@ -72,7 +74,9 @@ def _make_folder(root, rng, per_class=6, size=(40, 30)):
     for label in ("alpha", "beta"):
         for i in range(per_class):
             base = 60 if label == "alpha" else 190
-            write_image(os.path.join(root, label, f"{i}.png"), rng.randint(base - 50, base + 50, size + (3,)).astype(np.uint8))
+            write_image(
+                os.path.join(root, label, f"{i}.png"), rng.randint(base - 50, base + 50, size + (3,)).astype(np.uint8)
+            )
 
 
 def test_folder_dataset_converts_gray_rgba_and_skips_corrupt(tmp_path, caplog):
@@ -186,9 +190,17 @@ def test_val_or_test_classes_that_train_lacks_are_an_error_or_with_the_flag_coun
     assert len(splits.test_labels) == 4 and splits.class_names == ("alpha", "beta")
     from fgssl_tf.evaluation import EvalConfig, evaluate  # the count reaches the evaluation report
 
-    report = evaluate(EvalConfig(baseline="random_init", protocol="knn", dataset=f"folder:{root}", image_size=8,
-                                 backbone=BackboneConfig(width=4), output_dir=str(tmp_path / "report"),
-                                 allow_unseen_classes=True))
+    report = evaluate(
+        EvalConfig(
+            baseline="random_init",
+            protocol="knn",
+            dataset=f"folder:{root}",
+            image_size=8,
+            backbone=BackboneConfig(width=4),
+            output_dir=str(tmp_path / "report"),
+            allow_unseen_classes=True,
+        )
+    )
     assert report["unseen_class_files"] == 4 and report["unseen_classes"] == {"test": ["delta", "gamma"]}
     assert "left out: 4 val/test images of classes train lacks" in (tmp_path / "report" / "report.md").read_text()
 
@@ -237,7 +249,9 @@ def test_links_to_folders_in_the_dataset_are_not_classes_and_a_linked_file_is_us
 
 
 def test_an_absurd_image_size_is_refused_before_any_allocation():
-    with pytest.raises(FgsslError, match=r"2624 images at 100000 px need 78720.0 GB of decoded cache.*lower --image_size"):
+    with pytest.raises(
+        FgsslError, match=r"2624 images at 100000 px need 78720.0 GB of decoded cache.*lower --image_size"
+    ):
         load_splits(DataConfig(dataset="elpv", image_size=100_000))
 
 
@@ -246,10 +260,25 @@ def _tree_entries():
     entries: broken files, non-images, oddly named valid files, links to files and folders."""
     from hypothesis import strategies as st
 
-    extra = st.sampled_from(["broken", "text", "hidden", "odd_name", "file_link", "dir_link_root", "dir_link_class",
-                             "broken_link", "upper_ext", "nested"])
-    return st.tuples(st.integers(2, 3), st.lists(st.integers(3, 5), min_size=3, max_size=3),
-                     st.lists(st.tuples(extra, st.integers(0, 2), st.integers(0, 99)), max_size=8))
+    extra = st.sampled_from(
+        [
+            "broken",
+            "text",
+            "hidden",
+            "odd_name",
+            "file_link",
+            "dir_link_root",
+            "dir_link_class",
+            "broken_link",
+            "upper_ext",
+            "nested",
+        ]
+    )
+    return st.tuples(
+        st.integers(2, 3),
+        st.lists(st.integers(3, 5), min_size=3, max_size=3),
+        st.lists(st.tuples(extra, st.integers(0, 2), st.integers(0, 99)), max_size=8),
+    )
 
 
 def test_any_tree_of_files_is_accounted_for_once(tmp_path_factory):
@@ -288,8 +317,11 @@ def test_any_tree_of_files_is_accounted_for_once(tmp_path_factory):
                 (folder / f".hidden{k}.png").write_bytes(b"")
                 not_images.add(os.path.realpath(folder / f".hidden{k}.png"))
             elif kind in ("odd_name", "upper_ext", "nested"):
-                names = {"odd_name": f"  -odd #{k} é'\"$(x).png", "upper_ext": f"UPPER{k}.PNG",
-                         "nested": f"sub{k}/deeper/{k}.png"}
+                names = {
+                    "odd_name": f"  -odd #{k} é'\"$(x).png",
+                    "upper_ext": f"UPPER{k}.PNG",
+                    "nested": f"sub{k}/deeper/{k}.png",
+                }
                 name = names[kind]
                 number = next(next_id)
                 _solid(folder / name, colour(number))

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 SMOKE = os.path.join(REPO, "flags", "smoke.cfg")
@@ -30,10 +29,16 @@ def _run_workers(cwd, args, timeout=480):
     workers = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "fgssl_tf.train", *args, "--strategy=multiworker"],
-            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "fgssl_tf.train", *args, "--strategy=multiworker"],
+                cwd=cwd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     try:
         outputs = [w.communicate(timeout=timeout)[0] for w in workers]
         return [(w.returncode, output) for w, output in zip(workers, outputs)]

@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO, TINY_BACKBONE
+
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.evaluation import EvalConfig, evaluate, markdown_report
 from fgssl_tf.evaluation.metrics import classification_metrics
@@ -20,9 +20,18 @@ def test_linear_probe_cli_beats_majority_and_reports_seeds(trained_encoder, tmp_
     _, path = trained_encoder
     out = tmp_path / "linear"
     subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "evaluate.py"), f"--encoder={path}", "--dataset=elpv",
-         "--protocol=linear", "--seeds=0,1", "--label_fraction=0.5", f"--output_dir={out}"],
-        check=True, cwd=str(tmp_path),
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "evaluate.py"),
+            f"--encoder={path}",
+            "--dataset=elpv",
+            "--protocol=linear",
+            "--seeds=0,1",
+            "--label_fraction=0.5",
+            f"--output_dir={out}",
+        ],
+        check=True,
+        cwd=str(tmp_path),
     )
     report = json.loads((out / "report.json").read_text())
     assert REPORT_KEYS <= set(report)
@@ -59,8 +68,17 @@ def test_finetune_trains_the_encoder_and_keeps_the_best_val_epoch(trained_encode
 
     monkeypatch.setattr(protocols._KeepBest, "on_epoch_end", record)
     result = protocols.finetune(
-        encoder, lambda x: export.preprocess(x, 32), elpv_small.split("train"), elpv_small.split("val"),
-        elpv_small.split("test"), 4, seed=0, metric="accuracy", epochs=3, learning_rate=1e-3, batch_size=64,
+        encoder,
+        lambda x: export.preprocess(x, 32),
+        elpv_small.split("train"),
+        elpv_small.split("val"),
+        elpv_small.split("test"),
+        4,
+        seed=0,
+        metric="accuracy",
+        epochs=3,
+        learning_rate=1e-3,
+        batch_size=64,
     )
     changed = [not np.allclose(a, w.numpy()) for a, w in zip(before, encoder.trainable_weights)]
     assert all(changed)  # every encoder weight was trained, not only the head
@@ -89,8 +107,17 @@ def test_finetune_from_block4_trains_only_block4_and_the_head(elpv_small):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(keras.Model, "fit", fit)
         protocols.finetune(
-            encoder, lambda x: export.preprocess(x, 32), elpv_small.split("train"), elpv_small.split("val"),
-            elpv_small.split("test"), 4, seed=0, metric="accuracy", epochs=1, learning_rate=1e-3, batch_size=64,
+            encoder,
+            lambda x: export.preprocess(x, 32),
+            elpv_small.split("train"),
+            elpv_small.split("val"),
+            elpv_small.split("test"),
+            4,
+            seed=0,
+            metric="accuracy",
+            epochs=1,
+            learning_rate=1e-3,
+            batch_size=64,
             trainable_from="block4",
         )
     for weight in encoder.weights:
@@ -105,19 +132,34 @@ def test_finetune_from_block4_trains_only_block4_and_the_head(elpv_small):
 
 def test_finetune_report(trained_encoder, elpv_small, tmp_path):
     _, path = trained_encoder
-    report = evaluate(EvalConfig(encoder=path, protocol="finetune", finetune_epochs=1, output_dir=str(tmp_path)), splits=elpv_small)
+    report = evaluate(
+        EvalConfig(encoder=path, protocol="finetune", finetune_epochs=1, output_dir=str(tmp_path)), splits=elpv_small
+    )
     assert REPORT_KEYS <= set(report) and report["protocol"] == "finetune"
 
 
 def test_baselines(elpv_small, tmp_path):
     random_init = evaluate(
-        EvalConfig(baseline="random_init", protocol="linear", image_size=32, backbone=TINY_BACKBONE, output_dir=str(tmp_path / "r")),
+        EvalConfig(
+            baseline="random_init",
+            protocol="linear",
+            image_size=32,
+            backbone=TINY_BACKBONE,
+            output_dir=str(tmp_path / "r"),
+        ),
         splits=elpv_small,
     )
     assert random_init["encoder_metadata"]["backbone"]["width"] == 8
     supervised = evaluate(
-        EvalConfig(baseline="supervised", protocol="finetune", image_size=32, backbone=TINY_BACKBONE,
-                   finetune_epochs=2, finetune_learning_rate=1e-3, output_dir=str(tmp_path / "s")),
+        EvalConfig(
+            baseline="supervised",
+            protocol="finetune",
+            image_size=32,
+            backbone=TINY_BACKBONE,
+            finetune_epochs=2,
+            finetune_learning_rate=1e-3,
+            output_dir=str(tmp_path / "s"),
+        ),
         splits=elpv_small,
     )
     assert REPORT_KEYS <= set(supervised)
@@ -147,8 +189,20 @@ def test_metrics_on_an_imbalanced_example():
     assert scores["balanced_accuracy"] == pytest.approx((1 + 0.5 + 0) / 3)
     assert scores["per_class_recall"] == pytest.approx([1.0, 0.5, 0.0])
     assert scores["confusion_matrix"][0] == [4, 0, 0]
-    report = {"encoder": "e", "dataset": "d", "split_fingerprint": "f", "split_sizes": {}, "image_size": 8,
-              "protocol": "linear", "label_fraction": 1.0, "seeds": [0], "selection": "s", "majority_class_rate": 0.5,
-              "class_names": ["a", "b", "c"], **{k: 0.1 for k in ("accuracy", "balanced_accuracy", "macro_f1")},
-              **{f"{k}_std": 0.0 for k in ("accuracy", "balanced_accuracy", "macro_f1")}, **scores}
+    report = {
+        "encoder": "e",
+        "dataset": "d",
+        "split_fingerprint": "f",
+        "split_sizes": {},
+        "image_size": 8,
+        "protocol": "linear",
+        "label_fraction": 1.0,
+        "seeds": [0],
+        "selection": "s",
+        "majority_class_rate": 0.5,
+        "class_names": ["a", "b", "c"],
+        **{k: 0.1 for k in ("accuracy", "balanced_accuracy", "macro_f1")},
+        **{f"{k}_std": 0.0 for k in ("accuracy", "balanced_accuracy", "macro_f1")},
+        **scores,
+    }
     assert "| a | 4 | 0 | 0 |" in markdown_report(report)

@@ -45,7 +45,9 @@ def test_saved_model_cli_lists_the_signature(trained_encoder):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     out = subprocess.run(
         [cli, "show", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     assert "inputs['images']" in out and "DT_UINT8" in out and "outputs['embedding']" in out
 
@@ -99,7 +101,9 @@ def test_failed_export_leaves_no_version_behind(tmp_path, trained_encoder, monke
         raise OSError("No space left on device")
 
     monkeypatch.setattr(type(encoder), "save", disk_full)
-    with pytest.raises(FgsslError, match="version 2 failed .*No space left on device.*version 1 of x is intact.*re-run"):
+    with pytest.raises(
+        FgsslError, match="version 2 failed .*No space left on device.*version 1 of x is intact.*re-run"
+    ):
         export.export_encoder(encoder, str(tmp_path), "x", 32, {})
     assert sorted(os.listdir(tmp_path / "x")) == ["1"]
     assert export.ServingEncoder(first).image_size == 32
@@ -114,17 +118,23 @@ def test_failed_export_leaves_no_version_behind(tmp_path, trained_encoder, monke
     rank_change=st.sampled_from([0, 0, 0, -1, 1]),
     dtype=st.sampled_from([tf.uint8, tf.uint8, tf.float32, tf.int32]),
 )
-def test_signature_embeds_every_valid_input_and_explains_every_invalid_one(trained_encoder, batch, height, width, channels, rank_change, dtype):
+def test_signature_embeds_every_valid_input_and_explains_every_invalid_one(
+    trained_encoder, batch, height, width, channels, rank_change, dtype
+):
     """What a TF Serving client can send: valid batches give finite embeddings of the
     export's size; a wrong dtype, rank or channel count gives an explanation, not a crash."""
     signature = _signature(trained_encoder[1])
-    shape = [batch, height, width, channels][: 4 + rank_change] if rank_change <= 0 else [batch, height, width, channels, 1]
+    shape = (
+        [batch, height, width, channels][: 4 + rank_change] if rank_change <= 0 else [batch, height, width, channels, 1]
+    )
     images = tf.cast(tf.random.stateless_uniform(shape, seed=[batch, height], maxval=255, dtype=tf.int32), dtype)
     if dtype != tf.uint8:
         with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError), match="uint8|dtype|type"):
             signature(images=images)
     elif rank_change or channels not in (1, 3, 4):
-        with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[batch, height, width, channels\]|1 \(gray\), 3 \(RGB\) or 4"):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError, match=r"\[batch, height, width, channels\]|1 \(gray\), 3 \(RGB\) or 4"
+        ):
             signature(images=images)
     else:
         embedding = signature(images=images)["embedding"].numpy()

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import IMAGE_SIZE, REPO, TINY_BACKBONE, tiny_train_config
+
 from fgssl_tf import fine_grained as fg
 from fgssl_tf import trainer
 from fgssl_tf.config import AugmentConfig, DataConfig
@@ -72,9 +72,14 @@ def test_random_jigsaw_is_pmg_jigsaw_generator():
     images = tf.random.uniform([3, 32, 32, 3], seed=0)
     shared = fg.random_jigsaw(images, SEED, grid=4, same_for_batch=True)
     first = fg.split_grid(shared, 4, 8)[0]
-    sources = [int(np.argmin([np.abs(first[s] - fg.split_grid(images, 4, 8)[0][k]).sum() for k in range(16)])) for s in range(16)]
+    sources = [
+        int(np.argmin([np.abs(first[s] - fg.split_grid(images, 4, 8)[0][k]).sum() for k in range(16)]))
+        for s in range(16)
+    ]
     for b in (1, 2):
-        np.testing.assert_array_equal(fg.split_grid(shared, 4, 8)[b].numpy(), tf.gather(fg.split_grid(images, 4, 8)[b], sources).numpy())
+        np.testing.assert_array_equal(
+            fg.split_grid(shared, 4, 8)[b].numpy(), tf.gather(fg.split_grid(images, 4, 8)[b], sources).numpy()
+        )
 
 
 def _dcl_reference(rng: random.Random, n: int) -> list:
@@ -144,7 +149,9 @@ def test_cropped_regions_centre_on_corners_on_a_white_canvas():
     centroid = fg.corner_centroids(image)[0]
     assert 58 <= centroid[0] <= 86 and 54 <= centroid[1] <= 82
     params = fg.sample("cropped_regions", SEED, 1, size, CONFIG)
-    out = fg.apply("cropped_regions", tf.constant(image), params, CONFIG, {"centroids": tf.constant([centroid])}).numpy()[0]
+    out = fg.apply(
+        "cropped_regions", tf.constant(image), params, CONFIG, {"centroids": tf.constant([centroid])}
+    ).numpy()[0]
     offset = fg._px(CONFIG.crop_offset, size, 0)
     height, width = int(params["height"][0]), int(params["width"][0])
     window = out[offset : offset + height, offset : offset + width]
@@ -163,7 +170,9 @@ PLAIN = AugmentConfig(random_crop=False, color_jitter_prob=0.0, grayscale_prob=0
 
 def _model(tmp_path, learning_rate=None, **config):
     train = tiny_train_config(tmp_path, learning_rate=learning_rate)
-    return trainer.build_pretext_model(train, DataConfig(image_size=IMAGE_SIZE), TINY_BACKBONE, simclr.SimCLRConfig(**config))
+    return trainer.build_pretext_model(
+        train, DataConfig(image_size=IMAGE_SIZE), TINY_BACKBONE, simclr.SimCLRConfig(**config)
+    )
 
 
 def _gammas(view1, view2):
@@ -202,12 +211,32 @@ def test_bad_variant_settings_are_refused_before_training(tmp_path):
 
 VARIANTS = {
     "original": {},
-    "gamma": dict(augment=AugmentConfig(horizontal_flip=True, color_jitter_prob=0.3, blur_prob=0.0), view2_pre=("gamma",), extra_mode="offline"),
-    "coarse_dropout": dict(augment=AugmentConfig(random_crop=False, horizontal_flip=True, color_jitter_prob=0.3, blur_prob=0.0), view2_pre=("coarse_dropout",), extra_mode="offline"),
-    "random_swapping": dict(augment=AugmentConfig(random_crop=False, horizontal_flip=True, color_jitter_prob=0.3, blur_prob=0.0), view2_pre=("patch_swap",), extra_mode="offline"),
-    "cropped_regions": dict(augment=AugmentConfig(random_crop=False, horizontal_flip=True, color_jitter_prob=0.3, blur_prob=0.0), view2_pre=("cropped_regions",), extra_mode="offline"),
-    "random_jigsaw": dict(augment=AugmentConfig(random_crop=False, color_jitter_prob=0.4, blur_prob=0.0), view1_post=("random_jigsaw",)),
-    "dcl_jigsaw": dict(augment=AugmentConfig(random_crop=False, color_jitter_prob=0.4, blur_prob=0.0), view1_pre=("dcl",)),
+    "gamma": dict(
+        augment=AugmentConfig(horizontal_flip=True, color_jitter_prob=0.3, blur_prob=0.0),
+        view2_pre=("gamma",),
+        extra_mode="offline",
+    ),
+    "coarse_dropout": dict(
+        augment=AugmentConfig(random_crop=False, horizontal_flip=True, color_jitter_prob=0.3, blur_prob=0.0),
+        view2_pre=("coarse_dropout",),
+        extra_mode="offline",
+    ),
+    "random_swapping": dict(
+        augment=AugmentConfig(random_crop=False, horizontal_flip=True, color_jitter_prob=0.3, blur_prob=0.0),
+        view2_pre=("patch_swap",),
+        extra_mode="offline",
+    ),
+    "cropped_regions": dict(
+        augment=AugmentConfig(random_crop=False, horizontal_flip=True, color_jitter_prob=0.3, blur_prob=0.0),
+        view2_pre=("cropped_regions",),
+        extra_mode="offline",
+    ),
+    "random_jigsaw": dict(
+        augment=AugmentConfig(random_crop=False, color_jitter_prob=0.4, blur_prob=0.0), view1_post=("random_jigsaw",)
+    ),
+    "dcl_jigsaw": dict(
+        augment=AugmentConfig(random_crop=False, color_jitter_prob=0.4, blur_prob=0.0), view1_pre=("dcl",)
+    ),
 }
 
 
@@ -236,9 +265,19 @@ def test_show_augmentations_writes_the_flagfile_grid(variant, tmp_path):
 
     output = tmp_path / "grid.png"
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "show_augmentations.py"), f"--flagfile={os.path.join(REPO, 'flags', f'simclr_{variant}.cfg')}",
-         f"--output={output}", "--num_images=3", "--max_images_per_split=40", "--image_size=48"],
-        cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "show_augmentations.py"),
+            f"--flagfile={os.path.join(REPO, 'flags', f'simclr_{variant}.cfg')}",
+            f"--output={output}",
+            "--num_images=3",
+            "--max_images_per_split=40",
+            "--image_size=48",
+        ],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     with Image.open(output) as grid:

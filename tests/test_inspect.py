@@ -6,9 +6,9 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
 from fgssl_tf import gradcam
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.evaluation import EvalConfig, evaluate, protocols
@@ -34,7 +34,9 @@ def quadrant_cnn():
     x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(x), name="quadrant_cnn")
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     images, labels = _quadrant_data(512, 0)
     model.fit(images, labels, epochs=8, batch_size=32, verbose=0)
     return model
@@ -68,7 +70,12 @@ def test_linear_probe_folded_into_keras_predicts_as_sklearn(trained_encoder, elp
     encoder = export_lib.load_keras_encoder(version)
     features = {name: serving.embed(elpv_small.split(name)[0]) for name in ("train", "val", "test")}
     result = protocols.linear_probe(
-        (features["train"], elpv_small.train_labels), (features["val"], elpv_small.val_labels), (features["test"], elpv_small.test_labels), 4, 0, "accuracy"
+        (features["train"], elpv_small.train_labels),
+        (features["val"], elpv_small.val_labels),
+        (features["test"], elpv_small.test_labels),
+        4,
+        0,
+        "accuracy",
     )
     classifier = protocols.linear_probe_as_keras(encoder, result.classifier)
     x = export_lib.preprocess(elpv_small.test_images, 32)
@@ -81,7 +88,9 @@ def test_report_plots_classifier_and_the_grad_cam_tool(trained_encoder, elpv_sma
     import sys
 
     _, version = trained_encoder
-    report = evaluate(EvalConfig(encoder=version, protocol="linear", output_dir=str(tmp_path / "report")), splits=elpv_small)
+    report = evaluate(
+        EvalConfig(encoder=version, protocol="linear", output_dir=str(tmp_path / "report")), splits=elpv_small
+    )
     folder = report["output_dir"]
     for name in ("confusion_matrix.png", "recall.png"):
         with Image.open(os.path.join(folder, name)) as picture:
@@ -90,9 +99,19 @@ def test_report_plots_classifier_and_the_grad_cam_tool(trained_encoder, elpv_sma
 
     out = tmp_path / "cams"
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "gradcam.py"), f"--model={folder}", "--dataset=elpv", "--max_images=4",
-         f"--output_dir={out}", f"--logdir={tmp_path / 'tb'}", "--method=gradcam++"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "gradcam.py"),
+            f"--model={folder}",
+            "--dataset=elpv",
+            "--max_images=4",
+            f"--output_dir={out}",
+            f"--logdir={tmp_path / 'tb'}",
+            "--method=gradcam++",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     pngs = sorted(os.listdir(out))
@@ -102,8 +121,16 @@ def test_report_plots_classifier_and_the_grad_cam_tool(trained_encoder, elpv_sma
             assert picture.size == (64, 32)  # image | overlay, at the report's 32 px
     assert os.listdir(tmp_path / "tb")
     bad = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "gradcam.py"), f"--model={folder}", "--layer=nope", f"--output_dir={out}"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "gradcam.py"),
+            f"--model={folder}",
+            "--layer=nope",
+            f"--output_dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "valid names: " in bad.stderr.strip().splitlines()[-1] and "block4_unit2_out" in bad.stderr
@@ -116,9 +143,17 @@ def test_embeddings_tool_writes_the_map_and_the_projector(trained_encoder, tmp_p
     _, version = trained_encoder
     out = tmp_path / "emb"
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "embeddings.py"), f"--encoder={version}", "--max_images=100",
-         f"--output_dir={out}", "--thumbnail=16"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "embeddings.py"),
+            f"--encoder={version}",
+            "--max_images=100",
+            f"--output_dir={out}",
+            "--thumbnail=16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with Image.open(out / "tsne.png") as picture:

@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import IMAGE_SIZE, TINY_BACKBONE, tiny_train_config, write_image
+
 from fgssl_tf import trainer
 from fgssl_tf.config import BackboneConfig, DataConfig
 from fgssl_tf.data import load_splits
@@ -101,7 +101,11 @@ def test_unshuffling_gives_back_the_cropped_image_exactly(elpv_splits):
     crop = back.shape[2]
     for b in range(len(images)):
         for i in range(9):
-            windows = [originals[b, i, y : y + crop, x : x + crop] for y in range(tile - crop + 1) for x in range(tile - crop + 1)]
+            windows = [
+                originals[b, i, y : y + crop, x : x + crop]
+                for y in range(tile - crop + 1)
+                for x in range(tile - crop + 1)
+            ]
             assert any(np.array_equal(back[b, i], w) for w in windows), (b, i)
 
 
@@ -120,7 +124,9 @@ def test_puzzles_do_not_depend_on_the_replica_split(elpv_splits):
 def test_gray_rgba_and_tiny_images_become_puzzles(tmp_path):
     rng = np.random.RandomState(0)
     for k in range(4):
-        write_image(str(tmp_path / "data" / "a" / f"gray{k}.png"), rng.randint(0, 255, (10, 12), np.uint8))  # smaller than a tile
+        write_image(
+            str(tmp_path / "data" / "a" / f"gray{k}.png"), rng.randint(0, 255, (10, 12), np.uint8)
+        )  # smaller than a tile
         write_image(str(tmp_path / "data" / "b" / f"rgba{k}.png"), rng.randint(0, 255, (50, 40, 4), np.uint8))
     splits = load_splits(DataConfig(dataset=f"folder:{tmp_path / 'data'}", image_size=IMAGE_SIZE, val_fraction=0.25))
     permutations = jigsaw.make_permutations("maxhamming", 10, seed=0)
@@ -169,8 +175,14 @@ def elpv_48px():
         idx = label_fraction_subset(labels, limit / len(labels), 0)[:limit]
         parts[name] = (images[idx], labels[idx])
     sizes = {k: len(v[1]) for k, v in parts.items()}
-    return Splits(*parts["train"], *parts["val"], *parts["test"], class_names=full.class_names,
-                  unlabeled_images=full.unlabeled_images, stats={**full.stats, "split_sizes": sizes})
+    return Splits(
+        *parts["train"],
+        *parts["val"],
+        *parts["test"],
+        class_names=full.class_names,
+        unlabeled_images=full.unlabeled_images,
+        stats={**full.stats, "split_sizes": sizes},
+    )
 
 
 def test_short_run_on_elpv_beats_chance_resumes_and_exports(tmp_path, elpv_48px):
@@ -201,7 +213,10 @@ def test_short_run_on_elpv_beats_chance_resumes_and_exports(tmp_path, elpv_48px)
     with pytest.raises(FgsslError, match="use a new --model_dir"):
         trainer.pretrain(train, data, backbone, jigsaw.JigsawConfig(num_permutations=20), splits=elpv_48px)
     # The exported encoder goes through the evaluation tool unchanged.
-    report = evaluate(EvalConfig(encoder=resumed.exports["tiny"], protocol="linear", output_dir=str(tmp_path / "eval")), splits=elpv_48px)
+    report = evaluate(
+        EvalConfig(encoder=resumed.exports["tiny"], protocol="linear", output_dir=str(tmp_path / "eval")),
+        splits=elpv_48px,
+    )
     assert 0.0 <= report["accuracy"] <= 1.0 and report["encoder_metadata"]["pretext"] == "jigsaw"
     assert report["encoder_metadata"]["backbone"]["small_stem"] is True  # the stem it was trained with
 
@@ -212,7 +227,14 @@ def _one_step(strategy, images):
         encoder = build_resnet(BackboneConfig(width=8, small_stem=False, synchronized_bn=True), IMAGE_SIZE, pool_grid=2)
         permutations = jigsaw.make_permutations("maxhamming", 10, seed=0)
         # No dropout (its masks are drawn per replica); a clip norm low enough to act.
-        model = jigsaw.build(encoder, IMAGE_SIZE, permutations, jigsaw.JigsawConfig(dropout=0.0, clip_norm=0.5), seed=0, weight_decay=1e-3)
+        model = jigsaw.build(
+            encoder,
+            IMAGE_SIZE,
+            permutations,
+            jigsaw.JigsawConfig(dropout=0.0, clip_norm=0.5),
+            seed=0,
+            weight_decay=1e-3,
+        )
         model.compile(optimizer=keras.optimizers.SGD(0.1))
     initial = [v.numpy() for v in model.trainable_weights]
     dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(len(images), np.int64))).batch(len(images))
@@ -236,5 +258,7 @@ def test_two_replicas_train_like_one(elpv_small):
 def test_random_init_baseline_can_match_the_jigsaw_encoder():
     from fgssl_tf.evaluation import _random_encoder
 
-    baseline = _random_encoder(EvalConfig(baseline="random_init", pool_grid=2, backbone=TINY_BACKBONE), IMAGE_SIZE, seed=0)
+    baseline = _random_encoder(
+        EvalConfig(baseline="random_init", pool_grid=2, backbone=TINY_BACKBONE), IMAGE_SIZE, seed=0
+    )
     assert baseline.output_shape[-1] == build_resnet(TINY_BACKBONE, IMAGE_SIZE, pool_grid=2).output_shape[-1] == 4 * 64

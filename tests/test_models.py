@@ -49,7 +49,10 @@ def test_batch_norm_synchronizes_by_default_only_with_several_replicas():
     for strategy, expected in ((make_strategy("one_device"), False), (make_strategy("mirrored"), True)):
         with strategy.scope():
             assert build_resnet(BackboneConfig(width=4), 32).get_layer("stem_bn").synchronized is expected
-            assert build_resnet(BackboneConfig(width=4, synchronized_bn=False), 32).get_layer("stem_bn").synchronized is False
+            assert (
+                build_resnet(BackboneConfig(width=4, synchronized_bn=False), 32).get_layer("stem_bn").synchronized
+                is False
+            )
 
 
 def test_unknown_backbone_is_a_clear_error():
@@ -108,8 +111,13 @@ def test_fast_conv_gradients_equal_tensorflows(stride, padding):
             for want, have in zip(expected, got):
                 np.testing.assert_allclose(have.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
             positions = stock.shape[1] * stock.shape[2]
-            paths.add("flipped" if stride == 1 and padding == "SAME" and kernel_size % 2 else
-                      "col2im" if positions <= COL2IM_MAX_OUTPUT_POSITIONS else "stock")
+            paths.add(
+                "flipped"
+                if stride == 1 and padding == "SAME" and kernel_size % 2
+                else "col2im"
+                if positions <= COL2IM_MAX_OUTPUT_POSITIONS
+                else "stock"
+            )
     assert paths >= ({"flipped", "col2im"} if stride == 1 and padding == "SAME" else {"col2im", "stock"})
 
 
@@ -149,6 +157,8 @@ def test_conv_layer_skips_the_slow_cpu_kernel_and_keeps_it_where_a_gpu_is_visibl
 
     x = tf.zeros([2, 8, 8, 4])
     assert "Conv2DBackpropInput" not in _gradient_op_types(layers.Conv2D(4, 3, padding="same"), x)
-    assert "Conv2DBackpropInput" not in _gradient_op_types(layers.Conv2D(4, 3, 2, padding="valid"), x)  # 3x3 output: col2im
+    assert "Conv2DBackpropInput" not in _gradient_op_types(
+        layers.Conv2D(4, 3, 2, padding="valid"), x
+    )  # 3x3 output: col2im
     monkeypatch.setattr(layers.tf.config, "list_logical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
     assert "Conv2DBackpropInput" in _gradient_op_types(layers.Conv2D(4, 3, padding="same"), x)

@@ -30,7 +30,13 @@ def test_knn_accuracy_on_separable_and_random_features():
 
 def test_monitor_runs_before_training_and_after_each_epoch(trained_encoder):
     result, version = trained_encoder  # pretrained with the monitor on, every epoch
-    for name in ("monitor_knn_accuracy", "monitor_linear_probe_accuracy", "monitor_embedding_std", "monitor_effective_rank", "monitor_seconds"):
+    for name in (
+        "monitor_knn_accuracy",
+        "monitor_linear_probe_accuracy",
+        "monitor_embedding_std",
+        "monitor_effective_rank",
+        "monitor_seconds",
+    ):
         values = result.history[name]
         assert len(values) == 2 and np.all(np.isfinite(values)), (name, values)
     for name in ("monitor_knn_accuracy", "monitor_linear_probe_accuracy"):
@@ -70,15 +76,29 @@ def test_compare_runs_tabulates_the_monitor_of_each_run(trained_encoder, tmp_pat
         run_config = json.load(f)
     run_config["pretext_config"]["temperature"] = 0.2
     (variant / "run_config.json").write_text(json.dumps(run_config))
-    out = subprocess.run([sys.executable, os.path.join(REPO, "tools", "compare_runs.py"), model_dir, str(variant),
-                          f"--markdown={tmp_path / 'table.md'}"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "compare_runs.py"),
+            model_dir,
+            str(variant),
+            f"--markdown={tmp_path / 'table.md'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| ")][1:]
     assert len(rows) == 2 and "(reference)" in rows[0] and "temperature=0.2" in rows[1]
     with open(os.path.join(model_dir, "monitor.json")) as f:
         last = json.load(f)[-1]
     assert f"→ {last['knn_balanced_accuracy']:.3f}" in rows[0] and f"| {last['step']} |" in rows[0]
-    missing = subprocess.run([sys.executable, os.path.join(REPO, "tools", "compare_runs.py"), str(tmp_path)],
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "compare_runs.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "monitor.json is missing" in missing.stderr

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import replicated_loss_and_grads
+
 from fgssl_tf.distribute import make_strategy
 from fgssl_tf.objectives import nt_xent, nt_xent_mean
 

@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import IMAGE_SIZE, TINY_BACKBONE, tiny_train_config
+
 from fgssl_tf import fine_grained, trainer
 from fgssl_tf.config import BackboneConfig, DataConfig
 from fgssl_tf.data import pipeline
@@ -21,7 +21,9 @@ SMALL = pmg.PMGConfig(num_classes=4, feature_size=32, head_channels=64, backbone
 
 
 def _model(tmp_path, config=SMALL, **train):
-    return trainer.build_pretext_model(tiny_train_config(tmp_path, pretext="pmg", batch_size=16, **train), DATA, TINY_BACKBONE, config)
+    return trainer.build_pretext_model(
+        tiny_train_config(tmp_path, pretext="pmg", batch_size=16, **train), DATA, TINY_BACKBONE, config
+    )
 
 
 def _head_losses(model, images, labels):
@@ -29,9 +31,15 @@ def _head_losses(model, images, labels):
     x = tf.image.convert_image_dtype(images, tf.float32)
     losses = []
     for head, grid in enumerate((8, 4, 2, None)):
-        inputs = x if grid is None else fine_grained.random_jigsaw(x, tf.constant([9, head], tf.int64), grid, same_for_batch=True)
+        inputs = (
+            x
+            if grid is None
+            else fine_grained.random_jigsaw(x, tf.constant([9, head], tf.int64), grid, same_for_batch=True)
+        )
         logits = model(inputs, training=True)[head]  # batch statistics: 30 steps barely move the moving ones
-        losses.append(float(tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))))
+        losses.append(
+            float(tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)))
+        )
     return np.array(losses)
 
 
@@ -39,7 +47,9 @@ def test_four_updates_per_batch_and_every_head_learns(tmp_path, elpv_small, monk
     grids = []
     original = pmg.random_jigsaw
     assert original is fine_grained.random_jigsaw  # the SimCLR random-jigsaw op, PMG's jigsaw_generator
-    monkeypatch.setattr(pmg, "random_jigsaw", lambda images, seed, grid, **kw: grids.append(grid) or original(images, seed, grid, **kw))
+    monkeypatch.setattr(
+        pmg, "random_jigsaw", lambda images, seed, grid, **kw: grids.append(grid) or original(images, seed, grid, **kw)
+    )
     model = _model(tmp_path)
     images, labels = elpv_small.train_images[:16], elpv_small.train_labels[:16]
     before = _head_losses(model, images, labels)
@@ -67,7 +77,13 @@ def test_zero_backbone_learning_rate_leaves_the_backbone_alone(tmp_path, elpv_sm
 
 def test_short_run_beats_the_majority_class_and_reports_on_test(tmp_path, elpv_small):
     train = tiny_train_config(tmp_path, pretext="pmg", batch_size=16, epochs=3, steps_per_epoch=25, validate=True)
-    result = trainer.pretrain(train, DATA, TINY_BACKBONE, pmg.PMGConfig(feature_size=32, head_channels=64, backbone_weights="none"), splits=elpv_small)
+    result = trainer.pretrain(
+        train,
+        DATA,
+        TINY_BACKBONE,
+        pmg.PMGConfig(feature_size=32, head_channels=64, backbone_weights="none"),
+        splits=elpv_small,
+    )
     majority = np.mean(elpv_small.val_labels == np.bincount(elpv_small.train_labels).argmax())
     assert result.history["val_combined_accuracy"][-1] > majority + 0.03, (result.history, majority)
     # Cosine per epoch: the last of 3 epochs starts at lr0 / 2 (cos(2 pi / 3) + 1) = lr0 / 4.
@@ -77,9 +93,13 @@ def test_short_run_beats_the_majority_class_and_reports_on_test(tmp_path, elpv_s
     report_path = os.path.join(os.path.dirname(export), "evaluations", "v1-elpv-classifier-labels100", "report.json")
     report = json.load(open(report_path))
     assert report["protocol"] == "classifier" and report["split_fingerprint"] == elpv_small.stats["split_fingerprint"]
-    assert 0.0 <= report["balanced_accuracy"] <= 1.0 and np.sum(report["confusion_matrix"]) == len(elpv_small.test_labels)
+    assert 0.0 <= report["balanced_accuracy"] <= 1.0 and np.sum(report["confusion_matrix"]) == len(
+        elpv_small.test_labels
+    )
     # Its backbone is an encoder like any other for the evaluation tool.
-    linear = evaluate(EvalConfig(encoder=export, protocol="linear", output_dir=str(tmp_path / "linear")), splits=elpv_small)
+    linear = evaluate(
+        EvalConfig(encoder=export, protocol="linear", output_dir=str(tmp_path / "linear")), splits=elpv_small
+    )
     assert linear["encoder_metadata"]["pretext"] == "pmg" and 0.0 <= linear["accuracy"] <= 1.0
 
 
@@ -97,7 +117,9 @@ def test_backbone_weights_imagenet_path_and_none(tmp_path, monkeypatch):
     import keras.src.applications.resnet as keras_resnet
 
     monkeypatch.setattr(keras_resnet.file_utils, "get_file", offline)
-    with pytest.raises(FgsslError, match="could not load the ResNet-50 weights 'imagenet'.*a path to a weights file, or none"):
+    with pytest.raises(
+        FgsslError, match="could not load the ResNet-50 weights 'imagenet'.*a path to a weights file, or none"
+    ):
         pmg.build_stage_features(resnet50, 32, "imagenet")
     # A local weights file is loaded as it is.
     keras.utils.set_random_seed(1)
@@ -105,7 +127,10 @@ def test_backbone_weights_imagenet_path_and_none(tmp_path, monkeypatch):
     path = str(tmp_path / "resnet50_notop.weights.h5")
     source.save_weights(path)
     loaded = pmg.build_stage_features(resnet50, 32, path)
-    np.testing.assert_array_equal(loaded.get_layer("resnet50").get_layer("conv1_conv").kernel.numpy(), source.get_layer("conv1_conv").kernel.numpy())
+    np.testing.assert_array_equal(
+        loaded.get_layer("resnet50").get_layer("conv1_conv").kernel.numpy(),
+        source.get_layer("conv1_conv").kernel.numpy(),
+    )
 
 
 def _one_batch(strategy, tmp_path, images, labels):

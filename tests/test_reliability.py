@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import IMAGE_SIZE, REPO, TINY_BACKBONE, tiny_train_config
+
 from fgssl_tf import trainer
 from fgssl_tf.config import DataConfig
 from fgssl_tf.errors import FgsslError
@@ -50,7 +50,9 @@ def _checkpoint_numbers(run_dir):
 def test_nan_loss_stops_naming_the_step_and_keeps_finite_checkpoints(tmp_path, elpv_small, nan_at_call):
     nan_at_call(5)  # 3 steps per epoch: epoch 2, batch 2
     config = tiny_train_config(tmp_path, export=False, epochs=3)
-    with pytest.raises(FgsslError, match=r"non-finite loss or gradients in epoch 2, batch 2 \(step 5\).*--nan_policy=skip_batch"):
+    with pytest.raises(
+        FgsslError, match=r"non-finite loss or gradients in epoch 2, batch 2 \(step 5\).*--nan_policy=skip_batch"
+    ):
         trainer.pretrain(config, DATA, TINY_BACKBONE, splits=elpv_small)
     assert _checkpoint_numbers(config.model_dir) == [3]  # epoch 1 only; nothing written after the NaN
     reader = tf.train.load_checkpoint(os.path.join(config.model_dir, "checkpoints", "ckpt-3"))
@@ -79,7 +81,9 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path, elp
     data_file = next(f for f in os.listdir(checkpoints) if f.startswith("ckpt-6.data"))
     with open(os.path.join(checkpoints, data_file), "r+b") as f:  # a torn write: half the file
         f.truncate(os.path.getsize(f.name) // 2)
-    resumed = trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=3), DATA, TINY_BACKBONE, splits=elpv_small)
+    resumed = trainer.pretrain(
+        tiny_train_config(tmp_path, export=False, epochs=3), DATA, TINY_BACKBONE, splits=elpv_small
+    )
     assert "ckpt-6 is unreadable" in caplog.text
     assert resumed.initial_epoch == 1 and int(resumed.model.optimizer.iterations.numpy()) == 9
     for name in os.listdir(checkpoints):
@@ -93,9 +97,24 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path, elp
 
 def _train_command(run_dir, epochs):
     return [
-        sys.executable, "-m", "fgssl_tf.train", "--pretext=simclr", "--dataset=elpv", "--image_size=32", "--width=8", "--small_stem=false",
-        "--batch_size=16", "--steps_per_epoch=8", f"--epochs={epochs}", "--max_images_per_split=160", "--monitor_every=0", "--novalidate",
-        "--verbose=0", "--strategy=one_device", f"--model_dir={run_dir}", f"--export_dir={run_dir}/savedmodels",
+        sys.executable,
+        "-m",
+        "fgssl_tf.train",
+        "--pretext=simclr",
+        "--dataset=elpv",
+        "--image_size=32",
+        "--width=8",
+        "--small_stem=false",
+        "--batch_size=16",
+        "--steps_per_epoch=8",
+        f"--epochs={epochs}",
+        "--max_images_per_split=160",
+        "--monitor_every=0",
+        "--novalidate",
+        "--verbose=0",
+        "--strategy=one_device",
+        f"--model_dir={run_dir}",
+        f"--export_dir={run_dir}/savedmodels",
     ]
 
 
@@ -114,10 +133,19 @@ def _wait_for_checkpoint(process, run_dir, newer_than, timeout=240):
 def test_sigterm_saves_mid_epoch_and_sigkill_loses_only_the_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": REPO, "CUDA_VISIBLE_DEVICES": ""}
     straight_dir, broken_dir = str(tmp_path / "straight"), str(tmp_path / "broken")
-    straight = subprocess.Popen(_train_command(straight_dir, 3), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    straight = subprocess.Popen(
+        _train_command(straight_dir, 3),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     # Pre-emption: SIGTERM somewhere after epoch 1 -> the batch in flight ends, a checkpoint is saved, exit 143.
-    run = subprocess.Popen(_train_command(broken_dir, 3), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        _train_command(broken_dir, 3), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     _wait_for_checkpoint(run, broken_dir, 0)
     time.sleep(0.1)
     run.send_signal(signal.SIGTERM)
@@ -127,17 +155,25 @@ def test_sigterm_saves_mid_epoch_and_sigkill_loses_only_the_epoch_then_resume_eq
     saved = max(_checkpoint_numbers(broken_dir))
     assert saved % 8, saved  # saved mid-epoch
     reader = tf.train.load_checkpoint(os.path.join(broken_dir, "checkpoints", f"ckpt-{saved}"))
-    positions = {k.split("/")[0]: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith(("epoch/", "step_in_epoch/"))}
+    positions = {
+        k.split("/")[0]: reader.get_tensor(k)
+        for k in reader.get_variable_to_shape_map()
+        if k.startswith(("epoch/", "step_in_epoch/"))
+    }
     assert positions["epoch"] * 8 + positions["step_in_epoch"] == saved
 
     # A kill: SIGKILL after the next checkpoint; the re-run resumes from the last one written.
-    run = subprocess.Popen(_train_command(broken_dir, 3), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        _train_command(broken_dir, 3), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     _wait_for_checkpoint(run, broken_dir, saved)
     time.sleep(0.2)
     run.kill()
     run.wait()
     assert not os.path.isdir(os.path.join(broken_dir, "savedmodels"))  # it died before the end
-    resumed = subprocess.run(_train_command(broken_dir, 3), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        _train_command(broken_dir, 3), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     straight.communicate(timeout=300)
     assert straight.returncode == 0
@@ -146,7 +182,11 @@ def test_sigterm_saves_mid_epoch_and_sigkill_loses_only_the_epoch_then_resume_eq
     for name, run_dir in (("straight", straight_dir), ("broken", broken_dir)):
         assert max(_checkpoint_numbers(run_dir)) == 24
         reader = tf.train.load_checkpoint(os.path.join(run_dir, "checkpoints", "ckpt-24"))
-        final[name] = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if not k.startswith(("_CHECKPOINTABLE", "save_counter"))}
+        final[name] = {
+            k: reader.get_tensor(k)
+            for k in reader.get_variable_to_shape_map()
+            if not k.startswith(("_CHECKPOINTABLE", "save_counter"))
+        }
     assert final["straight"].keys() == final["broken"].keys()
     compared = 0
     for key, value in final["straight"].items():
@@ -160,9 +200,9 @@ def test_sigterm_saves_mid_epoch_and_sigkill_loses_only_the_epoch_then_resume_eq
 
 def test_awkward_image_files_are_converted_or_skipped_and_counted_in_tensorboard(tmp_path):
     """The data-fault table of docs/reliability.md: what each kind of file becomes."""
+    from conftest import write_image
     from PIL import Image
 
-    from conftest import write_image
     from fgssl_tf.data import load_splits
 
     rng = np.random.RandomState(0)
@@ -180,19 +220,35 @@ def test_awkward_image_files_are_converted_or_skipped_and_counted_in_tensorboard
     (faults / "truncated.jpg").write_bytes((faults / "huge.jpg").read_bytes()[:3000])
     splits = load_splits(DataConfig(dataset=f"folder:{root}", image_size=16, val_fraction=0.2))
     assert splits.stats["skipped_files"] == 3
-    assert {os.path.basename(p) for p in splits.stats["skipped_paths"]} == {"zero_bytes.jpg", "text.png", "truncated.jpg"}
+    assert {os.path.basename(p) for p in splits.stats["skipped_paths"]} == {
+        "zero_bytes.jpg",
+        "text.png",
+        "truncated.jpg",
+    }
     everything = np.concatenate([splits.split(n)[0] for n in ("train", "val", "test")])
     assert len(everything) == 16 + 4
 
     def has(colour, tolerance):
-        return bool(np.any(np.all(np.abs(everything.astype(int) - colour).reshape(len(everything), -1, 3).max(axis=1) <= tolerance, axis=-1)))
+        return bool(
+            np.any(
+                np.all(
+                    np.abs(everything.astype(int) - colour).reshape(len(everything), -1, 3).max(axis=1) <= tolerance,
+                    axis=-1,
+                )
+            )
+        )
+
     assert has((100, 150, 200), 3)  # the 10,000 x 10,000 JPEG, squashed to 16 px
     assert has((200, 200, 200), 1)  # 16-bit gray, scaled to 8 bits
     assert has((200, 50, 10), 8)  # CMYK JPEG, back to RGB
     assert has((7, 8, 9), 0)  # one pixel, repeated
 
-    trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=1, steps_per_epoch=1, batch_size=4), DataConfig(dataset=f"folder:{root}", image_size=16),
-                     TINY_BACKBONE, splits=splits)
+    trainer.pretrain(
+        tiny_train_config(tmp_path, export=False, epochs=1, steps_per_epoch=1, batch_size=4),
+        DataConfig(dataset=f"folder:{root}", image_size=16),
+        TINY_BACKBONE,
+        splits=splits,
+    )
     values = {}
     for path in tf.io.gfile.glob(str(tmp_path / "run" / "logs" / "data" / "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
@@ -211,11 +267,16 @@ def test_a_full_disk_at_checkpoint_time_keeps_the_last_good_one(tmp_path, elpv_s
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", disk_full)
-    with pytest.raises(FgsslError, match=r"could not write a checkpoint after epoch 2 .*No space left.*ckpt-3 is kept; free space and re-run"):
+    with pytest.raises(
+        FgsslError,
+        match=r"could not write a checkpoint after epoch 2 .*No space left.*ckpt-3 is kept; free space and re-run",
+    ):
         trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
     monkeypatch.undo()
     assert _checkpoint_numbers(config.model_dir) == [3]
-    resumed = trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
+    resumed = trainer.pretrain(
+        tiny_train_config(tmp_path, export=False, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small
+    )
     assert resumed.initial_epoch == 1 and int(resumed.model.optimizer.iterations.numpy()) == 6
 
 
@@ -229,16 +290,19 @@ def test_resume_refuses_every_changed_setting_naming_it_and_allows_the_listed_on
     config = tiny_train_config(tmp_path, export=False, epochs=1, steps_per_epoch=2)
     trainer.pretrain(config, DATA, TINY_BACKBONE, splits=elpv_small)
     saved = (tmp_path / "run" / "run_config.json").read_bytes()
-    with_knob = dataclasses.make_dataclass("KnobConfig", [("new_knob", int, dataclasses.field(default=0))],
-                                           bases=(simclr.SimCLRConfig,), frozen=True)
+    with_knob = dataclasses.make_dataclass(
+        "KnobConfig", [("new_knob", int, dataclasses.field(default=0))], bases=(simclr.SimCLRConfig,), frozen=True
+    )
     changes = [
         ({"train": dataclasses.replace(config, learning_rate=0.01)}, "train.learning_rate: 0.001 -> 0.01"),
         ({"train": dataclasses.replace(config, steps_per_epoch=4)}, "train.steps_per_epoch: 2 -> 4"),
         ({"data": DataConfig(image_size=IMAGE_SIZE, val_fraction=0.3)}, "data.val_fraction: 0.2 -> 0.3"),
         ({"backbone": dataclasses.replace(TINY_BACKBONE, width=16)}, "backbone_config.width: 8 -> 16"),
         ({"pretext_config": simclr.SimCLRConfig(temperature=0.2)}, "pretext_config.temperature: 0.5 -> 0.2"),
-        ({"pretext_config": simclr.SimCLRConfig(augment=AugmentConfig(blur_prob=0.1))},
-         "pretext_config.augment.blur_prob: 0.5 -> 0.1"),
+        (
+            {"pretext_config": simclr.SimCLRConfig(augment=AugmentConfig(blur_prob=0.1))},
+            "pretext_config.augment.blur_prob: 0.5 -> 0.1",
+        ),
         ({"pretext_config": with_knob(new_knob=3)}, "pretext_config.new_knob: 0 -> 3"),
     ]
     for change, named in changes:
@@ -248,14 +312,22 @@ def test_resume_refuses_every_changed_setting_naming_it_and_allows_the_listed_on
         assert named in str(refused.value) and "docs/reliability.md" in str(refused.value)
         assert (tmp_path / "run" / "run_config.json").read_bytes() == saved  # nothing rewritten
     # The same settings over other images: refused once the data is loaded, before any training.
-    fewer = dataclasses.replace(elpv_small, stats={**elpv_small.stats, "split_sizes": {"train": 399, "val": 300,
-                                                                                       "test": 300}})
+    fewer = dataclasses.replace(
+        elpv_small, stats={**elpv_small.stats, "split_sizes": {"train": 399, "val": 300, "test": 300}}
+    )
     with pytest.raises(FgsslError, match=r"holds a run on other data \(split_sizes: \{'train': 400.*'train': 399"):
         trainer.pretrain(config, DATA, TINY_BACKBONE, splits=fewer)
     assert (tmp_path / "run" / "run_config.json").read_bytes() == saved
     # The allow-list: more epochs, another export place, verbosity, NaN policy, strategy; a new field at its default.
-    allowed = dataclasses.replace(config, epochs=2, export_dir=str(tmp_path / "elsewhere"), verbose=2,
-                                  nan_policy="skip_batch", strategy="auto", checkpoints_to_keep=5)
+    allowed = dataclasses.replace(
+        config,
+        epochs=2,
+        export_dir=str(tmp_path / "elsewhere"),
+        verbose=2,
+        nan_policy="skip_batch",
+        strategy="auto",
+        checkpoints_to_keep=5,
+    )
     resumed = trainer.pretrain(allowed, DATA, TINY_BACKBONE, with_knob(), splits=elpv_small)
     assert resumed.initial_epoch == 1 and int(resumed.model.optimizer.iterations.numpy()) == 4
     with open(tmp_path / "run" / "run_config.json") as f:
@@ -307,7 +379,9 @@ def test_sigterm_and_resume_name_the_same_epoch_and_batch(tmp_path, elpv_small, 
 def test_a_validation_split_smaller_than_the_batch_is_one_smaller_batch(tmp_path, elpv_small, caplog):
     import dataclasses
 
-    small = dataclasses.replace(elpv_small, val_images=elpv_small.val_images[:20], val_labels=elpv_small.val_labels[:20])
+    small = dataclasses.replace(
+        elpv_small, val_images=elpv_small.val_images[:20], val_labels=elpv_small.val_labels[:20]
+    )
     config = tiny_train_config(tmp_path, export=False, epochs=1, steps_per_epoch=1, validate=True)
     result = trainer.pretrain(config, DATA, TINY_BACKBONE, splits=small)
     assert "fewer than --batch_size=32: validating on one batch of 20" in caplog.text

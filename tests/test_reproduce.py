@@ -14,8 +14,16 @@ from conftest import REPO
 
 def _run(output_dir, *extra):
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "reproduce.py"), "--budget=tiny", f"--output_dir={output_dir}", *extra],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "reproduce.py"),
+            "--budget=tiny",
+            f"--output_dir={output_dir}",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -72,8 +80,15 @@ def test_random_init_baseline_draws_its_weights_from_the_init_seed(elpv_small):
     from fgssl_tf.evaluation import EvalConfig, evaluate
 
     def knn(tmp, init_seed):
-        config = EvalConfig(baseline="random_init", protocol="knn", image_size=32, seeds=(0,), init_seed=init_seed,
-                            backbone=BackboneConfig(width=8, small_stem=False), output_dir=str(tmp))
+        config = EvalConfig(
+            baseline="random_init",
+            protocol="knn",
+            image_size=32,
+            seeds=(0,),
+            init_seed=init_seed,
+            backbone=BackboneConfig(width=8, small_stem=False),
+            output_dir=str(tmp),
+        )
         return evaluate(config, splits=elpv_small)["per_seed"][0]["confusion_matrix"]
 
     import tempfile
@@ -85,8 +100,16 @@ def test_random_init_baseline_draws_its_weights_from_the_init_seed(elpv_small):
 
 def test_unknown_protocol_is_one_clear_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "reproduce.py"), "--budget=medium", "--protocols=linear,probe",
-         f"--output_dir={tmp_path}"], capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "reproduce.py"),
+            "--budget=medium",
+            "--protocols=linear,probe",
+            f"--output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: unknown --protocols probe; the medium budget has")

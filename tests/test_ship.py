@@ -11,8 +11,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import REPO, TINY_BACKBONE, write_image
+
 from fgssl_tf import export
 from fgssl_tf import export_classifier as ship
 from fgssl_tf.errors import FgsslError
@@ -25,8 +25,13 @@ from fgssl_tf.models import layers as fgssl_layers
 def shipped(trained_encoder, elpv_small, elpv_splits, tmp_path_factory):
     """(export summary, report folder): fine-tuned on elpv_small, TFLite measured on the whole elpv test split."""
     tmp_path = tmp_path_factory.mktemp("ship")
-    config = EvalConfig(encoder=trained_encoder[1], protocol="finetune", finetune_epochs=1, finetune_learning_rate=1e-3,
-                        output_dir=str(tmp_path / "report"))
+    config = EvalConfig(
+        encoder=trained_encoder[1],
+        protocol="finetune",
+        finetune_epochs=1,
+        finetune_learning_rate=1e-3,
+        output_dir=str(tmp_path / "report"),
+    )
     report = evaluate(config, splits=elpv_small)
     export_path = str(tmp_path / "savedmodels" / "elpv_classifier")
     summary = ship.export_classifier(ship.ClassifierExportConfig(report["output_dir"], export_path), splits=elpv_splits)
@@ -43,8 +48,15 @@ def test_layout_and_class_names_inside_the_model(shipped, elpv_splits):
     summary, _ = shipped
     version = summary["saved_model"]
     assert os.path.basename(version) == "1"
-    for name in ("saved_model.pb", "variables", ship.CLASSIFIER_FILE, ship.TFLITE_FLOAT_FILE, ship.TFLITE_INT8_FILE,
-                 ship.TFLITE_METADATA_FILE, export.METADATA_FILE):
+    for name in (
+        "saved_model.pb",
+        "variables",
+        ship.CLASSIFIER_FILE,
+        ship.TFLITE_FLOAT_FILE,
+        ship.TFLITE_INT8_FILE,
+        ship.TFLITE_METADATA_FILE,
+        export.METADATA_FILE,
+    ):
         assert os.path.exists(os.path.join(version, name)), name
     metadata = export.read_metadata(version)
     assert metadata["kind"] == "classifier" and metadata["image_size"] == 32
@@ -113,8 +125,12 @@ def test_bad_input_to_the_serving_signature_is_a_clear_message(shipped, problem)
     """What a TF Serving client calling the signature directly gets."""
     signature = tf.saved_model.load(shipped[0]["saved_model"]).signatures["serving_default"]
     images, _ = BAD_INPUTS[problem]
-    message = {"dtype": "uint8", "rank": r"shape \[batch, height, width, channels\]",
-               "channels": r"1 \(gray\), 3 \(RGB\) or 4", "empty batch": "empty batch"}[problem]
+    message = {
+        "dtype": "uint8",
+        "rank": r"shape \[batch, height, width, channels\]",
+        "channels": r"1 \(gray\), 3 \(RGB\) or 4",
+        "empty batch": "empty batch",
+    }[problem]
     with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError), match=message):
         signature(images=tf.constant(images))
 
@@ -131,8 +147,12 @@ def test_export_refuses_a_report_without_class_names_or_image_size(shipped, tmp_
     assert not (tmp_path / "x").exists()
     if missing == "class_names":  # the command says it in one line
         tool = os.path.join(REPO, "tools", "export_classifier.py")
-        run = subprocess.run([sys.executable, tool, f"--report={report_dir}", f"--export={tmp_path / 'x'}"],
-                             capture_output=True, text=True, cwd=str(tmp_path))
+        run = subprocess.run(
+            [sys.executable, tool, f"--report={report_dir}", f"--export={tmp_path / 'x'}"],
+            capture_output=True,
+            text=True,
+            cwd=str(tmp_path),
+        )
         errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
         assert run.returncode == 2 and len(errors) == 1 and "has no class_names" in errors[0], run.stderr
         assert "Traceback" not in run.stderr
@@ -187,14 +207,24 @@ def test_predict_tool_on_a_folder_prints_rows_and_writes_csv(shipped, elpv_split
         write_image(str(folder / f"cell{i}.png"), elpv_splits.test_images[i])
     (folder / "broken.jpg").write_bytes(b"not an image")
     model_root = os.path.dirname(summary["saved_model"])
-    run = subprocess.run([sys.executable, os.path.join(REPO, "tools", "predict.py"), f"--model={model_root}",
-                          f"--images={folder}", f"--output={tmp_path / 'out.csv'}"],
-                         capture_output=True, text=True, cwd=str(tmp_path))
+    run = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "predict.py"),
+            f"--model={model_root}",
+            f"--images={folder}",
+            f"--output={tmp_path / 'out.csv'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+    )
     assert run.returncode == 0, run.stderr
     rows = [line.split(",") for line in run.stdout.splitlines() if line.startswith(str(folder))]
     assert len(rows) == 5
     assert [line for line in run.stderr.splitlines() if line.startswith("warning:")] == [
-        f"warning: skipped unreadable image 1 of 1: {folder / 'broken.jpg'}"]
+        f"warning: skipped unreadable image 1 of 1: {folder / 'broken.jpg'}"
+    ]
     expected = ship.load_classifier(summary["saved_model"]).probabilities(elpv_splits.test_images[:5])
     assert [r[1] for r in rows] == [elpv_splits.class_names[c] for c in np.argmax(expected, 1)]
     np.testing.assert_allclose([float(r[2]) for r in rows], expected.max(1), atol=1e-4)
@@ -204,12 +234,32 @@ def test_predict_tool_on_a_folder_prints_rows_and_writes_csv(shipped, elpv_split
 
 def test_evaluate_exports_the_classifier_and_refuses_knn(trained_encoder, tmp_path):
     tool = os.path.join(REPO, "tools", "evaluate.py")
-    run = subprocess.run([sys.executable, tool, f"--encoder={trained_encoder[1]}", "--protocol=knn",
-                          f"--export_classifier={tmp_path / 'c'}"], capture_output=True, text=True, cwd=str(tmp_path))
+    run = subprocess.run(
+        [
+            sys.executable,
+            tool,
+            f"--encoder={trained_encoder[1]}",
+            "--protocol=knn",
+            f"--export_classifier={tmp_path / 'c'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+    )
     assert run.returncode == 2 and "--protocol=finetune or --protocol=linear" in run.stderr
-    subprocess.run([sys.executable, tool, f"--encoder={trained_encoder[1]}", "--protocol=linear",
-                    "--max_images_per_split=60", f"--output_dir={tmp_path / 'r'}",
-                    f"--export_classifier={tmp_path / 'c'}", "--noexport_tflite"],
-                   check=True, cwd=str(tmp_path))
+    subprocess.run(
+        [
+            sys.executable,
+            tool,
+            f"--encoder={trained_encoder[1]}",
+            "--protocol=linear",
+            "--max_images_per_split=60",
+            f"--output_dir={tmp_path / 'r'}",
+            f"--export_classifier={tmp_path / 'c'}",
+            "--noexport_tflite",
+        ],
+        check=True,
+        cwd=str(tmp_path),
+    )
     metadata = export.read_metadata(str(tmp_path / "c" / "1"))
     assert metadata["kind"] == "classifier" and metadata["report"]["protocol"] == "linear"

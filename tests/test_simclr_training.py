@@ -7,14 +7,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import IMAGE_SIZE, TINY_BACKBONE, tiny_train_config
+
 from fgssl_tf import trainer
 from fgssl_tf.config import BackboneConfig, DataConfig
 from fgssl_tf.data import pipeline
 from fgssl_tf.distribute import make_strategy
-from fgssl_tf.models import build_resnet
 from fgssl_tf.errors import FgsslError
+from fgssl_tf.models import build_resnet
 from fgssl_tf.pretext import simclr
 
 DATA = DataConfig(image_size=IMAGE_SIZE)
@@ -57,7 +57,10 @@ def test_tensorboard_logs_and_refusal_to_resume_other_settings(tmp_path, elpv_sm
 def test_pretrain_under_mirrored_strategy(tmp_path, elpv_small):
     """The whole path (views grid, fit, checkpoint, export) on two replicas."""
     result = trainer.pretrain(
-        tiny_train_config(tmp_path, epochs=1, steps_per_epoch=1, strategy="mirrored"), DATA, TINY_BACKBONE, splits=elpv_small
+        tiny_train_config(tmp_path, epochs=1, steps_per_epoch=1, strategy="mirrored"),
+        DATA,
+        TINY_BACKBONE,
+        splits=elpv_small,
     )
     assert result.model.distribute_strategy.num_replicas_in_sync == 2
     assert np.isfinite(result.history["loss"][0])
@@ -68,7 +71,9 @@ def _one_step(strategy, images, optimizer):
     with strategy.scope():
         keras.utils.set_random_seed(0)
         encoder = build_resnet(BackboneConfig(width=8, small_stem=False, synchronized_bn=True), IMAGE_SIZE)
-        model = simclr.build(encoder, IMAGE_SIZE, simclr.SimCLRConfig(projection_dim=32, hidden_dim=32), seed=0, weight_decay=1e-3)
+        model = simclr.build(
+            encoder, IMAGE_SIZE, simclr.SimCLRConfig(projection_dim=32, hidden_dim=32), seed=0, weight_decay=1e-3
+        )
         model.compile(optimizer=optimizer())
     initial = [v.numpy() for v in model.trainable_weights]
     dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(len(images), np.int64))).batch(len(images))

@@ -11,8 +11,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import IMAGE_SIZE, TINY_BACKBONE, tiny_train_config
+
 from fgssl_tf import trainer
 from fgssl_tf.config import DataConfig
 from fgssl_tf.data import pipeline
@@ -22,7 +22,16 @@ from fgssl_tf.export import preprocess
 from fgssl_tf.pretext import srgan
 
 DATA = DataConfig(image_size=IMAGE_SIZE)
-TINY = srgan.SRGANConfig(stage="psnr", scale=4, hr_size=32, residual_blocks=2, width=16, discriminator_width=8, discriminator_dense=16, perceptual_weights="none")
+TINY = srgan.SRGANConfig(
+    stage="psnr",
+    scale=4,
+    hr_size=32,
+    residual_blocks=2,
+    width=16,
+    discriminator_width=8,
+    discriminator_dense=16,
+    perceptual_weights="none",
+)
 
 
 def test_generator_scales_and_discriminator_input_size():
@@ -39,7 +48,13 @@ def test_generator_scales_and_discriminator_input_size():
     paper = srgan.SRGANConfig(hr_size=88)
     assert srgan.build_discriminator(paper).get_layer("conv8_lrelu").output.shape[1:] == (6, 6, 512)
     # SRResNet-16: 9x9 stem, 16 x (two 3x3 convs, two BNs, a PReLU), trunk conv + BN, two x4-channel upsample convs + PReLUs, 9x9 output.
-    weights = (9 * 9 * 3 * 64 + 64 + 1) + 16 * (2 * 9 * 64 * 64 + 2 * 2 * 64 + 1) + (9 * 64 * 64 + 2 * 64) + 2 * (9 * 64 * 256 + 1) + (9 * 9 * 64 * 3 + 3)
+    weights = (
+        (9 * 9 * 3 * 64 + 64 + 1)
+        + 16 * (2 * 9 * 64 * 64 + 2 * 2 * 64 + 1)
+        + (9 * 64 * 64 + 2 * 64)
+        + 2 * (9 * 64 * 256 + 1)
+        + (9 * 9 * 64 * 3 + 3)
+    )
     assert sum(int(np.prod(w.shape)) for w in srgan.build_generator(paper).trainable_weights) == weights
 
 
@@ -47,7 +62,16 @@ def test_generator_scales_and_discriminator_input_size():
 def psnr_run(tmp_path_factory, elpv_splits):
     """A short psnr stage on real elpv crops (x4, 32 px HR from 8 px LR)."""
     tmp_path = tmp_path_factory.mktemp("srgan_psnr")
-    train = tiny_train_config(tmp_path, pretext="srgan", export_name=None, batch_size=16, epochs=2, steps_per_epoch=200, learning_rate=1e-3, validate=True)
+    train = tiny_train_config(
+        tmp_path,
+        pretext="srgan",
+        export_name=None,
+        batch_size=16,
+        epochs=2,
+        steps_per_epoch=200,
+        learning_rate=1e-3,
+        validate=True,
+    )
     return trainer.pretrain(train, DATA, TINY_BACKBONE, TINY, splits=elpv_splits), train
 
 
@@ -88,18 +112,32 @@ def _gan_config(psnr_train, vgg_weights):
 def test_gan_step_moves_both_networks_and_not_vgg(tmp_path, psnr_run, vgg_weights, elpv_splits):
     psnr_result, psnr_train = psnr_run
     config = _gan_config(psnr_train, vgg_weights)
-    model = trainer.build_pretext_model(tiny_train_config(tmp_path, pretext="srgan", batch_size=16), DATA, TINY_BACKBONE, config)
+    model = trainer.build_pretext_model(
+        tiny_train_config(tmp_path, pretext="srgan", batch_size=16), DATA, TINY_BACKBONE, config
+    )
     for mine, trained in zip(model.generator.weights, psnr_result.model.generator.weights):  # started from the psnr run
         np.testing.assert_array_equal(mine.numpy(), trained.numpy())
     assert model.perceptual is not None and not model.perceptual.trainable_weights
     assert not any("vgg" in v.path or "block5" in v.path for v in model.weights)  # VGG is not part of the checkpoint
-    before = {name: [v.numpy().copy() for v in net.weights] for name, net in
-              (("generator", model.generator), ("discriminator", model.discriminator), ("vgg", model.perceptual))}
+    before = {
+        name: [v.numpy().copy() for v in net.weights]
+        for name, net in (
+            ("generator", model.generator),
+            ("discriminator", model.discriminator),
+            ("vgg", model.perceptual),
+        )
+    }
     images = elpv_splits.train_images[:16]
-    logs = model.fit(pipeline.epoch_batches(images, np.arange(16), 16, 0, 0, 1, 1), epochs=1, steps_per_epoch=1, verbose=0).history
+    logs = model.fit(
+        pipeline.epoch_batches(images, np.arange(16), 16, 0, 0, 1, 1), epochs=1, steps_per_epoch=1, verbose=0
+    ).history
     for key in ("d_loss", "perceptual_loss", "adversarial_loss", "pixel_loss"):
         assert np.isfinite(logs[key][0]) and logs[key][0] > 0, (key, logs)
-    for name, net in (("generator", model.generator), ("discriminator", model.discriminator), ("vgg", model.perceptual)):
+    for name, net in (
+        ("generator", model.generator),
+        ("discriminator", model.discriminator),
+        ("vgg", model.perceptual),
+    ):
         changed = [not np.array_equal(a, v.numpy()) for a, v in zip(before[name], net.weights)]
         if name == "vgg":
             assert not any(changed)
@@ -113,7 +151,9 @@ def test_both_stages_in_one_run_switch_at_half_time_and_export_both(tmp_path, el
     result = trainer.pretrain(train, DATA, TINY_BACKBONE, dataclasses.replace(TINY, stage="both"), splits=elpv_small)
     model = result.model
     assert int(model.optimizer.iterations.numpy()) == 6  # the generator every step
-    assert int(model.discriminator_optimizer.iterations.numpy()) == 2  # the critic in the last epoch only (epochs 1-2: psnr)
+    assert (
+        int(model.discriminator_optimizer.iterations.numpy()) == 2
+    )  # the critic in the last epoch only (epochs 1-2: psnr)
     assert "d_loss" not in result.history or len(result.history["d_loss"]) == 1
     assert set(result.exports) == {"srgan_generator_elpv", "srgan_discriminator_elpv"}
 
@@ -133,7 +173,9 @@ def test_perceptual_weights_choices_fail_clearly(tmp_path, monkeypatch):
     assert srgan._load_perceptual("auto") is None  # the default: a warning, and no perceptual term
     train = tiny_train_config(tmp_path, pretext="srgan")
     with pytest.raises(FgsslError, match="no checkpoint.*run the psnr stage first"):
-        trainer.build_pretext_model(train, DATA, TINY_BACKBONE, dataclasses.replace(TINY, stage="gan", generator_init=str(tmp_path / "nothing")))
+        trainer.build_pretext_model(
+            train, DATA, TINY_BACKBONE, dataclasses.replace(TINY, stage="gan", generator_init=str(tmp_path / "nothing"))
+        )
     with pytest.raises(FgsslError, match="larger than --image_size"):
         trainer.build_pretext_model(train, DATA, TINY_BACKBONE, dataclasses.replace(TINY, hr_size=64))
     with pytest.raises(FgsslError, match="multiple of --srgan_scale"):
@@ -159,7 +201,13 @@ def test_both_encoders_reload_with_tensorflow_alone(gan_exports):
         "print('fgssl_tf' in sys.modules)\n"
     )
     paths = [gan_exports["srgan_generator_elpv"], gan_exports["srgan_discriminator_elpv"]]
-    out = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-c", script, *paths],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     lines = out.stdout.split()
     assert lines == ["16", "True", "64", "True", "False"], out.stdout  # generator width; discriminator 8 x width
     for path in paths:
@@ -181,29 +229,67 @@ def test_paper_variants_train_their_heads_and_keep_the_encoder_frozen(gan_export
 
     train = (elpv_small.train_images[:64], elpv_small.train_labels[:64])
     val = (elpv_small.val_images[:32], elpv_small.val_labels[:32])
-    for part, options in (("generator", {"keep_residual_blocks": 1}), ("discriminator", {"remove_conv_blocks": 1}), ("discriminator", {})):
-        encoder, head = srgan.downstream_network(gan_exports[f"srgan_{part}_elpv"], part, 4, "paper", dropout=0.5, **options)
+    for part, options in (
+        ("generator", {"keep_residual_blocks": 1}),
+        ("discriminator", {"remove_conv_blocks": 1}),
+        ("discriminator", {}),
+    ):
+        encoder, head = srgan.downstream_network(
+            gan_exports[f"srgan_{part}_elpv"], part, 4, "paper", dropout=0.5, **options
+        )
         frozen = [w.numpy().copy() for w in encoder.weights]
         head.build(encoder.output_shape)
         pretrained = [layer.name for layer in head.layers if layer.weights and not layer.trainable]
         initial = {w.path: w.numpy().copy() for w in head.trainable_weights}
-        protocols.finetune(encoder, lambda b: preprocess(b, 32), train, val, val, 4, 0, "accuracy", 1, 1e-3, 32, "none", head, "inverse")
+        protocols.finetune(
+            encoder,
+            lambda b: preprocess(b, 32),
+            train,
+            val,
+            val,
+            4,
+            0,
+            "accuracy",
+            1,
+            1e-3,
+            32,
+            "none",
+            head,
+            "inverse",
+        )
         assert any(layer.name == "head_dropout" and layer.rate == 0.5 for layer in head.layers)
         for before, w in zip(frozen, encoder.weights):
             np.testing.assert_array_equal(before, w.numpy())
-        assert all(not np.array_equal(initial[w.path], w.numpy()) for w in head.trainable_weights), part  # bug S4/S5: heads train
+        assert all(not np.array_equal(initial[w.path], w.numpy()) for w in head.trainable_weights), (
+            part
+        )  # bug S4/S5: heads train
         # Remove no conv block: the discriminator's own pretrained dense layer stays, frozen (as the paper).
         assert pretrained == (["head_dense"] if part == "discriminator" and not options else [])
 
 
 def test_evaluation_tool_runs_a_variant_and_names_it(gan_exports, elpv_small, tmp_path):
     version = gan_exports["srgan_generator_elpv"]
-    config = EvalConfig(encoder=version, protocol="finetune", head="paper", head_dropout=0.5, keep_residual_blocks=1,
-                        trainable_from="none", class_weights="inverse", finetune_epochs=1, batch_size=32, output_dir=str(tmp_path / "r"))
+    config = EvalConfig(
+        encoder=version,
+        protocol="finetune",
+        head="paper",
+        head_dropout=0.5,
+        keep_residual_blocks=1,
+        trainable_from="none",
+        class_weights="inverse",
+        finetune_epochs=1,
+        batch_size=32,
+        output_dir=str(tmp_path / "r"),
+    )
     report = evaluate(config, splits=elpv_small)
     assert report["protocol"] == "finetune-from-none-keep1blocks-paperhead-dropout0.5-inverseweights"
     assert 0.0 <= report["balanced_accuracy"] <= 1.0
-    linear = evaluate(EvalConfig(encoder=gan_exports["srgan_discriminator_elpv"], remove_conv_blocks=2, output_dir=str(tmp_path / "l")), splits=elpv_small)
+    linear = evaluate(
+        EvalConfig(
+            encoder=gan_exports["srgan_discriminator_elpv"], remove_conv_blocks=2, output_dir=str(tmp_path / "l")
+        ),
+        splits=elpv_small,
+    )
     assert linear["protocol"] == "linear-minus2convs"
     assert linear["accuracy"] > 0.0
     with pytest.raises(FgsslError, match="only applies to --protocol=finetune"):
@@ -240,7 +326,10 @@ def test_two_replicas_train_like_one(elpv_small):
     two, updates_two = _one_gan_step(make_strategy("mirrored"), images)
     for name in ("loss", "pixel_loss", "adversarial_loss", "d_loss"):
         assert two[name][0] == pytest.approx(one[name][0], rel=1e-5), name
-    assert two["d_real_accuracy"][0] == one["d_real_accuracy"][0] and two["d_fake_accuracy"][0] == one["d_fake_accuracy"][0]
+    assert (
+        two["d_real_accuracy"][0] == one["d_real_accuracy"][0]
+        and two["d_fake_accuracy"][0] == one["d_fake_accuracy"][0]
+    )
     assert sum(np.abs(u).max() > 0 for u in updates_one) == len(updates_one)  # every weight of both networks moved
     for a, b in zip(updates_one, updates_two):
         assert np.abs(b - a).max() <= 1e-3 * np.abs(a).max() + 1e-9

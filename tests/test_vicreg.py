@@ -5,8 +5,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import IMAGE_SIZE, TINY_BACKBONE, replicated_loss_and_grads, tiny_train_config
+
 from fgssl_tf import trainer
 from fgssl_tf.config import BackboneConfig, DataConfig
 from fgssl_tf.data import pipeline

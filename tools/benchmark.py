@@ -33,18 +33,30 @@ from absl import flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 PRETEXTS = ("simclr", "jigsaw", "srgan", "pmg")
-flags.DEFINE_list("pretext", ["simclr"], f"Pretexts to measure, one after the other (a comma list of {', '.join(PRETEXTS)}).")
-flags.register_validator("pretext", lambda names: bool(names) and set(names) <= set(PRETEXTS), f"choose a comma list of {', '.join(PRETEXTS)}")
+flags.DEFINE_list(
+    "pretext", ["simclr"], f"Pretexts to measure, one after the other (a comma list of {', '.join(PRETEXTS)})."
+)
+flags.register_validator(
+    "pretext",
+    lambda names: bool(names) and set(names) <= set(PRETEXTS),
+    f"choose a comma list of {', '.join(PRETEXTS)}",
+)
 flags.DEFINE_integer("width", 64, "Channels of the first ResNet stage.", lower_bound=4)
 flags.DEFINE_enum("backbone", "resnet18", ["resnet18", "resnet50"], "Encoder.")
 flags.DEFINE_integer("image_size", 64, "Image size.", lower_bound=8)
 flags.DEFINE_integer("batch_size", 64, "Global batch size.", lower_bound=2)
 flags.DEFINE_integer("steps", 12, "Timed steps per measurement (after warm-up).", lower_bound=2)
 flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocation).", lower_bound=1)
-flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step (Jigsaw; SimCLR refuses it, SRGAN and PMG ignore it).")
-flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16"], "Compute dtype of the layers (weights stay float32).")
+flags.DEFINE_boolean(
+    "jit_compile", False, "XLA-compile the train step (Jigsaw; SimCLR refuses it, SRGAN and PMG ignore it)."
+)
+flags.DEFINE_enum(
+    "mixed_precision", "none", ["none", "bfloat16"], "Compute dtype of the layers (weights stay float32)."
+)
 flags.DEFINE_string("dataset", "elpv", "Images for the real-pipeline measurement.")
-flags.DEFINE_integer("peak_matrix", 2048, "Side of the matrices whose product measures the float32 peak.", lower_bound=64)
+flags.DEFINE_integer(
+    "peak_matrix", 2048, "Side of the matrices whose product measures the float32 peak.", lower_bound=64
+)
 flags.DEFINE_integer("srgan_residual_blocks", 16, "SRGAN: generator residual blocks.", lower_bound=1)
 
 
@@ -110,7 +122,10 @@ def training_flops(forward, input_shape, losses_reach: tuple) -> int:
     """One training step's FLOPs: per forward-backward pass, the whole forward plus twice the
     forward FLOPs of the output its loss reaches (None: all of them)."""
     whole = forward_flops(forward, input_shape)
-    return sum(whole + 2 * (whole if output is None else forward_flops(forward, input_shape, output)) for output in losses_reach)
+    return sum(
+        whole + 2 * (whole if output is None else forward_flops(forward, input_shape, output))
+        for output in losses_reach
+    )
 
 
 def premade_inputs(model, pretext: str, batch: int, size: int):
@@ -160,17 +175,30 @@ def benchmark(pretext: str, splits, peak: float) -> None:
     from fgssl_tf.pretext import get_pretext, resolve_backbone
 
     size, batch = FLAGS.image_size, FLAGS.batch_size
-    train = TrainConfig(pretext=pretext, model_dir=tempfile.mkdtemp(), batch_size=batch, jit_compile=FLAGS.jit_compile,
-                        mixed_precision=FLAGS.mixed_precision, verbose=0)
+    train = TrainConfig(
+        pretext=pretext,
+        model_dir=tempfile.mkdtemp(),
+        batch_size=batch,
+        jit_compile=FLAGS.jit_compile,
+        mixed_precision=FLAGS.mixed_precision,
+        verbose=0,
+    )
     data = DataConfig(dataset=FLAGS.dataset, image_size=size)
     config = get_pretext(pretext).Config()
     if pretext == "srgan":
-        config = dataclasses.replace(config, hr_size=size, width=FLAGS.width, residual_blocks=FLAGS.srgan_residual_blocks)
+        config = dataclasses.replace(
+            config, hr_size=size, width=FLAGS.width, residual_blocks=FLAGS.srgan_residual_blocks
+        )
     if pretext == "pmg":
         # Heads sized with the backbone: the paper's 512 and 1024 at the standard width 64.
         # Random weights: the step costs the same, and ImageNet's cannot be fetched offline.
-        config = dataclasses.replace(config, num_classes=splits.num_classes, feature_size=8 * FLAGS.width, head_channels=16 * FLAGS.width,
-                                     backbone_weights="none")
+        config = dataclasses.replace(
+            config,
+            num_classes=splits.num_classes,
+            feature_size=8 * FLAGS.width,
+            head_channels=16 * FLAGS.width,
+            backbone_weights="none",
+        )
     backbone = resolve_backbone(pretext, BackboneConfig(name=FLAGS.backbone, width=FLAGS.width), data, config)
     steps = FLAGS.warmup + FLAGS.steps
 
@@ -195,13 +223,21 @@ def benchmark(pretext: str, splits, peak: float) -> None:
     achieved = real_ips * flops_per_image
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    print(f"pretext={pretext} backbone={FLAGS.backbone} width={FLAGS.width} small_stem={backbone.small_stem} "
-          f"image_size={size} batch={batch} jit={FLAGS.jit_compile} mixed_precision={FLAGS.mixed_precision} "
-          f"cpus={os.cpu_count()} gpus={len(tf.config.list_physical_devices('GPU'))} tf={tf.__version__}")
-    passes = f"{len(losses_reach)} passes, each: forward + 2x the forward its loss reaches" if len(losses_reach) > 1 else "3x forward"
+    print(
+        f"pretext={pretext} backbone={FLAGS.backbone} width={FLAGS.width} small_stem={backbone.small_stem} "
+        f"image_size={size} batch={batch} jit={FLAGS.jit_compile} mixed_precision={FLAGS.mixed_precision} "
+        f"cpus={os.cpu_count()} gpus={len(tf.config.list_physical_devices('GPU'))} tf={tf.__version__}"
+    )
+    passes = (
+        f"{len(losses_reach)} passes, each: forward + 2x the forward its loss reaches"
+        if len(losses_reach) > 1
+        else "3x forward"
+    )
     print(f"training GFLOP per image ({passes}): {flops_per_image / 1e9:.3f}")
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s; achieved: {achieved / 1e9:.1f} GFLOP/s")
-    print(f"step with pipeline + augmentation: {real_ips:.1f} images/s; with pre-made inputs: {premade_ips:.1f} images/s")
+    print(
+        f"step with pipeline + augmentation: {real_ips:.1f} images/s; with pre-made inputs: {premade_ips:.1f} images/s"
+    )
     print(f"images_per_s={real_ips:.2f}")
     print(f"flop_ratio={achieved / peak:.3f}")
     print(f"pipeline_ratio={real_ips / premade_ips:.3f}")

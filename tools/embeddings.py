@@ -22,7 +22,12 @@ flags.DEFINE_string("encoder", None, "Exported encoder: savedmodels/NAME[/VERSIO
 flags.DEFINE_string("dataset", "elpv", "elpv, cassava or folder:PATH.")
 flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Which split to embed.")
 flags.DEFINE_integer("max_images", None, "A stratified subset of at most this many images.", lower_bound=10)
-flags.DEFINE_enum("method", "tsne", ["tsne", "umap", "pca"], "2-D map: t-SNE (scikit-learn), UMAP (if umap-learn is installed) or PCA.")
+flags.DEFINE_enum(
+    "method",
+    "tsne",
+    ["tsne", "umap", "pca"],
+    "2-D map: t-SNE (scikit-learn), UMAP (if umap-learn is installed) or PCA.",
+)
 flags.DEFINE_integer("thumbnail", 32, "Projector sprite thumbnail size in pixels.", lower_bound=8, upper_bound=128)
 flags.DEFINE_integer("seed", 0, "Seed of the map and the subset.")
 flags.DEFINE_string("output_dir", None, "Default: <encoder>/../evaluations/embeddings-<split>.")
@@ -41,18 +46,27 @@ def main(argv):
     from fgssl_tf.export import ServingEncoder
 
     encoder = ServingEncoder(FLAGS.encoder)
-    splits = load_splits(DataConfig(dataset=FLAGS.dataset, image_size=encoder.image_size or 64, tfds_data_dir=FLAGS.tfds_data_dir))
+    splits = load_splits(
+        DataConfig(dataset=FLAGS.dataset, image_size=encoder.image_size or 64, tfds_data_dir=FLAGS.tfds_data_dir)
+    )
     images, labels = splits.split(FLAGS.split)
     if FLAGS.max_images:
         chosen = stratified_at_most(labels, FLAGS.max_images, FLAGS.seed)
         images, labels = images[chosen], np.asarray(labels)[chosen]
     features = encoder.embed(images)
-    output_dir = FLAGS.output_dir or os.path.join(os.path.dirname(encoder.path), "evaluations", f"embeddings-{FLAGS.split}")
+    output_dir = FLAGS.output_dir or os.path.join(
+        os.path.dirname(encoder.path), "evaluations", f"embeddings-{FLAGS.split}"
+    )
     os.makedirs(output_dir, exist_ok=True)
     points = embeddings.project_2d(features, FLAGS.method, FLAGS.seed)
     name = os.path.basename(os.path.dirname(encoder.path))
-    png = plots.embedding_map_png(points, labels, splits.class_names, os.path.join(output_dir, f"{FLAGS.method}.png"),
-                                  f"{name} v{os.path.basename(encoder.path)}: {FLAGS.dataset} {FLAGS.split}, {len(labels)} images, {FLAGS.method}")
+    png = plots.embedding_map_png(
+        points,
+        labels,
+        splits.class_names,
+        os.path.join(output_dir, f"{FLAGS.method}.png"),
+        f"{name} v{os.path.basename(encoder.path)}: {FLAGS.dataset} {FLAGS.split}, {len(labels)} images, {FLAGS.method}",
+    )
     embeddings.write_projector(output_dir, features, labels, splits.class_names, images, FLAGS.thumbnail)
     print(f"map: {png}")
     print(f"projector: tensorboard --logdir {output_dir}")

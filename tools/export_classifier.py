@@ -25,12 +25,19 @@ flags.DEFINE_string("report", None, "A report folder of tools/evaluate.py: repor
 flags.DEFINE_string("export", None, "savedmodels/NAME: the classifier goes in savedmodels/NAME/VERSION.")
 flags.DEFINE_boolean("tflite", True, "Also write the float32 and int8 TFLite models.")
 flags.DEFINE_integer("calibration_images", 200, "Training images the int8 model is calibrated on.", lower_bound=1)
-flags.DEFINE_integer("max_test_images", None, "Stratified test subset for the TFLite accuracies (default: all).",
-                     lower_bound=1)
+flags.DEFINE_integer(
+    "max_test_images", None, "Stratified test subset for the TFLite accuracies (default: all).", lower_bound=1
+)
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).")
 flags.mark_flags_as_required(["report", "export"])
-fgssl_flags.validate("report", lambda v: None if v is None or os.path.isdir(v)
-                     else f"{v!r} is not a folder; pass the report folder tools/evaluate.py wrote")
+fgssl_flags.validate(
+    "report",
+    lambda v: (
+        None
+        if v is None or os.path.isdir(v)
+        else f"{v!r} is not a folder; pass the report folder tools/evaluate.py wrote"
+    ),
+)
 fgssl_flags.validate("export", fgssl_flags.not_a_file_error)
 
 
@@ -39,11 +46,16 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from fgssl_tf.export_classifier import ClassifierExportConfig, export_classifier, summary_lines
 
-    summary = export_classifier(ClassifierExportConfig(
-        report_dir=FLAGS.report, export_path=FLAGS.export, tflite=FLAGS.tflite,
-        calibration_images=FLAGS.calibration_images, max_test_images=FLAGS.max_test_images,
-        tfds_data_dir=FLAGS.tfds_data_dir,
-    ))
+    summary = export_classifier(
+        ClassifierExportConfig(
+            report_dir=FLAGS.report,
+            export_path=FLAGS.export,
+            tflite=FLAGS.tflite,
+            calibration_images=FLAGS.calibration_images,
+            max_test_images=FLAGS.max_test_images,
+            tfds_data_dir=FLAGS.tfds_data_dir,
+        )
+    )
     print("\n".join(summary_lines(summary)))
 
 

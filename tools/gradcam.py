@@ -25,15 +25,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "classifier.keras, an evaluation report folder holding it, or an exported encoder savedmodels/NAME[/VERSION].")
+flags.DEFINE_string(
+    "model",
+    None,
+    "classifier.keras, an evaluation report folder holding it, or an exported encoder savedmodels/NAME[/VERSION].",
+)
 flags.DEFINE_list("images", [], "Image files, folders or globs; default: --split of --dataset.")
 flags.DEFINE_string("dataset", "elpv", "Where images come from when --images is empty: elpv, cassava or folder:PATH.")
 flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split of --dataset.")
-flags.DEFINE_integer("max_images", 8, "At most this many images (from --dataset: spread over the classes).", lower_bound=1)
+flags.DEFINE_integer(
+    "max_images", 8, "At most this many images (from --dataset: spread over the classes).", lower_bound=1
+)
 flags.DEFINE_string("class", "predicted", "Class to explain: predicted, an index, or a class name (classifiers).")
-flags.DEFINE_string("layer", None, "Layer whose feature map is weighted; default: the last spatial layer (the last conv stage).")
+flags.DEFINE_string(
+    "layer", None, "Layer whose feature map is weighted; default: the last spatial layer (the last conv stage)."
+)
 flags.DEFINE_enum("method", "gradcam", ["gradcam", "gradcam++"], "Grad-CAM or Grad-CAM++.")
-flags.DEFINE_integer("image_size", None, "Model input size; default: from the report or the export's metadata.", lower_bound=8)
+flags.DEFINE_integer(
+    "image_size", None, "Model input size; default: from the report or the export's metadata.", lower_bound=8
+)
 flags.DEFINE_string("output_dir", "gradcam", "Where the PNG files go.")
 flags.DEFINE_string("logdir", None, "Also write the overlays to TensorBoard here.")
 flags.mark_flag_as_required("model")
@@ -87,7 +97,9 @@ def _load_images(image_size: int):
                 paths += matches
         decoded = decode_files(paths[: FLAGS.max_images], image_size)
         if not len(decoded.images):
-            raise FgsslError(f"none of the {len(paths[: FLAGS.max_images])} files in --images could be decoded as an image")
+            raise FgsslError(
+                f"none of the {len(paths[: FLAGS.max_images])} files in --images could be decoded as an image"
+            )
         names = [os.path.splitext(os.path.basename(paths[i]))[0] for i in decoded.kept]
         return decoded.images, names, None
     splits = load_splits(DataConfig(dataset=FLAGS.dataset, image_size=image_size))
@@ -114,7 +126,9 @@ def main(argv):
     target = getattr(FLAGS, "class")
     if kind == "encoder":
         if target != "predicted":
-            raise FgsslError("an exported encoder has no classes: leave --class out (the map explains the embedding's norm), or pass a classifier")
+            raise FgsslError(
+                "an exported encoder has no classes: leave --class out (the map explains the embedding's norm), or pass a classifier"
+            )
         target = "embedding"
     elif target == "predicted":
         target = None
@@ -123,10 +137,14 @@ def main(argv):
     elif class_names and target in class_names:
         target = class_names.index(target)
     else:
-        raise FgsslError(f"--class={target!r}: use predicted, a class index, or one of {', '.join(class_names or ['(no class names recorded)'])}")
+        raise FgsslError(
+            f"--class={target!r}: use predicted, a class index, or one of {', '.join(class_names or ['(no class names recorded)'])}"
+        )
 
     images, names, labels = _load_images(image_size)
-    heatmaps, predictions, layer = gradcam.grad_cam(model, tf.image.convert_image_dtype(images, tf.float32), target, FLAGS.layer, FLAGS.method)
+    heatmaps, predictions, layer = gradcam.grad_cam(
+        model, tf.image.convert_image_dtype(images, tf.float32), target, FLAGS.layer, FLAGS.method
+    )
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     pictures = []
     for i, (image, heatmap, name) in enumerate(zip(images, heatmaps, names)):
@@ -137,7 +155,11 @@ def main(argv):
 
         Image.fromarray(picture).save(path)
         pictures.append(picture)
-        print(f"{path}  layer={layer}" + ("" if predictions[i] < 0 else f" predicted={predictions[i]}") + ("" if labels is None else f" true={labels[i]}"))
+        print(
+            f"{path}  layer={layer}"
+            + ("" if predictions[i] < 0 else f" predicted={predictions[i]}")
+            + ("" if labels is None else f" true={labels[i]}")
+        )
     if FLAGS.logdir:
         with tf.summary.create_file_writer(FLAGS.logdir).as_default():
             tf.summary.image(f"{FLAGS.method}/{layer}", np.stack(pictures), step=0, max_outputs=len(pictures))

@@ -48,9 +48,13 @@ def reference_view(image, size: int, config):
 
     x = tf.image.convert_image_dtype(image, tf.float32)
     begin, extent, _ = tf.image.sample_distorted_bounding_box(
-        tf.shape(x), bounding_boxes=tf.zeros([1, 0, 4]), min_object_covered=0.0,
-        area_range=(config.crop_scale_min, 1.0), aspect_ratio_range=(config.crop_ratio_min, config.crop_ratio_max),
-        max_attempts=10, use_image_if_no_bounding_boxes=True,
+        tf.shape(x),
+        bounding_boxes=tf.zeros([1, 0, 4]),
+        min_object_covered=0.0,
+        area_range=(config.crop_scale_min, 1.0),
+        aspect_ratio_range=(config.crop_ratio_min, config.crop_ratio_max),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
     )
     x = tf.image.resize(tf.slice(x, begin, extent), [size, size])
     s = config.color_jitter_strength
@@ -71,7 +75,11 @@ def reference_view(image, size: int, config):
         return tf.nn.depthwise_conv2d(rows, tf.tile(taps[None, :, None, None], [1, 1, 3, 1]), [1, 1, 1, 1], "VALID")[0]
 
     x = tf.cond(tf.random.uniform([]) < config.color_jitter_prob, lambda: jitter(x), lambda: x)
-    x = tf.cond(tf.random.uniform([]) < config.grayscale_prob, lambda: tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x)), lambda: x)
+    x = tf.cond(
+        tf.random.uniform([]) < config.grayscale_prob,
+        lambda: tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x)),
+        lambda: x,
+    )
     x = tf.cond(tf.random.uniform([]) < config.blur_prob, lambda: blur(x), lambda: x)
     return tf.clip_by_value(x, 0.0, 1.0)
 
@@ -86,7 +94,9 @@ def reference_model(encoder, hidden: int, projection: int, temperature: float, l
         def __init__(self):
             super().__init__()
             self.encoder = encoder
-            self.projector = keras.Sequential([keras.layers.Dense(hidden), keras.layers.ReLU(), keras.layers.Dense(projection)])
+            self.projector = keras.Sequential(
+                [keras.layers.Dense(hidden), keras.layers.ReLU(), keras.layers.Dense(projection)]
+            )
 
         def train_step(self, data):
             view1, view2 = data
@@ -155,13 +165,21 @@ def main(argv):
 
     augment = config.augment
     dataset = (
-        tf.data.Dataset.from_tensor_slices(images).shuffle(len(images), seed=0).repeat()
-        .map(lambda image: (reference_view(image, size, augment), reference_view(image, size, augment)), num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        tf.data.Dataset.from_tensor_slices(images)
+        .shuffle(len(images), seed=0)
+        .repeat()
+        .map(
+            lambda image: (reference_view(image, size, augment), reference_view(image, size, augment)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        .batch(batch, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
     )
 
     def reference_images_per_s(encoder) -> float:
-        model = reference_model(encoder, config.hidden_dim, config.projection_dim, config.temperature, simclr.DEFAULT_LEARNING_RATE)
+        model = reference_model(
+            encoder, config.hidden_dim, config.projection_dim, config.temperature, simclr.DEFAULT_LEARNING_RATE
+        )
         return images_per_s(model, dataset)
 
     keras.utils.set_random_seed(0)
@@ -170,10 +188,14 @@ def main(argv):
     keras.utils.set_random_seed(0)
     reference_fast_conv_ips = reference_images_per_s(build_resnet(backbone, size))
 
-    print(f"SimCLR resnet18 width={FLAGS.width} small_stem={backbone.small_stem} image_size={size} batch={batch} "
-          f"steps={FLAGS.steps} (after {FLAGS.warmup} warm-up) cpus={os.cpu_count()} "
-          f"gpus={len(tf.config.list_physical_devices('GPU'))} tf={tf.__version__}")
-    print(f"reference loop (per-image tf.image augmentation in tf.data, plain fit, stock Conv2D): {reference_ips:.2f} images/s")
+    print(
+        f"SimCLR resnet18 width={FLAGS.width} small_stem={backbone.small_stem} image_size={size} batch={batch} "
+        f"steps={FLAGS.steps} (after {FLAGS.warmup} warm-up) cpus={os.cpu_count()} "
+        f"gpus={len(tf.config.list_physical_devices('GPU'))} tf={tf.__version__}"
+    )
+    print(
+        f"reference loop (per-image tf.image augmentation in tf.data, plain fit, stock Conv2D): {reference_ips:.2f} images/s"
+    )
     print(f"fgssl_tf (batched augmentation in the step, its trainer's pipeline, its Conv2D): {ours_ips:.2f} images/s")
     print(f"reference loop with fgssl_tf's Conv2D: {reference_fast_conv_ips:.2f} images/s")
     print(f"reference_images_per_s={reference_ips:.2f}")

@@ -30,12 +30,18 @@ FLAGS = flags.FLAGS
 fgssl_flags.define_data_flags()
 fgssl_flags.define_backbone_flags()
 fgssl_flags.define_train_flags()
-flags.DEFINE_enum("budget", "small", ["tiny", "small", "medium", "paper"],
-                  "tiny: a minute (tests); small: the paper's methods, under 2 hours on a 2-core CPU; "
-                  "medium: the faithful and tuned recipes, 3 pretraining seeds, under 3 hours on a 2-core CPU; "
-                  "paper: the paper's sizes, a GPU.")
+flags.DEFINE_enum(
+    "budget",
+    "small",
+    ["tiny", "small", "medium", "paper"],
+    "tiny: a minute (tests); small: the paper's methods, under 2 hours on a 2-core CPU; "
+    "medium: the faithful and tuned recipes, 3 pretraining seeds, under 3 hours on a 2-core CPU; "
+    "paper: the paper's sizes, a GPU.",
+)
 flags.DEFINE_string("output_dir", None, "Runs, exports and reports; default reproduce/<dataset>-<budget>.")
-flags.DEFINE_string("results", None, "Where RESULTS.md goes (default <output_dir>/RESULTS.md); the plot goes beside it.")
+flags.DEFINE_string(
+    "results", None, "Where RESULTS.md goes (default <output_dir>/RESULTS.md); the plot goes beside it."
+)
 flags.DEFINE_list("methods", [], "A subset of the budget's methods (default: all of them).")
 flags.DEFINE_list("protocols", [], "A subset of the budget's protocols, e.g. linear,knn (default: all of them).")
 
@@ -66,14 +72,25 @@ def main(argv):
         budget = dataclasses.replace(budget, protocols=tuple(p for p in budget.protocols if p in FLAGS.protocols))
     command = "python tools/reproduce.py " + " ".join(a for a in sys.argv[1:])
     machine = reproduce.machine_description()
-    splits = load_splits(DataConfig(dataset=dataset, image_size=budget.image_size, max_images_per_split=budget.max_images_per_split,
-                                    tfds_data_dir=FLAGS.tfds_data_dir))
+    splits = load_splits(
+        DataConfig(
+            dataset=dataset,
+            image_size=budget.image_size,
+            max_images_per_split=budget.max_images_per_split,
+            tfds_data_dir=FLAGS.tfds_data_dir,
+        )
+    )
 
     def pretrain(method, seed, stage):
         """Parse the method's flagfile with the budget's overrides, then train (or resume, or skip)."""
         FLAGS.unparse_flags()
-        FLAGS(["reproduce", f"--flagfile={os.path.join(REPO, 'flags', method.flagfile)}",
-               *reproduce.overrides(budget, method, dataset, output_dir, seed, stage, len(splits.pretraining_pool()))])
+        FLAGS(
+            [
+                "reproduce",
+                f"--flagfile={os.path.join(REPO, 'flags', method.flagfile)}",
+                *reproduce.overrides(budget, method, dataset, output_dir, seed, stage, len(splits.pretraining_pool())),
+            ]
+        )
         fgssl_flags.check_pretext_flags()
         train = fgssl_flags.train_config()
         wanted = [s for s in method.encoders if stage != "psnr" or s in ("", "generator")]
@@ -83,15 +100,25 @@ def main(argv):
             return exports  # finished before: exports are written only after the last epoch
         for name in names.values():  # a half-written export of an interrupted run
             shutil.rmtree(os.path.join(train.export_dir, name), ignore_errors=True)
-        result = trainer.pretrain(train, fgssl_flags.data_config(), fgssl_flags.backbone_config(),
-                                  fgssl_flags.pretext_config(), splits=splits, monitor=fgssl_flags.monitor_config())
+        result = trainer.pretrain(
+            train,
+            fgssl_flags.data_config(),
+            fgssl_flags.backbone_config(),
+            fgssl_flags.pretext_config(),
+            splits=splits,
+            monitor=fgssl_flags.monitor_config(),
+        )
         return {suffix: result.exports[name] for suffix, name in names.items()}
 
     rows = reproduce.run_comparison(budget, dataset, output_dir, splits, pretrain, methods)
     os.makedirs(os.path.dirname(os.path.abspath(results)), exist_ok=True)
     markdown = reproduce.results_markdown(budget, dataset, rows, output_dir, command, machine)
-    plot = reproduce.label_efficiency_png(rows, "linear", os.path.join(os.path.dirname(os.path.abspath(results)), "label_efficiency.png"),
-                                          f"{dataset} ({budget.name} budget): linear probe accuracy against labels")
+    plot = reproduce.label_efficiency_png(
+        rows,
+        "linear",
+        os.path.join(os.path.dirname(os.path.abspath(results)), "label_efficiency.png"),
+        f"{dataset} ({budget.name} budget): linear probe accuracy against labels",
+    )
     if plot:
         markdown += f"\n![label efficiency]({os.path.basename(plot)})\n"
     with open(results, "w") as f:

@@ -25,7 +25,9 @@ FLAGS = flags.FLAGS
 fgssl_flags.define_data_flags()
 fgssl_flags.define_backbone_flags()
 fgssl_flags.define_train_flags()
-flags.DEFINE_string("output", "augmentations.png", "PNG to write; a pretext with several grids adds _<name> before .png.")
+flags.DEFINE_string(
+    "output", "augmentations.png", "PNG to write; a pretext with several grids adds _<name> before .png."
+)
 flags.DEFINE_integer("num_images", 4, "How many images to show.", lower_bound=1, upper_bound=64)
 
 

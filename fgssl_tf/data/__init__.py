@@ -69,8 +69,13 @@ def load_splits(config: DataConfig) -> Splits:
     elif name == "cassava":
         raw = sources.load_cassava(config.image_size, config.tfds_data_dir, config.max_cache_gb)
     elif name.startswith("folder:"):
-        raw = sources.load_folder(name[len("folder:"):], config.image_size, config.val_fraction, config.max_cache_gb,
-                                  config.allow_unseen_classes)
+        raw = sources.load_folder(
+            name[len("folder:") :],
+            config.image_size,
+            config.val_fraction,
+            config.max_cache_gb,
+            config.allow_unseen_classes,
+        )
     else:
         raise FgsslError(f"unknown --dataset={name!r}; choose one of {', '.join(DATASETS)}")
 
@@ -110,7 +115,13 @@ def load_splits(config: DataConfig) -> Splits:
     for split, (_, labels) in split_arrays.items():
         if len(labels) == 0:
             raise FgsslError(f"dataset {name!r} has an empty {split} split")
-    log.info("dataset %s: %s, %d classes, %d skipped files", name, stats["split_sizes"], len(raw.class_names), stats["skipped_files"])
+    log.info(
+        "dataset %s: %s, %d classes, %d skipped files",
+        name,
+        stats["split_sizes"],
+        len(raw.class_names),
+        stats["skipped_files"],
+    )
     return Splits(
         *split_arrays["train"],
         *split_arrays["val"],
@@ -121,4 +132,12 @@ def load_splits(config: DataConfig) -> Splits:
     )
 
 
-__all__ = ["DATASETS", "Splits", "load_splits", "label_fraction_subset", "stratified_at_most", "stratified_split", "pipeline"]
+__all__ = [
+    "DATASETS",
+    "Splits",
+    "load_splits",
+    "label_fraction_subset",
+    "stratified_at_most",
+    "stratified_split",
+    "pipeline",
+]

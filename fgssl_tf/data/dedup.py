@@ -24,7 +24,7 @@ def dhash(images: np.ndarray) -> np.ndarray:
         gray = tf.image.rgb_to_grayscale(tf.cast(images[start : start + 512], tf.float32))
         thumb = tf.image.resize(gray, [8, 9], method="area", antialias=True)[..., 0].numpy()
         bits = (thumb[:, :, 1:] > thumb[:, :, :-1]).reshape(len(thumb), 64)
-        weights = (np.uint64(1) << np.arange(64, dtype=np.uint64))
+        weights = np.uint64(1) << np.arange(64, dtype=np.uint64)
         hashes.append((bits.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64))
     return np.concatenate(hashes)
 

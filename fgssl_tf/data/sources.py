@@ -61,9 +61,7 @@ def load_elpv(image_size: int, max_cache_gb: float | None = None) -> RawSplits:
     try:
         from elpv_dataset.utils import load_dataset
     except ImportError as err:
-        raise FgsslError(
-            "the elpv dataset needs the `elpv-dataset` package: pip install 'fgssl_tf[elpv]'"
-        ) from err
+        raise FgsslError("the elpv dataset needs the `elpv-dataset` package: pip install 'fgssl_tf[elpv]'") from err
     images, probabilities, _ = load_dataset()
     check_fits_in_memory(len(images), image_size, max_cache_gb)
     labels = np.rint(np.asarray(probabilities) * 3).astype(np.int64)
@@ -105,8 +103,12 @@ def load_cassava(image_size: int, data_dir: str | None, max_cache_gb: float | No
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         batches = list(split.batch(256).as_numpy_iterator())
-        out_images[name] = np.concatenate([b[0] for b in batches]) if batches else np.zeros([0, image_size, image_size, 3], np.uint8)
-        out_labels[name] = np.concatenate([b[1] for b in batches]).astype(np.int64) if batches else np.zeros([0], np.int64)
+        out_images[name] = (
+            np.concatenate([b[0] for b in batches]) if batches else np.zeros([0, image_size, image_size, 3], np.uint8)
+        )
+        out_labels[name] = (
+            np.concatenate([b[1] for b in batches]).astype(np.int64) if batches else np.zeros([0], np.int64)
+        )
     return RawSplits(out_images, out_labels, tuple(info.features["label"].names))
 
 
@@ -126,8 +128,11 @@ def _class_dirs(root: str, dataset_root: str, links: list) -> list[str]:
         real = os.path.realpath(path)
         if os.path.islink(path) and (_inside(real, dataset_real) or _inside(dataset_real, real) or real in seen):
             links.append(path)
-            log.warning("not following %s -> %s: a link to a folder already in the dataset (or above it) "
-                        "would repeat images", path, real)
+            log.warning(
+                "not following %s -> %s: a link to a folder already in the dataset (or above it) would repeat images",
+                path,
+                real,
+            )
             continue
         seen.add(real)
         names.append(name)
@@ -171,8 +176,9 @@ def _one_path_per_file(sources: dict, left_out: dict) -> dict:
     return out
 
 
-def load_folder(root: str, image_size: int, val_fraction: float, max_cache_gb: float | None,
-                allow_unseen_classes: bool = False) -> RawSplits:
+def load_folder(
+    root: str, image_size: int, val_fraction: float, max_cache_gb: float | None, allow_unseen_classes: bool = False
+) -> RawSplits:
     """`root/<label>/*.jpg`, or `root/{train,val,test}/<label>/*.jpg` (val optional)."""
     if not os.path.isdir(root):
         raise FgsslError(f"image folder {root!r} does not exist; pass --dataset=folder:PATH with PATH/<label>/*.jpg")
@@ -215,8 +221,7 @@ def load_folder(root: str, image_size: int, val_fraction: float, max_cache_gb: f
     total = sum(len(p) for p, _ in sources.values())
     if total == 0:
         raise FgsslError(
-            f"no images ({', '.join(image_io.IMAGE_EXTENSIONS)}) found under {root!r}; "
-            "expected PATH/<label>/*.jpg"
+            f"no images ({', '.join(image_io.IMAGE_EXTENSIONS)}) found under {root!r}; expected PATH/<label>/*.jpg"
         )
     check_fits_in_memory(total, image_size, max_cache_gb)
     images, labels, skipped = {}, {}, []
@@ -239,8 +244,13 @@ def load_folder(root: str, image_size: int, val_fraction: float, max_cache_gb: f
     if skipped:
         log.warning("%d of %d image files were unreadable and skipped", len(skipped), total)
     if left_out["ignored_files"]:
-        log.warning("%d files under %s are not images (%s) and were left out, e.g. %s", len(left_out["ignored_files"]),
-                    root, ", ".join(image_io.IMAGE_EXTENSIONS), left_out["ignored_files"][0])
+        log.warning(
+            "%d files under %s are not images (%s) and were left out, e.g. %s",
+            len(left_out["ignored_files"]),
+            root,
+            ", ".join(image_io.IMAGE_EXTENSIONS),
+            left_out["ignored_files"][0],
+        )
     return RawSplits(images, labels, tuple(class_names), skipped, left_out=left_out, unseen_classes=unseen)
 
 
@@ -250,8 +260,12 @@ def load_unlabeled(root: str, image_size: int, max_cache_gb: float | None) -> tu
         raise FgsslError(f"--unlabeled_dir {root!r} does not exist")
     scan = image_io.scan_image_files(root)
     if scan.links or scan.ignored:
-        log.warning("--unlabeled_dir %s: left out %d files that are not images and %d links to folders",
-                    root, len(scan.ignored), len(scan.links))
+        log.warning(
+            "--unlabeled_dir %s: left out %d files that are not images and %d links to folders",
+            root,
+            len(scan.ignored),
+            len(scan.links),
+        )
     paths, seen = [], set()
     for path in scan.images:  # a file reached by two paths (a link to it) is used once
         if os.path.realpath(path) not in seen:

@@ -7,7 +7,7 @@ same seed gives the same split on every machine and every NumPy version.
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -35,20 +35,20 @@ BASELINES = ("random_init", "supervised")
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    encoder: Optional[str] = None  # an export version directory, savedmodels/NAME/VERSION
-    baseline: Optional[str] = None  # random_init | supervised (instead of an encoder)
+    encoder: str | None = None  # an export version directory, savedmodels/NAME/VERSION
+    baseline: str | None = None  # random_init | supervised (instead of an encoder)
     dataset: str = "elpv"
     protocol: str = "linear"
     label_fraction: float = 1.0
     seeds: tuple = (0,)
-    output_dir: Optional[str] = None
-    image_size: Optional[int] = None  # default: the encoder's; needed for baselines
+    output_dir: str | None = None
+    image_size: int | None = None  # default: the encoder's; needed for baselines
     backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)  # for baselines
     pool_grid: int = 1  # baselines: 2 matches a Jigsaw encoder's 2x2 pooled features
     # Baselines: the seed of the random weights (None: the first of `seeds`; fine-tuning: each seed's own).
     # A comparison over several pretraining seeds draws random encoders per seed, as each pretraining does
     # (fine-tuning from init_seed: 1000 x init_seed + seed).
-    init_seed: Optional[int] = None
+    init_seed: int | None = None
     selection_metric: str = "accuracy"
     finetune_epochs: int = 10
     finetune_learning_rate: float = 1e-4
@@ -57,11 +57,11 @@ class EvalConfig:
     # SRGAN encoders: the paper's downstream variants (spec §2.5-2.6).
     head: str = "linear"  # finetune: linear | paper (the paper's head for the generator or discriminator)
     head_dropout: float = 0.0  # the paper's head: 0.5, 0.7, 0.9
-    keep_residual_blocks: Optional[int] = None  # generator: keep the first N residual blocks (16 -> 14/12/10/8)
+    keep_residual_blocks: int | None = None  # generator: keep the first N residual blocks (16 -> 14/12/10/8)
     remove_conv_blocks: int = 0  # discriminator: drop the last K conv blocks
     batch_size: int = 64
-    max_images_per_split: Optional[int] = None
-    tfds_data_dir: Optional[str] = None
+    max_images_per_split: int | None = None
+    tfds_data_dir: str | None = None
     allow_unseen_classes: bool = False  # val/test classes that train lacks: left out and counted, not an error
 
 
@@ -77,8 +77,14 @@ def _validate(config: EvalConfig) -> None:
     if config.baseline is not None and not config.image_size:
         raise FgsslError("a baseline needs --image_size (an encoder's export records its own)")
     if config.selection_metric not in METRIC_NAMES:
-        raise FgsslError(f"unknown --selection_metric={config.selection_metric!r}; choose one of {', '.join(METRIC_NAMES)}")
-    for name, value, default in (("trainable_from", config.trainable_from, "all"), ("class_weights", config.class_weights, "none"), ("head", config.head, "linear")):
+        raise FgsslError(
+            f"unknown --selection_metric={config.selection_metric!r}; choose one of {', '.join(METRIC_NAMES)}"
+        )
+    for name, value, default in (
+        ("trainable_from", config.trainable_from, "all"),
+        ("class_weights", config.class_weights, "none"),
+        ("head", config.head, "linear"),
+    ):
         if value != default and config.protocol != "finetune":
             raise FgsslError(f"--{name}={value} only applies to --protocol=finetune")
     if config.class_weights not in ("none", "inverse"):
@@ -88,7 +94,9 @@ def _validate(config: EvalConfig) -> None:
     if not 0.0 <= config.head_dropout < 1.0:
         raise FgsslError(f"--head_dropout={config.head_dropout} must be in [0, 1)")
     if _is_srgan_variant(config) and config.encoder is None:
-        raise FgsslError("--head=paper, --keep_residual_blocks and --remove_conv_blocks are variants of an exported SRGAN encoder: pass --encoder")
+        raise FgsslError(
+            "--head=paper, --keep_residual_blocks and --remove_conv_blocks are variants of an exported SRGAN encoder: pass --encoder"
+        )
     if not config.seeds:
         raise FgsslError("--seeds needs at least one seed")
     if not 0.0 < config.label_fraction <= 1.0:
@@ -125,7 +133,15 @@ def _srgan_variant(config: EvalConfig, serving, num_classes: int, head: str):
             f"--head=paper, --keep_residual_blocks and --remove_conv_blocks apply to SRGAN generator or discriminator encoders; "
             f"{config.encoder} is a {serving.metadata.get('pretext', 'unknown')} encoder"
         )
-    return srgan.downstream_network(config.encoder, part, num_classes, head, config.keep_residual_blocks, config.remove_conv_blocks, config.head_dropout)
+    return srgan.downstream_network(
+        config.encoder,
+        part,
+        num_classes,
+        head,
+        config.keep_residual_blocks,
+        config.remove_conv_blocks,
+        config.head_dropout,
+    )
 
 
 def default_output_dir(config: EvalConfig, image_size: int) -> str:
@@ -137,7 +153,9 @@ def default_output_dir(config: EvalConfig, image_size: int) -> str:
         model_root, version = os.path.split(version_dir)
         # Non-numeric folders beside the versions are ignored by TF Serving.
         return os.path.join(model_root, "evaluations", f"v{version}-{dataset}-{protocol}-{labels}")
-    return os.path.join("reports", f"{config.baseline}-{config.backbone.name}-{image_size}px-{dataset}-{protocol}-{labels}")
+    return os.path.join(
+        "reports", f"{config.baseline}-{config.backbone.name}-{image_size}px-{dataset}-{protocol}-{labels}"
+    )
 
 
 def _random_encoder(config: EvalConfig, image_size: int, seed: int) -> keras.Model:
@@ -150,10 +168,12 @@ def _keras_features(encoder: keras.Model, images: np.ndarray, image_size: int, b
     def embed(batch):
         return encoder(export_lib.preprocess(batch, image_size), training=False)  # BN statistics untouched
 
-    return np.concatenate([embed(tf.constant(images[i : i + batch_size])).numpy() for i in range(0, len(images), batch_size)])
+    return np.concatenate(
+        [embed(tf.constant(images[i : i + batch_size])).numpy() for i in range(0, len(images), batch_size)]
+    )
 
 
-def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
+def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
     _validate(config)
     if config.encoder:
         config = dataclasses.replace(config, encoder=export_lib.resolve_version_dir(config.encoder))
@@ -180,12 +200,20 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
     if config.protocol in ("linear", "knn"):
         if _is_srgan_variant(config):
             encoder, _ = _srgan_variant(config, serving, num_classes, "linear")
-            features = {name: _keras_features(encoder, splits.split(name)[0], image_size, config.batch_size) for name in ("train", "val", "test")}
+            features = {
+                name: _keras_features(encoder, splits.split(name)[0], image_size, config.batch_size)
+                for name in ("train", "val", "test")
+            }
         elif serving is not None:
-            features = {name: serving.embed(splits.split(name)[0], config.batch_size) for name in ("train", "val", "test")}
+            features = {
+                name: serving.embed(splits.split(name)[0], config.batch_size) for name in ("train", "val", "test")
+            }
         else:
             encoder = _random_encoder(config, image_size, _init_seed(config))
-            features = {name: _keras_features(encoder, splits.split(name)[0], image_size, config.batch_size) for name in ("train", "val", "test")}
+            features = {
+                name: _keras_features(encoder, splits.split(name)[0], image_size, config.batch_size)
+                for name in ("train", "val", "test")
+            }
 
     per_seed = []
     classifier = None  # the first seed's, as a Keras model on [0, 1] images (for Grad-CAM)
@@ -196,7 +224,9 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
             if _is_srgan_variant(config):
                 keras.utils.set_random_seed(seed)
                 encoder, head = _srgan_variant(config, serving, num_classes, config.head)
-                encoder = export_lib.fast_layers(encoder)  # the shipped files hold stock Conv2D; train with the fast one
+                encoder = export_lib.fast_layers(
+                    encoder
+                )  # the shipped files hold stock Conv2D; train with the fast one
             elif config.encoder:
                 encoder = export_lib.load_keras_encoder(config.encoder)
             else:  # with init_seed, each pretraining seed's baseline starts from weights of its own
@@ -231,10 +261,27 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
         if classifier is None and config.protocol == "finetune":
             classifier = result.classifier
         elif classifier is None and config.protocol == "linear":
-            classifier = protocols.linear_probe_as_keras(_linear_encoder(config, serving, num_classes, image_size), result.classifier)
+            classifier = protocols.linear_probe_as_keras(
+                _linear_encoder(config, serving, num_classes, image_size), result.classifier
+            )
         scores = classification_metrics(test_labels, result.test_predictions, num_classes)
-        per_seed.append({"seed": seed, "train_images": int(len(subset)), f"val_{config.selection_metric}": result.val_score, "selected": result.selected, **scores})
-        log.info("seed %d: test accuracy %.4f, balanced %.4f, macro-F1 %.4f (selected %s)", seed, scores["accuracy"], scores["balanced_accuracy"], scores["macro_f1"], result.selected)
+        per_seed.append(
+            {
+                "seed": seed,
+                "train_images": int(len(subset)),
+                f"val_{config.selection_metric}": result.val_score,
+                "selected": result.selected,
+                **scores,
+            }
+        )
+        log.info(
+            "seed %d: test accuracy %.4f, balanced %.4f, macro-F1 %.4f (selected %s)",
+            seed,
+            scores["accuracy"],
+            scores["balanced_accuracy"],
+            scores["macro_f1"],
+            result.selected,
+        )
 
     report = {
         "encoder": config.encoder,
@@ -251,7 +298,9 @@ def evaluate(config: EvalConfig, splits: Optional[Splits] = None) -> dict:
         "unseen_classes": splits.stats.get("unseen_classes", {}),  # left out with --allow_unseen_classes
         "unseen_class_files": splits.stats.get("unseen_class_files", 0),
         "majority_class_rate": majority_class_rate(train_labels, test_labels),
-        "encoder_metadata": serving.metadata if serving else {"backbone": dataclasses.asdict(config.backbone), "pool_grid": config.pool_grid},
+        "encoder_metadata": serving.metadata
+        if serving
+        else {"backbone": dataclasses.asdict(config.backbone), "pool_grid": config.pool_grid},
         "config": dataclasses.asdict(config),
     }
     return write_report(report, per_seed, config.output_dir or default_output_dir(config, image_size), classifier)
@@ -270,14 +319,24 @@ def _init_seed(config: EvalConfig) -> int:
     return config.seeds[0] if config.init_seed is None else config.init_seed
 
 
-def classifier_report(predict, splits: Splits, dataset: str, image_size: int, subject: str, metadata: dict, seed: int, output_dir: str) -> dict:
+def classifier_report(
+    predict, splits: Splits, dataset: str, image_size: int, subject: str, metadata: dict, seed: int, output_dir: str
+) -> dict:
     """The report of a model trained on the labels (PMG): its own predictions on the same
     test split, the same metrics as every encoder. `predict` maps uint8 images to classes."""
     num_classes = splits.num_classes
     train_labels, test_labels = splits.train_labels, splits.test_labels
     val_accuracy = classification_metrics(splits.val_labels, predict(splits.val_images), num_classes)["accuracy"]
     scores = classification_metrics(test_labels, predict(splits.test_images), num_classes)
-    per_seed = [{"seed": seed, "train_images": int(len(train_labels)), "val_accuracy": val_accuracy, "selected": {"epoch": "last"}, **scores}]
+    per_seed = [
+        {
+            "seed": seed,
+            "train_images": int(len(train_labels)),
+            "val_accuracy": val_accuracy,
+            "selected": {"epoch": "last"},
+            **scores,
+        }
+    ]
     report = {
         "encoder": subject,
         "baseline": None,
@@ -294,7 +353,13 @@ def classifier_report(predict, splits: Splits, dataset: str, image_size: int, su
         "encoder_metadata": metadata,
         "config": {},
     }
-    log.info("%s: test accuracy %.4f, balanced %.4f, macro-F1 %.4f", subject, scores["accuracy"], scores["balanced_accuracy"], scores["macro_f1"])
+    log.info(
+        "%s: test accuracy %.4f, balanced %.4f, macro-F1 %.4f",
+        subject,
+        scores["accuracy"],
+        scores["balanced_accuracy"],
+        scores["macro_f1"],
+    )
     return write_report(report, per_seed, output_dir)
 
 
@@ -320,10 +385,22 @@ def write_report(report: dict, per_seed: list, output_dir: str, classifier: kera
     from fgssl_tf import plots
 
     title = f"{report['protocol']}, seeds {report['seeds']}"
-    plots.confusion_matrix_png(report["confusion_matrix"], report["class_names"], os.path.join(output_dir, "confusion_matrix.png"), f"{title}: confusion matrix")
-    plots.recall_bars_png(report["per_class_recall"], report["class_names"], os.path.join(output_dir, "recall.png"), f"{title}: recall per class")
+    plots.confusion_matrix_png(
+        report["confusion_matrix"],
+        report["class_names"],
+        os.path.join(output_dir, "confusion_matrix.png"),
+        f"{title}: confusion matrix",
+    )
+    plots.recall_bars_png(
+        report["per_class_recall"],
+        report["class_names"],
+        os.path.join(output_dir, "recall.png"),
+        f"{title}: recall per class",
+    )
     if classifier is not None:  # stock Keras layers: the file loads without fgssl_tf
-        export_lib.stock_layers(classifier, probe_size=report["image_size"]).save(os.path.join(output_dir, CLASSIFIER_FILE))
+        export_lib.stock_layers(classifier, probe_size=report["image_size"]).save(
+            os.path.join(output_dir, CLASSIFIER_FILE)
+        )
     report["output_dir"] = output_dir
     return report
 
@@ -339,8 +416,10 @@ def markdown_report(report: dict) -> str:
         f"- majority-class rate on test: {report['majority_class_rate']:.4f}",
     ]
     if report.get("unseen_class_files"):
-        lines.append(f"- left out: {report['unseen_class_files']} val/test images of classes train lacks "
-                     f"({report['unseen_classes']}; --allow_unseen_classes)")
+        lines.append(
+            f"- left out: {report['unseen_class_files']} val/test images of classes train lacks "
+            f"({report['unseen_classes']}; --allow_unseen_classes)"
+        )
     lines += [
         "",
         "| metric | mean | std |",

@@ -92,7 +92,9 @@ def freeze_before(encoder: keras.Model, trainable_from: str) -> None:
         return
     stages = encoder_stages(encoder)
     if trainable_from not in stages:
-        raise FgsslError(f"--trainable_from={trainable_from!r} is not a stage of this encoder; choose all, none or one of {', '.join(stages)}")
+        raise FgsslError(
+            f"--trainable_from={trainable_from!r} is not a stage of this encoder; choose all, none or one of {', '.join(stages)}"
+        )
     first = stages.index(trainable_from)
     for layer in encoder.layers:
         if layer.weights:
@@ -167,9 +169,19 @@ def finetune(
     order = np.random.RandomState(seed).permutation(len(train[1]))
     dataset = tf.data.Dataset.from_tensor_slices((train[0][order], train[1][order]))
     dataset = dataset.shuffle(len(order), seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    model.fit(dataset, epochs=epochs, callbacks=[keep_best], class_weight=inverse_class_weights(train[1], num_classes) if class_weights == "inverse" else None, verbose=0)
-    classifier = keras.Model(encoder.inputs, head(encoder.outputs[0]), name="classifier")  # [0, 1] images in, logits out
-    return ProtocolResult(predict(test[0]), keep_best.best_score, {"epoch": keep_best.best_epoch + 1}, classifier=classifier)
+    model.fit(
+        dataset,
+        epochs=epochs,
+        callbacks=[keep_best],
+        class_weight=inverse_class_weights(train[1], num_classes) if class_weights == "inverse" else None,
+        verbose=0,
+    )
+    classifier = keras.Model(
+        encoder.inputs, head(encoder.outputs[0]), name="classifier"
+    )  # [0, 1] images in, logits out
+    return ProtocolResult(
+        predict(test[0]), keep_best.best_score, {"epoch": keep_best.best_epoch + 1}, classifier=classifier
+    )
 
 
 def linear_probe_as_keras(encoder: keras.Model, pipeline) -> keras.Model:

@@ -6,7 +6,9 @@ import keras
 import tensorflow as tf
 
 
-def batch_norm(name: str, momentum: float = 0.9, epsilon: float = 1e-5, synchronized: bool | None = None) -> keras.layers.Layer:
+def batch_norm(
+    name: str, momentum: float = 0.9, epsilon: float = 1e-5, synchronized: bool | None = None
+) -> keras.layers.Layer:
     """BatchNormalization (defaults: PyTorch's momentum 0.1 and eps 1e-5). `synchronized=None`:
     statistics over the global batch whenever the strategy the layer is built under has
     several replicas, so R replicas train as one replica with the same global batch."""
@@ -62,7 +64,7 @@ def conv2d_input_gradient(dy, kernel, input_shape, strides, padding: str):
     top, padded_h = _forward_padding(height, out_h, kh, sh, padding)
     left, padded_w = _forward_padding(width, out_w, kw, sw, padding)
     padded = tf.pad(padded, [[0, 0], [0, padded_h - (span_h + kh - 1)], [0, padded_w - (span_w + kw - 1)], [0, 0]])
-    return padded[:, top:top + height, left:left + width]
+    return padded[:, top : top + height, left : left + width]
 
 
 def conv2d_fast_input_gradient(x, kernel, strides=(1, 1), padding: str = "SAME"):

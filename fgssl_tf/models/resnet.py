@@ -38,7 +38,9 @@ def _conv(x, filters, kernel, stride, name):
         padding = "valid"
     else:
         padding = "same"
-    return Conv2D(filters, kernel, stride, padding=padding, use_bias=False, kernel_initializer=_conv_init(), name=name)(x)
+    return Conv2D(filters, kernel, stride, padding=padding, use_bias=False, kernel_initializer=_conv_init(), name=name)(
+        x
+    )
 
 
 def _basic_block(x, filters, stride, config, name):

@@ -116,7 +116,9 @@ def paper_permutations(count: int, seed: int) -> np.ndarray:
     """The paper's procedure (spec §1.1), seeded: draw two random non-identity
     permutations; keep both if they differ in all 9 positions and neither is taken."""
     if count % 2:
-        raise FgsslError(f"--jigsaw_permutations=paper adds permutations in pairs: --jigsaw_num_permutations={count} must be even")
+        raise FgsslError(
+            f"--jigsaw_permutations=paper adds permutations in pairs: --jigsaw_num_permutations={count} must be even"
+        )
     candidates = all_permutations()
     rng = np.random.RandomState(seed)
     chosen: list[int] = []
@@ -157,7 +159,13 @@ def load_or_create_permutations(model_dir: str, method: str, count: int, seed: i
                 json.dump({**record, "permutations": permutations.tolist()}, f)
             os.replace(path + ".tmp", path)
     stats = permutation_stats(permutations)
-    log.info("jigsaw: %d '%s' permutations, min Hamming %d, mean %.2f", count, method, stats["min_hamming"], stats["mean_hamming"])
+    log.info(
+        "jigsaw: %d '%s' permutations, min Hamming %d, mean %.2f",
+        count,
+        method,
+        stats["min_hamming"],
+        stats["mean_hamming"],
+    )
     return permutations
 
 
@@ -227,7 +235,12 @@ class JigsawPuzzle(keras.layers.Layer):
 
         labels = draw(seeds[0], [global_batch], minval=0, maxval=count, dtype=tf.int32)
         corners = draw(seeds[1], [global_batch, TILES, 2], minval=0, maxval=self.tile - self.crop + 1, dtype=tf.int32)
-        brightness = draw(seeds[2], [global_batch, TILES, 1, 1, 1], minval=1.0 - self.config.brightness, maxval=1.0 + self.config.brightness)
+        brightness = draw(
+            seeds[2],
+            [global_batch, TILES, 1, 1, 1],
+            minval=1.0 - self.config.brightness,
+            maxval=1.0 + self.config.brightness,
+        )
 
         tiles = cut_tiles(x, self.tile)
         span = tf.range(self.crop)
@@ -262,14 +275,25 @@ class JigsawPuzzle(keras.layers.Layer):
 class JigsawModel(keras.Model):
     """Shuffled tiles -> shared encoder (9 tiles in one call) -> concat -> dropout -> N-way classifier."""
 
-    def __init__(self, encoder: keras.Model, image_size: int, permutations, config: JigsawConfig, seed: int = 0, weight_decay: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        encoder: keras.Model,
+        image_size: int,
+        permutations,
+        config: JigsawConfig,
+        seed: int = 0,
+        weight_decay: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.image_size = image_size
         self.jigsaw_config = config
         self.seed = seed
         self.weight_decay = weight_decay
-        self.puzzle = JigsawPuzzle(image_size, permutations, config, name="puzzle", dtype="float32")  # image ops in float32 under mixed precision
+        self.puzzle = JigsawPuzzle(
+            image_size, permutations, config, name="puzzle", dtype="float32"
+        )  # image ops in float32 under mixed precision
         self.dropout = keras.layers.Dropout(config.dropout, name="dropout")
         self.classifier = keras.layers.Dense(len(permutations), name="permutation_classifier")
         self.classifier.build((None, TILES * encoder.output_shape[-1]))
@@ -332,7 +356,10 @@ class JigsawModel(keras.Model):
         config = self.jigsaw_config
         return [
             keras.callbacks.ReduceLROnPlateau(
-                monitor=monitor, factor=config.plateau_factor, patience=config.plateau_patience, min_lr=config.min_learning_rate
+                monitor=monitor,
+                factor=config.plateau_factor,
+                patience=config.plateau_patience,
+                min_lr=config.min_learning_rate,
             )
         ]
 
@@ -364,7 +391,11 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
     if config.pool_grid < 1:
         raise FgsslError(f"--jigsaw_pool_grid={config.pool_grid} must be at least 1")
     permutations = load_or_create_permutations(
-        train.model_dir, config.permutations, config.num_permutations, train.seed, write=is_chief(tf.distribute.get_strategy())
+        train.model_dir,
+        config.permutations,
+        config.num_permutations,
+        train.seed,
+        write=is_chief(tf.distribute.get_strategy()),
     )
     encoder = build_resnet(backbone, data.image_size, pool_grid=config.pool_grid)
     model = build(encoder, data.image_size, permutations, config, train.seed, train.weight_decay)

@@ -42,7 +42,9 @@ from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, guard
 DEFAULT_LEARNING_RATE = 2e-3  # SGD for the new heads; the backbone gets a tenth
 DEFAULT_WEIGHT_DECAY = 5e-4
 SUPERVISED = True  # trains on the labelled training split, not the unlabelled pool
-WEIGHTS_HELP = "--backbone_weights=imagenet (Keras' ImageNet ResNet-50, downloaded once), a path to a weights file, or none"
+WEIGHTS_HELP = (
+    "--backbone_weights=imagenet (Keras' ImageNet ResNet-50, downloaded once), a path to a weights file, or none"
+)
 # The last unit of stages 2, 3 and 4 of each backbone (PMG's layer2, layer3, layer4).
 _STAGE_OUTPUTS = {
     "resnet50": ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
@@ -73,7 +75,9 @@ def _load_resnet50(weights: str, image_size: int) -> keras.Model:
     except FgsslError:
         raise
     except Exception as err:  # no internet, a truncated or mismatched file
-        raise FgsslError(f"could not load the ResNet-50 weights {weights!r} ({type(err).__name__}: {err}); use {WEIGHTS_HELP}") from err
+        raise FgsslError(
+            f"could not load the ResNet-50 weights {weights!r} ({type(err).__name__}: {err}); use {WEIGHTS_HELP}"
+        ) from err
 
 
 def build_stage_features(backbone: BackboneConfig, image_size: int, weights: str) -> keras.Model:
@@ -89,9 +93,13 @@ def build_stage_features(backbone: BackboneConfig, image_size: int, weights: str
         outputs = stages(CaffePreprocess(name="caffe_preprocess")(inputs))
     else:
         if weights != "none":
-            raise FgsslError("Keras has no ImageNet ResNet-18: use --backbone=resnet50 for ImageNet weights, or --backbone_weights=none")
+            raise FgsslError(
+                "Keras has no ImageNet ResNet-18: use --backbone=resnet50 for ImageNet weights, or --backbone_weights=none"
+            )
         net = build_resnet(backbone, image_size)
-        outputs = keras.Model(net.input, [net.get_layer(n).output for n in _STAGE_OUTPUTS["resnet18"]], name="resnet18")(inputs)
+        outputs = keras.Model(
+            net.input, [net.get_layer(n).output for n in _STAGE_OUTPUTS["resnet18"]], name="resnet18"
+        )(inputs)
     return keras.Model(inputs, outputs, name="stage_features")
 
 
@@ -120,14 +128,23 @@ def _classifier(config: PMGConfig, name: str) -> keras.Sequential:
 class PMGModel(keras.Model):
     """Images -> (head 1, head 2, head 3, concatenated head) logits."""
 
-    def __init__(self, features: keras.Model, image_size: int, config: PMGConfig, seed: int = 0, weight_decay: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        features: keras.Model,
+        image_size: int,
+        config: PMGConfig,
+        seed: int = 0,
+        weight_decay: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.features, self.image_size, self.pmg_config = features, image_size, config
         self.seed, self.weight_decay = seed, weight_decay
         self.blocks, self.classifiers = [], []
         for i, stage in enumerate(features.outputs, start=1):
             block = keras.Sequential(
-                _conv_block(config.feature_size, 1, f"head{i}_a") + _conv_block(config.head_channels, 3, f"head{i}_b")
+                _conv_block(config.feature_size, 1, f"head{i}_a")
+                + _conv_block(config.head_channels, 3, f"head{i}_b")
                 + [keras.layers.GlobalMaxPooling2D(name=f"head{i}_max")],
                 name=f"conv_block{i}",
             )
@@ -139,8 +156,13 @@ class PMGModel(keras.Model):
         self.classifier_concat = _classifier(config, "classifier_concat")
         self.classifier_concat.build((None, 3 * config.head_channels))
         self.built = True
-        self.head_variables = [v for layer in self.blocks + self.classifiers + [self.classifier_concat] for v in layer.trainable_variables]
-        self.trackers = {name: FiniteMean(name=name) for name in ("loss", "loss_granularity_8", "loss_granularity_4", "loss_granularity_2", "loss_whole")}
+        self.head_variables = [
+            v for layer in self.blocks + self.classifiers + [self.classifier_concat] for v in layer.trainable_variables
+        ]
+        self.trackers = {
+            name: FiniteMean(name=name)
+            for name in ("loss", "loss_granularity_8", "loss_granularity_4", "loss_granularity_2", "loss_whole")
+        }
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")  # concatenated head
         self.combined_tracker = keras.metrics.SparseCategoricalAccuracy(name="combined_accuracy")  # sum of the four
 
@@ -149,7 +171,10 @@ class PMGModel(keras.Model):
         return [*self.trackers.values(), self.accuracy_tracker, self.combined_tracker]
 
     def call(self, images, training=False):
-        pooled = [block(stage, training=training) for block, stage in zip(self.blocks, self.features(images, training=training))]
+        pooled = [
+            block(stage, training=training)
+            for block, stage in zip(self.blocks, self.features(images, training=training))
+        ]
         logits = [classifier(x, training=training) for classifier, x in zip(self.classifiers, pooled)]
         return (*logits, self.classifier_concat(tf.concat(pooled, axis=-1), training=training))
 
@@ -171,7 +196,9 @@ class PMGModel(keras.Model):
         position = global_batch_position(tf.shape(x)[0])
         local = tf.shape(x)[0]
         seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-        corners = tf.random.stateless_uniform([position["global_batch"], 2], seeds[0], minval=0, maxval=2 * pad + 1, dtype=tf.int32)
+        corners = tf.random.stateless_uniform(
+            [position["global_batch"], 2], seeds[0], minval=0, maxval=2 * pad + 1, dtype=tf.int32
+        )
         flips = tf.random.stateless_uniform([position["global_batch"]], seeds[1]) < 0.5
         corners = corners[position["offset"] : position["offset"] + local]
         flips = flips[position["offset"] : position["offset"] + local]
@@ -206,7 +233,10 @@ class PMGModel(keras.Model):
             gradients = tape.gradient(loss, [variables for _, variables in groups])
             for (optimizer, variables), grads in zip(groups, gradients):
                 used = [(g, v) for g, v in zip(grads, variables) if g is not None]  # only what this loss reaches
-                optimizer.apply(add_coupled_weight_decay([g for g, _ in used], [v for _, v in used], self.weight_decay), [v for _, v in used])
+                optimizer.apply(
+                    add_coupled_weight_decay([g for g, _ in used], [v for _, v in used], self.weight_decay),
+                    [v for _, v in used],
+                )
             self.trackers[names[head]].update_state(loss * replicas)
             total += loss
         self.trackers["loss"].update_state(total * replicas)
@@ -248,16 +278,24 @@ class _CosinePerEpoch(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         factor = 0.5 * (math.cos(math.pi * epoch / self.epochs) + 1.0)
         self.pmg.optimizer.learning_rate.assign(self.pmg.base_learning_rate * factor)
-        self.pmg.backbone_optimizer.learning_rate.assign(self.pmg.base_learning_rate * self.pmg.pmg_config.backbone_lr_ratio * factor)
+        self.pmg.backbone_optimizer.learning_rate.assign(
+            self.pmg.base_learning_rate * self.pmg.pmg_config.backbone_lr_ratio * factor
+        )
 
 
-def build(features, image_size, config: PMGConfig, seed: int, weight_decay: float, learning_rate: float, momentum: float = 0.9) -> PMGModel:
+def build(
+    features, image_size, config: PMGConfig, seed: int, weight_decay: float, learning_rate: float, momentum: float = 0.9
+) -> PMGModel:
     if config.num_classes < 2:
         raise FgsslError("PMG needs the number of classes (at least 2) of the labelled data")
     model = PMGModel(features, image_size, config, seed=seed, weight_decay=weight_decay, name="pmg")
     model.base_learning_rate = learning_rate
-    model.backbone_optimizer = guard(keras.optimizers.SGD(learning_rate * config.backbone_lr_ratio, momentum=momentum, name="backbone_sgd"))
-    model.compile(optimizer=guard(keras.optimizers.SGD(learning_rate, momentum=momentum, name="heads_sgd")), jit_compile=False)
+    model.backbone_optimizer = guard(
+        keras.optimizers.SGD(learning_rate * config.backbone_lr_ratio, momentum=momentum, name="backbone_sgd")
+    )
+    model.compile(
+        optimizer=guard(keras.optimizers.SGD(learning_rate, momentum=momentum, name="heads_sgd")), jit_compile=False
+    )
     model.backbone_optimizer.build(model.features.trainable_variables)
     model.optimizer.build(model.head_variables)
     return model
@@ -269,7 +307,9 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
         if data.image_size // grid < 1:
             raise FgsslError(f"--image_size={data.image_size} is too small for {grid}x{grid} jigsaw blocks")
     features = build_stage_features(backbone, data.image_size, config.backbone_weights)
-    return build(features, data.image_size, config, train.seed, train.weight_decay, train.learning_rate, config.momentum)
+    return build(
+        features, data.image_size, config, train.seed, train.weight_decay, train.learning_rate, config.momentum
+    )
 
 
 Config = PMGConfig

@@ -42,8 +42,15 @@ class SimCLRConfig(ViewsConfig):
 class SimCLRModel(TwoViewModel):
     """Two augmented views per image -> encoder -> projection -> NT-Xent."""
 
-    def __init__(self, encoder: keras.Model, image_size: int, config: SimCLRConfig, seed: int = 0,
-                 weight_decay: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        encoder: keras.Model,
+        image_size: int,
+        config: SimCLRConfig,
+        seed: int = 0,
+        weight_decay: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(encoder, image_size, config, seed=seed, weight_decay=weight_decay, **kwargs)
         self.simclr_config = config
         self.projector = keras.Sequential(
@@ -89,6 +96,7 @@ def build(encoder: keras.Model, image_size: int, config: SimCLRConfig, seed: int
 def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, config: SimCLRConfig) -> SimCLRModel:
     """The compiled pretext model (Adam; a constant learning rate, as the paper trained, unless
     `train.lr_schedule` asks for warm-up and cosine decay)."""
+
     def make(encoder):
         return build(encoder, data.image_size, config, train.seed, train.weight_decay)
 

@@ -41,7 +41,6 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Optional
 
 import keras
 import tensorflow as tf
@@ -63,8 +62,10 @@ USES_BACKBONE = False  # builds its own networks; --backbone does not apply
 STAGES = ("both", "psnr", "gan")
 SCALES = (2, 4, 8)
 PERCEPTUAL_LAYER = "block5_conv4"  # torchvision VGG19 features[:36]: conv5_4 and its ReLU
-PERCEPTUAL_HELP = ("--perceptual_weights=imagenet (Keras' ImageNet VGG19, downloaded once), a path to a weights file, none (no perceptual term), "
-                   "or auto (imagenet when it can be had, else none with a warning)")
+PERCEPTUAL_HELP = (
+    "--perceptual_weights=imagenet (Keras' ImageNet VGG19, downloaded once), a path to a weights file, none (no perceptual term), "
+    "or auto (imagenet when it can be had, else none with a warning)"
+)
 # Discriminator convs: (channels as a multiple of its width, stride), as SRGAN.
 DISCRIMINATOR_CONVS = ((1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2))
 GENERATOR_FILE = "generator.keras"  # saved beside the exported encoders, for the paper's variants
@@ -85,7 +86,7 @@ class SRGANConfig:
     adversarial_weight: float = 0.001
     perceptual_weights: str = "auto"  # auto | imagenet | none | PATH
     perceptual_scale: float = 1 / 12.75  # VGG features are multiplied by this (Ledig et al.)
-    generator_init: Optional[str] = None  # gan stage: model_dir of the psnr run to start from
+    generator_init: str | None = None  # gan stage: model_dir of the psnr run to start from
     beta_1: float = 0.9
     beta_2: float = 0.999
 
@@ -99,15 +100,23 @@ class SRGANConfig:
 
     def check(self, image_size: int) -> None:
         if self.stage not in STAGES:
-            raise FgsslError(f"unknown --srgan_stage={self.stage!r}; choose both, psnr (pixel loss, first) or gan (second)")
+            raise FgsslError(
+                f"unknown --srgan_stage={self.stage!r}; choose both, psnr (pixel loss, first) or gan (second)"
+            )
         if self.scale not in SCALES:
             raise FgsslError(f"--srgan_scale={self.scale}: choose 2, 4 or 8")
         if self.hr_size % self.scale or self.lr_size < 4:
-            raise FgsslError(f"--srgan_hr_size={self.hr_size} must be a multiple of --srgan_scale={self.scale} with at least 4 px left after dividing")
+            raise FgsslError(
+                f"--srgan_hr_size={self.hr_size} must be a multiple of --srgan_scale={self.scale} with at least 4 px left after dividing"
+            )
         if self.hr_size < 16:
-            raise FgsslError(f"--srgan_hr_size={self.hr_size}: the discriminator (4 halvings), SSIM and VGG need crops of at least 16 px")
+            raise FgsslError(
+                f"--srgan_hr_size={self.hr_size}: the discriminator (4 halvings), SSIM and VGG need crops of at least 16 px"
+            )
         if self.hr_size > image_size:
-            raise FgsslError(f"--srgan_hr_size={self.hr_size} is larger than --image_size={image_size}; crops come from the resized images")
+            raise FgsslError(
+                f"--srgan_hr_size={self.hr_size} is larger than --image_size={image_size}; crops come from the resized images"
+            )
         if self.residual_blocks < 1:
             raise FgsslError("--srgan_residual_blocks must be at least 1")
 
@@ -144,7 +153,9 @@ def _generator_graph(x, layer, width: int, blocks: int, upsample_blocks: int, un
         return y
     for j in range(1, upsample_blocks + 1):
         y = layer(f"upsample{j}_conv", conv(4 * width, 3))(y)
-        y = layer(f"upsample{j}_prelu", _prelu)(layer(f"upsample{j}_shuffle", lambda name: PixelShuffle(2, name=name))(y))
+        y = layer(f"upsample{j}_prelu", _prelu)(
+            layer(f"upsample{j}_shuffle", lambda name: PixelShuffle(2, name=name))(y)
+        )
     if until == "upsampled":
         return y
     return layer("output_conv", conv(3, 9, bias=True))(y)
@@ -153,7 +164,14 @@ def _generator_graph(x, layer, width: int, blocks: int, upsample_blocks: int, un
 def build_generator(config: SRGANConfig) -> keras.Model:
     """SRResNet: [B, h, w, 3] in [0, 1] -> [B, h s, w s, 3] (unclipped, as the paper)."""
     inputs = keras.Input((None, None, 3), name="images")
-    outputs = _generator_graph(inputs, lambda name, make: make(name), config.width, config.residual_blocks, int(math.log2(config.scale)), "output")
+    outputs = _generator_graph(
+        inputs,
+        lambda name, make: make(name),
+        config.width,
+        config.residual_blocks,
+        int(math.log2(config.scale)),
+        "output",
+    )
     return keras.Model(inputs, outputs, name="srgan_generator")
 
 
@@ -165,8 +183,13 @@ def _generator_shape(generator: keras.Model) -> tuple[int, int, int]:
     return generator.get_layer("stem_conv").filters, blocks, upsample
 
 
-def generator_features(generator: keras.Model, residual_blocks: Optional[int] = None, until: str = "trunk", pooled: bool = True,
-                       input_size: Optional[int] = None) -> keras.Model:
+def generator_features(
+    generator: keras.Model,
+    residual_blocks: int | None = None,
+    until: str = "trunk",
+    pooled: bool = True,
+    input_size: int | None = None,
+) -> keras.Model:
     """The trained generator's layers re-wired as an encoder: its first `residual_blocks`
     blocks (the paper's "Remove N ResBlocks": 16 -> 14, 12, 10, 8), then the trunk conv
     and the global skip; `until='upsampled'` also runs the upsampling (the input of the
@@ -175,7 +198,9 @@ def generator_features(generator: keras.Model, residual_blocks: Optional[int] = 
     width, blocks, upsample = _generator_shape(generator)
     keep = blocks if residual_blocks is None else residual_blocks
     if not 1 <= keep <= blocks:
-        raise FgsslError(f"--keep_residual_blocks={residual_blocks}: this generator has {blocks} residual blocks; keep 1 to {blocks}")
+        raise FgsslError(
+            f"--keep_residual_blocks={residual_blocks}: this generator has {blocks} residual blocks; keep 1 to {blocks}"
+        )
     inputs = keras.Input((input_size, input_size, 3), name="images")
     features = _generator_graph(inputs, lambda name, make: generator.get_layer(name), width, keep, upsample, until)
     if pooled:
@@ -190,12 +215,24 @@ def build_discriminator(config: SRGANConfig) -> keras.Model:
     the dense head fixes the input size, and other sizes are refused by name.
     """
     inputs = keras.Input((None, None, 3), name="images")
-    x = FixedInputSize(config.hr_size, "the SRGAN discriminator", hint=f" (--srgan_hr_size={config.hr_size}); crop or resize images to that size", name="input_size")(inputs)
+    x = FixedInputSize(
+        config.hr_size,
+        "the SRGAN discriminator",
+        hint=f" (--srgan_hr_size={config.hr_size}); crop or resize images to that size",
+        name="input_size",
+    )(inputs)
     for i, (multiple, stride) in enumerate(DISCRIMINATOR_CONVS, start=1):
         if stride > 1:
             x = layers.ZeroPadding2D(1, name=f"conv{i}_pad")(x)
         # A bias only where no BN follows (the first conv).
-        x = Conv2D(config.discriminator_width * multiple, 3, stride, padding="same" if stride == 1 else "valid", use_bias=i == 1, name=f"conv{i}_conv")(x)
+        x = Conv2D(
+            config.discriminator_width * multiple,
+            3,
+            stride,
+            padding="same" if stride == 1 else "valid",
+            use_bias=i == 1,
+            name=f"conv{i}_conv",
+        )(x)
         if i > 1:
             x = _bn(f"conv{i}_bn")(x)
         x = layers.LeakyReLU(0.2, name=f"conv{i}_lrelu")(x)
@@ -209,7 +246,9 @@ def discriminator_features(discriminator: keras.Model, remove_conv_blocks: int =
     units (the paper's "Remove N ConvBlocks"), average-pooled or as a feature map."""
     convs = sum(1 for layer in discriminator.layers if layer.name.endswith("_conv") and layer.name.startswith("conv"))
     if not 0 <= remove_conv_blocks < convs:
-        raise FgsslError(f"--remove_conv_blocks={remove_conv_blocks}: this discriminator has {convs} conv blocks; remove 0 to {convs - 1}")
+        raise FgsslError(
+            f"--remove_conv_blocks={remove_conv_blocks}: this discriminator has {convs} conv blocks; remove 0 to {convs - 1}"
+        )
     features = discriminator.get_layer(f"conv{convs - remove_conv_blocks}_lrelu").output
     if pooled:
         features = layers.GlobalAveragePooling2D(name="avg_pool")(features)
@@ -217,21 +256,26 @@ def discriminator_features(discriminator: keras.Model, remove_conv_blocks: int =
     return keras.Model(discriminator.inputs, features, name=name)
 
 
-def _load_perceptual(weights: str) -> Optional[keras.Model]:
+def _load_perceptual(weights: str) -> keras.Model | None:
     """VGG19 up to block5_conv4, frozen, on [0, 1] RGB input; 'auto' gives None when ImageNet's cannot be had."""
     if weights == "auto":
         try:
             return _load_perceptual("imagenet")
         except FgsslError as err:
-            log.warning("no VGG19 ImageNet weights (%s): the perceptual term is off. Pass --perceptual_weights=PATH "
-                        "(a local copy) to have it, or --perceptual_weights=imagenet to make its absence an error", err)
+            log.warning(
+                "no VGG19 ImageNet weights (%s): the perceptual term is off. Pass --perceptual_weights=PATH "
+                "(a local copy) to have it, or --perceptual_weights=imagenet to make its absence an error",
+                err,
+            )
             return None
     if weights != "imagenet" and not os.path.isfile(weights):
         raise FgsslError(f"--perceptual_weights={weights!r}: no such file; use {PERCEPTUAL_HELP}")
     try:
         vgg = keras.applications.VGG19(include_top=False, weights=weights, input_shape=(None, None, 3))
     except Exception as err:  # no internet, a truncated or mismatched file
-        raise FgsslError(f"could not load the VGG19 weights {weights!r} ({type(err).__name__}: {err}); use {PERCEPTUAL_HELP}") from err
+        raise FgsslError(
+            f"could not load the VGG19 weights {weights!r} ({type(err).__name__}: {err}); use {PERCEPTUAL_HELP}"
+        ) from err
     inputs = keras.Input((None, None, 3), name="images")
     trunk = keras.Model(vgg.input, vgg.get_layer(PERCEPTUAL_LAYER).output, name="vgg19_block5_conv4")
     model = keras.Model(inputs, trunk(CaffePreprocess(name="caffe_preprocess")(inputs)), name="perceptual")
@@ -252,7 +296,16 @@ class _Untracked:
 class SRGANModel(keras.Model):
     """LR crops -> super-resolved crops; `train_step` runs the configured stage."""
 
-    def __init__(self, generator, discriminator, config: SRGANConfig, perceptual=None, seed: int = 0, weight_decay: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        generator,
+        discriminator,
+        config: SRGANConfig,
+        perceptual=None,
+        seed: int = 0,
+        weight_decay: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.generator, self.discriminator = generator, discriminator
         self.srgan_config, self.seed, self.weight_decay = config, seed, weight_decay
@@ -287,7 +340,9 @@ class SRGANModel(keras.Model):
             corners = tf.tile(tf.stack([room_h // 2, room_w // 2])[None], [local, 1])
         else:
             position = global_batch_position(local)
-            unit = tf.random.stateless_uniform([position["global_batch"], 2], seed)[position["offset"] : position["offset"] + local]
+            unit = tf.random.stateless_uniform([position["global_batch"], 2], seed)[
+                position["offset"] : position["offset"] + local
+            ]
             corners = tf.cast(tf.floor(unit * tf.cast(tf.stack([room_h + 1, room_w + 1]), tf.float32)), tf.int32)
         span = tf.range(size)
         x = tf.gather(x, corners[:, :1] + span, axis=1, batch_dims=1)
@@ -330,13 +385,20 @@ class SRGANModel(keras.Model):
                         real_logits = self.discriminator(hr, training=True)
                         fake_logits = self.discriminator(tf.stop_gradient(sr), training=True)
                         d_loss = self._bce(real_logits, 1.0) + self._bce(fake_logits, 0.0)
-                    self._apply(self.discriminator_optimizer, discriminator_tape, d_loss, self.discriminator.trainable_variables)
+                    self._apply(
+                        self.discriminator_optimizer, discriminator_tape, d_loss, self.discriminator.trainable_variables
+                    )
                 adversarial = self._bce(self.discriminator(sr, training=True), 1.0)  # against the updated critic
                 perceptual = tf.constant(0.0)
                 if self.perceptual is not None:
                     scale = config.perceptual_scale
                     target = tf.stop_gradient(self.perceptual(hr, training=False)) * scale
-                    perceptual = self._global_mean(tf.square(tf.cast(self.perceptual(sr, training=False), tf.float32) * scale - tf.cast(target, tf.float32)))
+                    perceptual = self._global_mean(
+                        tf.square(
+                            tf.cast(self.perceptual(sr, training=False), tf.float32) * scale
+                            - tf.cast(target, tf.float32)
+                        )
+                    )
                 loss += config.perceptual_weight * perceptual + config.adversarial_weight * adversarial
         self._apply(self.optimizer, generator_tape, loss, generator_variables)
         self.trackers["loss"].update_state(loss * replicas)
@@ -347,7 +409,11 @@ class SRGANModel(keras.Model):
             self.trackers["d_loss"].update_state(d_loss * replicas)
             self.trackers["d_real_accuracy"].update_state(tf.cast(real_logits > 0, tf.float32))
             self.trackers["d_fake_accuracy"].update_state(tf.cast(fake_logits < 0, tf.float32))
-        shown = ("loss", "pixel_loss") if self.active_stage == "psnr" else [n for n in self.trackers if n not in ("psnr", "ssim", "bicubic_psnr")]
+        shown = (
+            ("loss", "pixel_loss")
+            if self.active_stage == "psnr"
+            else [n for n in self.trackers if n not in ("psnr", "ssim", "bicubic_psnr")]
+        )
         return {name: self.trackers[name].result() for name in shown}
 
     def test_step(self, data):
@@ -379,7 +445,10 @@ class SRGANModel(keras.Model):
 
     def export_extras(self, suffix: str) -> dict:
         """Full networks saved beside each encoder, for the paper's downstream variants."""
-        return {"generator": {GENERATOR_FILE: self.generator}, "discriminator": {DISCRIMINATOR_FILE: self.discriminator}}[suffix]
+        return {
+            "generator": {GENERATOR_FILE: self.generator},
+            "discriminator": {DISCRIMINATOR_FILE: self.discriminator},
+        }[suffix]
 
     @property
     def export_image_size(self) -> int:
@@ -417,17 +486,23 @@ def load_generator_from_run(generator: keras.Model, model_dir: str) -> str:
     """Copy the generator weights of another run's latest checkpoint (the psnr stage) into `generator`."""
     path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     if path is None:
-        raise FgsslError(f"--srgan_generator_init={model_dir}: no checkpoint under {model_dir}/checkpoints; run the psnr stage first (flags/srgan_psnr.cfg)")
+        raise FgsslError(
+            f"--srgan_generator_init={model_dir}: no checkpoint under {model_dir}/checkpoints; run the psnr stage first (flags/srgan_psnr.cfg)"
+        )
     reader = tf.train.load_checkpoint(path)
     prefix = "model/generator/"
     saved = {key for key in reader.get_variable_to_shape_map() if key.startswith(prefix)}
     if not saved:
-        raise FgsslError(f"{path} holds no SRGAN generator; --srgan_generator_init takes the --model_dir of a --pretext=srgan run")
+        raise FgsslError(
+            f"{path} holds no SRGAN generator; --srgan_generator_init takes the --model_dir of a --pretext=srgan run"
+        )
     status = tf.train.Checkpoint(model=tf.train.Checkpoint(generator=generator)).read(path)
     try:
         status.assert_existing_objects_matched()
     except AssertionError as err:
-        raise FgsslError(f"the generator in {path} does not match this one (residual blocks, width and scale must be the same): {err}") from err
+        raise FgsslError(
+            f"the generator in {path} does not match this one (residual blocks, width and scale must be the same): {err}"
+        ) from err
     return path
 
 
@@ -435,10 +510,17 @@ def build(config: SRGANConfig, learning_rate: float, seed: int = 0, weight_decay
     generator = build_generator(config)
     discriminator = build_discriminator(config)
     perceptual = _load_perceptual(config.perceptual_weights) if config.uses_perceptual else None
-    model = SRGANModel(generator, discriminator, config, perceptual=perceptual, seed=seed, weight_decay=weight_decay, name="srgan")
+    model = SRGANModel(
+        generator, discriminator, config, perceptual=perceptual, seed=seed, weight_decay=weight_decay, name="srgan"
+    )
     model.base_learning_rate = learning_rate
-    model.discriminator_optimizer = guard(keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2, name="discriminator_adam"))
-    model.compile(optimizer=guard(keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2, name="generator_adam")), jit_compile=False)
+    model.discriminator_optimizer = guard(
+        keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2, name="discriminator_adam")
+    )
+    model.compile(
+        optimizer=guard(keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2, name="generator_adam")),
+        jit_compile=False,
+    )
     model.optimizer.build(generator.trainable_variables)
     model.discriminator_optimizer.build(discriminator.trainable_variables)
     return model
@@ -475,7 +557,9 @@ def paper_generator_head(num_classes: int, dropout: float, hidden: int = 1024) -
     )
 
 
-def paper_discriminator_head(discriminator: keras.Model, remove_conv_blocks: int, num_classes: int, dropout: float) -> keras.Sequential:
+def paper_discriminator_head(
+    discriminator: keras.Model, remove_conv_blocks: int, num_classes: int, dropout: float
+) -> keras.Sequential:
     """The paper's discriminator classifier: the pretrained dense 1024 (frozen, as the paper)
     when no conv block is removed, else a new dense 1024 that trains (bug S5 fixed);
     then LeakyReLU, dropout (bug S6 fixed: it is in the trained model) and a new output layer."""
@@ -496,8 +580,15 @@ def paper_discriminator_head(discriminator: keras.Model, remove_conv_blocks: int
     )
 
 
-def downstream_network(version_dir: str, network: str, num_classes: int, head: str = "linear", keep_residual_blocks: Optional[int] = None,
-                       remove_conv_blocks: int = 0, dropout: float = 0.0) -> tuple[keras.Model, Optional[keras.Layer]]:
+def downstream_network(
+    version_dir: str,
+    network: str,
+    num_classes: int,
+    head: str = "linear",
+    keep_residual_blocks: int | None = None,
+    remove_conv_blocks: int = 0,
+    dropout: float = 0.0,
+) -> tuple[keras.Model, keras.Layer | None]:
     """(encoder, head) for one of the paper's downstream variants of an exported SRGAN encoder.
 
     head 'linear': the encoder gives pooled features (linear probe, kNN, or a linear
@@ -507,17 +598,29 @@ def downstream_network(version_dir: str, network: str, num_classes: int, head: s
     filename = GENERATOR_FILE if network == "generator" else DISCRIMINATOR_FILE
     path = os.path.join(version_dir, filename)
     if not os.path.isfile(path):
-        raise FgsslError(f"{path!r} is missing: the SRGAN variants need the full {network} that training saves beside the encoder; re-export it")
+        raise FgsslError(
+            f"{path!r} is missing: the SRGAN variants need the full {network} that training saves beside the encoder; re-export it"
+        )
     full = keras.saving.load_model(path, compile=False)
     paper = head == "paper"
     if network == "generator":
         if remove_conv_blocks:
-            raise FgsslError("--remove_conv_blocks applies to SRGAN discriminator encoders; for the generator use --keep_residual_blocks")
+            raise FgsslError(
+                "--remove_conv_blocks applies to SRGAN discriminator encoders; for the generator use --keep_residual_blocks"
+            )
         size = read_metadata(version_dir).get("image_size")
-        encoder = generator_features(full, keep_residual_blocks, until="upsampled" if paper else "trunk", pooled=not paper, input_size=size if paper else None)
+        encoder = generator_features(
+            full,
+            keep_residual_blocks,
+            until="upsampled" if paper else "trunk",
+            pooled=not paper,
+            input_size=size if paper else None,
+        )
         return encoder, paper_generator_head(num_classes, dropout) if paper else None
     if keep_residual_blocks is not None:
-        raise FgsslError("--keep_residual_blocks applies to SRGAN generator encoders; for the discriminator use --remove_conv_blocks")
+        raise FgsslError(
+            "--keep_residual_blocks applies to SRGAN generator encoders; for the discriminator use --remove_conv_blocks"
+        )
     encoder = discriminator_features(full, remove_conv_blocks, pooled=not paper)
     return encoder, paper_discriminator_head(full, remove_conv_blocks, num_classes, dropout) if paper else None
 

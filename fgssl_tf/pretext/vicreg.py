@@ -124,7 +124,10 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
         lambda encoder: VICRegModel(
             encoder, data.image_size, config, seed=train.seed, weight_decay=train.weight_decay, name="vicreg"
         ),
-        train, data, backbone, config,
+        train,
+        data,
+        backbone,
+        config,
     )
 
 
