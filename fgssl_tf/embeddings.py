@@ -44,7 +44,8 @@ def sprite(images: np.ndarray, thumbnail: int) -> np.ndarray:
     side = math.ceil(math.sqrt(len(images)))
     if side * thumbnail > SPRITE_MAX_SIDE:
         raise FgsslError(
-            f"{len(images)} thumbnails of {thumbnail} px exceed TensorBoard's {SPRITE_MAX_SIDE} px sprite; use fewer images or smaller thumbnails"
+            f"{len(images)} thumbnails of {thumbnail} px exceed TensorBoard's {SPRITE_MAX_SIDE} px sprite; "
+            "use fewer images or smaller thumbnails"
         )
     small = tf.image.resize(tf.convert_to_tensor(images), [thumbnail, thumbnail], antialias=True)
     small = tf.cast(tf.clip_by_value(tf.round(small), 0, 255), tf.uint8).numpy()

@@ -254,7 +254,8 @@ def define_train_flags() -> None:
     flags.DEFINE_float(
         "learning_rate",
         None,
-        "Initial learning rate; default the paper's for the pretext (simclr: Adam 1e-3, jigsaw: SGD 1e-2, srgan: Adam 1e-4, pmg: SGD 2e-3).",
+        "Initial learning rate; default the paper's for the pretext "
+        "(simclr: Adam 1e-3, jigsaw: SGD 1e-2, srgan: Adam 1e-4, pmg: SGD 2e-3).",
         lower_bound=0.0,
     )
     flags.DEFINE_enum(
@@ -302,7 +303,8 @@ def define_train_flags() -> None:
         "nan_policy",
         "stop",
         ["stop", "skip_batch"],
-        "A NaN or Inf loss: stop naming the step (weights and checkpoints keep their last finite values), or skip that batch and go on.",
+        "A NaN or Inf loss: stop naming the step (weights and checkpoints keep their last finite values), "
+        "or skip that batch and go on.",
     )
     flags.DEFINE_integer(
         "verbose",
@@ -370,13 +372,15 @@ def define_train_flags() -> None:
         "srgan_stage",
         "both",
         ["both", "psnr", "gan"],
-        "SRGAN stage: psnr (generator, pixel MSE), gan (adversarial and perceptual, from a psnr run), or both in one run (half the epochs each).",
+        "SRGAN stage: psnr (generator, pixel MSE), gan (adversarial and perceptual, from a psnr run), "
+        "or both in one run (half the epochs each).",
     )
     flags.DEFINE_enum("srgan_scale", "4", ["2", "4", "8"], "Super-resolution factor (the paper: 4).")
     flags.DEFINE_integer(
         "srgan_hr_size",
         None,
-        "Side of the high-resolution crops (at most --image_size; default min(96, --image_size)); the encoders' input size.",
+        "Side of the high-resolution crops (at most --image_size; default min(96, --image_size)); "
+        "the encoders' input size.",
         lower_bound=16,
     )
     flags.DEFINE_integer("srgan_residual_blocks", 16, "Generator residual blocks.", lower_bound=1)
@@ -394,7 +398,8 @@ def define_train_flags() -> None:
     flags.DEFINE_string(
         "perceptual_weights",
         "auto",
-        "SRGAN VGG19: imagenet (Keras' weights, downloads once), a path to a weights file, none (no perceptual term), or auto (imagenet if it can be had, else none, with a warning).",
+        "SRGAN VGG19: imagenet (Keras' weights, downloads once), a path to a weights file, none (no perceptual term), "
+        "or auto (imagenet if it can be had, else none, with a warning).",
     )
     flags.DEFINE_float(
         "perceptual_scale",
@@ -409,7 +414,8 @@ def define_train_flags() -> None:
     flags.DEFINE_string(
         "backbone_weights",
         "auto",
-        "PMG backbone: imagenet (Keras' ResNet-50, downloads once), none, a weights file, or auto (imagenet for resnet50, none for resnet18).",
+        "PMG backbone: imagenet (Keras' ResNet-50, downloads once), none, a weights file, "
+        "or auto (imagenet for resnet50, none for resnet18).",
     )
     flags.DEFINE_float(
         "backbone_lr_ratio",

@@ -50,7 +50,8 @@ class MonitorConfig:
 
 
 def embedding_stats(embeddings: np.ndarray) -> dict:
-    """{'embedding_std': mean per-dimension std of L2-normalised rows x sqrt(d), 'effective_rank': exp(H(sigma / |sigma|_1))}."""
+    """{'embedding_std': mean per-dimension std of L2-normalised rows x sqrt(d),
+    'effective_rank': exp(H(sigma / |sigma|_1))}."""
     x = np.asarray(embeddings, np.float64).reshape(len(embeddings), -1)
     normalised = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     spread = float(normalised.std(axis=0).mean() * np.sqrt(x.shape[1]))

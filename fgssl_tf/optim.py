@@ -19,7 +19,8 @@ from fgssl_tf.objectives import replica_info
 
 
 def add_coupled_weight_decay(gradients, variables, weight_decay: float):
-    """PyTorch-style `weight_decay` (L2 added to the gradient), split over replicas so the summed gradient gets it once."""
+    """PyTorch-style `weight_decay` (L2 added to the gradient), split over replicas so the summed gradient
+    gets it once."""
     if not weight_decay:
         return gradients
     _, replicas, _ = replica_info()

@@ -296,11 +296,14 @@ def results_markdown(budget: Budget, dataset: str, rows: dict, output_dir: str, 
         f"- data: `{dataset}`, split fingerprint `{sample['split_fingerprint']}`, sizes {sample['split_sizes']}, "
         f"{budget.image_size} px; majority class on test {sample['majority_class_rate']:.3f}",
         f"- every pretext: {budget.images_seen} images seen (batch {budget.batch_size}; SRGAN half per stage), "
-        f"ResNet-18 of width {budget.width} where the method has a ResNet (SRGAN: {budget.srgan_blocks} blocks of {budget.srgan_width}; "
+        f"ResNet-18 of width {budget.width} where the method has a ResNet "
+        f"(SRGAN: {budget.srgan_blocks} blocks of {budget.srgan_width}; "
         f"perceptual weights: {budget.perceptual_weights}), pretraining seeds {list(budget.pretrain_seeds)}",
-        f"- evaluation: protocols {list(budget.protocols)}, label fractions {list(budget.label_fractions)}, seeds {list(budget.seeds)}, "
+        f"- evaluation: protocols {list(budget.protocols)}, label fractions {list(budget.label_fractions)}, "
+        f"seeds {list(budget.seeds)}, "
         f"selection on validation, one report on test; fine-tuning {budget.finetune_epochs} epochs",
-        "- cells: mean ± std over seeds; the paper's numbers are accuracies on cassava from its text (no notebook shows them)",
+        "- cells: mean ± std over seeds; the paper's numbers are accuracies on cassava from its text "
+        "(no notebook shows them)",
         "",
     ]
     for metric in ("accuracy", "balanced_accuracy", "macro_f1"):
@@ -346,4 +349,5 @@ def machine_description() -> str:
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    return f"{platform.machine()} with {os.cpu_count()} CPU cores{f' and {len(gpus)} GPU' if gpus else ', no GPU'}, TensorFlow {tf.__version__}"
+    gpu_text = f" and {len(gpus)} GPU" if gpus else ", no GPU"
+    return f"{platform.machine()} with {os.cpu_count()} CPU cores{gpu_text}, TensorFlow {tf.__version__}"

@@ -228,7 +228,8 @@ class _Checkpointing(keras.callbacks.Callback):
         bad = [v.path for v in self.model.variables if "float" in str(v.dtype) and not np.all(np.isfinite(v.numpy()))]
         if bad:
             raise FgsslError(
-                f"after epoch {epoch} (batch {step}) {len(bad)} model variables hold NaN or Inf (e.g. {bad[0]}); nothing was saved over "
+                f"after epoch {epoch} (batch {step}) {len(bad)} model variables hold NaN or Inf (e.g. {bad[0]}); "
+                "nothing was saved over "
                 f"the last good checkpoint {self.manager.latest_checkpoint}; re-run with --nan_policy=skip_batch to "
                 "resume from it, or start over in a new --model_dir with a lower --learning_rate"
             )
@@ -240,7 +241,8 @@ class _Checkpointing(keras.callbacks.Callback):
         ) as err:  # a full disk, a quota: the state file still names the last good one
             raise FgsslError(
                 f"could not write a checkpoint after epoch {epoch} (batch {step}): {str(err).splitlines()[0][:200]}; "
-                f"the last good checkpoint {self.manager.latest_checkpoint} is kept; free space and re-run to resume from it"
+                f"the last good checkpoint {self.manager.latest_checkpoint} is kept; "
+                "free space and re-run to resume from it"
             ) from err
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -289,7 +291,8 @@ class _NonFiniteWatch(keras.callbacks.Callback):
                 step = self.first_step + batch + 1
                 raise FgsslError(
                     f"non-finite loss or gradients in epoch {self.current_epoch + 1}, batch {step} "
-                    f"(step {self.current_epoch * self.steps_per_epoch + step}); that step was not applied and the last good "
+                    f"(step {self.current_epoch * self.steps_per_epoch + step}); "
+                    "that step was not applied and the last good "
                     "checkpoint is kept; re-run with --nan_policy=skip_batch to resume skipping such batches, "
                     "or start over in a new --model_dir with a lower --learning_rate"
                 )
@@ -385,7 +388,8 @@ def _write_data_stats(log_dir: str, stats: dict, step: int) -> None:
 def _monitor(
     model, splits: Splits, config: MonitorConfig, input_size: int, log_dir: str, seed: int, initial_epoch: int
 ) -> Monitor:
-    """The monitor on the pretext's first exportable encoder, over stratified subsets of train (bank) and val (queries)."""
+    """The monitor on the pretext's first exportable encoder, over stratified subsets of train (bank)
+    and val (queries)."""
     from fgssl_tf.data import stratified_at_most
 
     def subset(name, limit):
@@ -462,7 +466,8 @@ def _restore_newest_readable(checkpoint: tf.train.Checkpoint, manager: tf.train.
         return path
     if manager.checkpoints:
         raise FgsslError(
-            f"no checkpoint under {manager.directory} could be read (last: {error}); move that folder away to start over"
+            f"no checkpoint under {manager.directory} could be read (last: {error}); "
+            "move that folder away to start over"
         )
     return None
 

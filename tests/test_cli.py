@@ -176,11 +176,14 @@ def test_benchmark_counts_pmg_flops_per_pass(tmp_path):
         "from fgssl_tf import trainer\n"
         "from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig\n"
         "from fgssl_tf.pretext import get_pretext\n"
-        "config = dataclasses.replace(get_pretext('pmg').Config(), num_classes=4, feature_size=32, head_channels=64, backbone_weights='none')\n"
+        "config = dataclasses.replace(get_pretext('pmg').Config(), num_classes=4, feature_size=32, head_channels=64, "
+        "backbone_weights='none')\n"
         "train = TrainConfig(pretext='pmg', model_dir=tempfile.mkdtemp(), batch_size=4, verbose=0)\n"
-        "model = trainer.build_pretext_model(train, DataConfig(dataset='elpv', image_size=32), BackboneConfig(name='resnet18', width=8), config)\n"
+        "model = trainer.build_pretext_model(train, DataConfig(dataset='elpv', image_size=32), "
+        "BackboneConfig(name='resnet18', width=8), config)\n"
         "forward, shape, reach = benchmark.premade_inputs(model, 'pmg', 4, 32)\n"
-        "print(*[benchmark.forward_flops(forward, shape, output) for output in (None, *reach)], benchmark.training_flops(forward, shape, reach))\n"
+        "print(*[benchmark.forward_flops(forward, shape, output) for output in (None, *reach)], "
+        "benchmark.training_flops(forward, shape, reach))\n"
     )
     result = run(["-c", script, os.path.join(REPO, "tools")], cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -237,7 +240,8 @@ def test_every_flag_of_train_and_evaluate_is_checked_when_parsed():
         "for module in ('fgssl_tf.flags', 'evaluate_tool'):\n"
         "    for flag in flags.FLAGS.get_flags_for_module(module):\n"
         "        parser = flag.parser\n"
-        "        bounded = getattr(parser, 'lower_bound', None) is not None or getattr(parser, 'upper_bound', None) is not None\n"
+        "        bounded = getattr(parser, 'lower_bound', None) is not None or "
+        "getattr(parser, 'upper_bound', None) is not None\n"
         "        enum = isinstance(parser, (parsers.EnumParser, parsers.EnumClassParser))\n"
         "        checked = flag.boolean or enum or bounded or bool(flag.validators)\n"
         "        print(('ok ' if checked else 'unchecked ') + flag.name)\n"

@@ -1,4 +1,5 @@
-"""SimCLR training on real elpv images: the loss falls, replicas agree (exact resume after a kill: test_reliability.py)."""
+"""SimCLR training on real elpv images: the loss falls, replicas agree
+(exact resume after a kill: test_reliability.py)."""
 
 import glob
 import os

@@ -47,7 +47,8 @@ def test_generator_scales_and_discriminator_input_size():
     # The paper's sizes: 88 px crops halve to 6 x 6 x 512 = 18,432 features before the dense head.
     paper = srgan.SRGANConfig(hr_size=88)
     assert srgan.build_discriminator(paper).get_layer("conv8_lrelu").output.shape[1:] == (6, 6, 512)
-    # SRResNet-16: 9x9 stem, 16 x (two 3x3 convs, two BNs, a PReLU), trunk conv + BN, two x4-channel upsample convs + PReLUs, 9x9 output.
+    # SRResNet-16: 9x9 stem, 16 x (two 3x3 convs, two BNs, a PReLU), trunk conv + BN,
+    # two x4-channel upsample convs + PReLUs, 9x9 output.
     weights = (
         (9 * 9 * 3 * 64 + 64 + 1)
         + 16 * (2 * 9 * 64 * 64 + 2 * 2 * 64 + 1)

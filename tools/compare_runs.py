@@ -69,7 +69,7 @@ def table(runs: list[dict]) -> str:
         changed = [f"{_short(k)}={v}" for k, v in sorted(run["settings"].items()) if reference.get(k, v) != v]
         first, last = run["readings"][0], run["readings"][-1]
 
-        def cell(name):
+        def cell(name, run=run, first=first, last=last):
             best = max(r[name] for r in run["readings"])
             return f"{first[name]:.3f} → {last[name]:.3f} ({best:.3f})"
 

@@ -62,21 +62,26 @@ def main(argv):
     batch = FLAGS.batch_size
     print(f"batch={batch} cpus={os.cpu_count()} gpus={len(tf.config.list_physical_devices('GPU'))} tf={tf.__version__}")
     print(
-        f"{'convolution':22s} {'output':>7s} {'stock ms':>9s} {'GFLOP/s':>8s} {'ours ms':>8s} {'GFLOP/s':>8s} {'forward GFLOP/s':>16s} {'speedup':>8s}"
+        f"{'convolution':22s} {'output':>7s} {'stock ms':>9s} {'GFLOP/s':>8s} {'ours ms':>8s} {'GFLOP/s':>8s} "
+        f"{'forward GFLOP/s':>16s} {'speedup':>8s}"
     )
     total_stock = total_ours = 0.0
     for name, size, channels, filters, kernel_size, stride, padding in SHAPES:
         x = tf.random.uniform([batch, size, size, channels])
         kernel = tf.random.normal([kernel_size, kernel_size, channels, filters]) * 0.01
-        forward = tf.function(lambda x, kernel: tf.nn.conv2d(x, kernel, stride, padding))
+        forward = tf.function(
+            lambda x, kernel, stride=stride, padding=padding: tf.nn.conv2d(x, kernel, stride, padding)
+        )
         dy = tf.random.uniform(forward(x, kernel).shape)
         stock = tf.function(
-            lambda x, kernel, dy: tf.raw_ops.Conv2DBackpropInput(
+            lambda x, kernel, dy, stride=stride, padding=padding: tf.raw_ops.Conv2DBackpropInput(
                 input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, strides=[1, stride, stride, 1], padding=padding
             )
         )
         ours = tf.function(
-            lambda x, kernel, dy: conv2d_input_gradient(dy, kernel, tf.shape(x), (stride, stride), padding)
+            lambda x, kernel, dy, stride=stride, padding=padding: conv2d_input_gradient(
+                dy, kernel, tf.shape(x), (stride, stride), padding
+            )
         )
         difference = float(tf.reduce_max(tf.abs(stock(x, kernel, dy) - ours(x, kernel, dy))))
         assert difference < 1e-3, f"{name}: the two input gradients differ by {difference}"
@@ -88,7 +93,8 @@ def main(argv):
         )
         total_stock, total_ours = total_stock + t_stock, total_ours + t_ours
         print(
-            f"{name:22s} {dy.shape[1]:>3d}x{dy.shape[2]:<3d} {t_stock * 1e3:9.1f} {flop / t_stock / 1e9:8.1f} {t_ours * 1e3:8.1f} "
+            f"{name:22s} {dy.shape[1]:>3d}x{dy.shape[2]:<3d} {t_stock * 1e3:9.1f} {flop / t_stock / 1e9:8.1f} "
+            f"{t_ours * 1e3:8.1f} "
             f"{flop / t_ours / 1e9:8.1f} {flop / t_forward / 1e9:16.1f} {t_stock / t_ours:8.2f}"
         )
     print(f"stock_input_gradient_ms={total_stock * 1e3:.0f}")

@@ -65,7 +65,8 @@ def main(argv):
         labels,
         splits.class_names,
         os.path.join(output_dir, f"{FLAGS.method}.png"),
-        f"{name} v{os.path.basename(encoder.path)}: {FLAGS.dataset} {FLAGS.split}, {len(labels)} images, {FLAGS.method}",
+        f"{name} v{os.path.basename(encoder.path)}: {FLAGS.dataset} {FLAGS.split}, "
+        f"{len(labels)} images, {FLAGS.method}",
     )
     embeddings.write_projector(output_dir, features, labels, splits.class_names, images, FLAGS.thumbnail)
     print(f"map: {png}")

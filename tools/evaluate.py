@@ -49,7 +49,8 @@ flags.DEFINE_float("finetune_learning_rate", 1e-4, "Adam learning rate for fine-
 flags.DEFINE_string(
     "trainable_from",
     "all",
-    "Fine-tune from this stage on (e.g. block4: the last block, block3: the last two); all: everything; none: a frozen encoder. The head always trains.",
+    "Fine-tune from this stage on (e.g. block4: the last block, block3: the last two); all: everything; "
+    "none: a frozen encoder. The head always trains.",
 )
 flags.DEFINE_enum(
     "class_weights",
@@ -149,7 +150,8 @@ def main(argv):
         raise FgsslError(f"--seeds must be comma-separated integers, got {','.join(FLAGS.seeds)}") from err
     if FLAGS.export_classifier and FLAGS.protocol == "knn":
         raise FgsslError(
-            "--export_classifier ships a trained classifier: use it with --protocol=finetune or --protocol=linear (kNN keeps no model)"
+            "--export_classifier ships a trained classifier: use it with --protocol=finetune or --protocol=linear "
+            "(kNN keeps no model)"
         )
     report = evaluate(
         EvalConfig(

@@ -1,8 +1,8 @@
 """Where does a model look? Grad-CAM heat maps over images, as PNG and TensorBoard images.
 
-    python tools/gradcam.py --model=savedmodels/NAME/evaluations/v1-elpv-finetune-labels100 --images=photos/ --class=predicted
+    python tools/gradcam.py --model=savedmodels/NAME/evaluations/v1-elpv-finetune-labels100 --images=photos/
     python tools/gradcam.py --model=reports/.../classifier.keras --dataset=elpv --split=test --max_images=8 --class=2
-    python tools/gradcam.py --model=savedmodels/srgan_generator_elpv --layer=trunk_skip     # an encoder: its embedding's norm
+    python tools/gradcam.py --model=savedmodels/srgan_generator_elpv --layer=trunk_skip  # an encoder
 
 --model is a classifier the evaluation tool wrote (`classifier.keras`, or the report
 folder holding it: then class names and image size come from its report.json), or an
@@ -127,7 +127,8 @@ def main(argv):
     if kind == "encoder":
         if target != "predicted":
             raise FgsslError(
-                "an exported encoder has no classes: leave --class out (the map explains the embedding's norm), or pass a classifier"
+                "an exported encoder has no classes: leave --class out (the map explains the embedding's norm), "
+                "or pass a classifier"
             )
         target = "embedding"
     elif target == "predicted":
@@ -138,7 +139,8 @@ def main(argv):
         target = class_names.index(target)
     else:
         raise FgsslError(
-            f"--class={target!r}: use predicted, a class index, or one of {', '.join(class_names or ['(no class names recorded)'])}"
+            f"--class={target!r}: use predicted, a class index, "
+            f"or one of {', '.join(class_names or ['(no class names recorded)'])}"
         )
 
     images, names, labels = _load_images(image_size)

@@ -194,7 +194,8 @@ def main(argv):
         f"gpus={len(tf.config.list_physical_devices('GPU'))} tf={tf.__version__}"
     )
     print(
-        f"reference loop (per-image tf.image augmentation in tf.data, plain fit, stock Conv2D): {reference_ips:.2f} images/s"
+        "reference loop (per-image tf.image augmentation in tf.data, plain fit, stock Conv2D): "
+        f"{reference_ips:.2f} images/s"
     )
     print(f"fgssl_tf (batched augmentation in the step, its trainer's pipeline, its Conv2D): {ours_ips:.2f} images/s")
     print(f"reference loop with fgssl_tf's Conv2D: {reference_fast_conv_ips:.2f} images/s")

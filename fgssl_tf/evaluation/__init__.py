@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Optional
 
 import keras
 import numpy as np
@@ -95,7 +94,8 @@ def _validate(config: EvalConfig) -> None:
         raise FgsslError(f"--head_dropout={config.head_dropout} must be in [0, 1)")
     if _is_srgan_variant(config) and config.encoder is None:
         raise FgsslError(
-            "--head=paper, --keep_residual_blocks and --remove_conv_blocks are variants of an exported SRGAN encoder: pass --encoder"
+            "--head=paper, --keep_residual_blocks and --remove_conv_blocks are variants of an exported SRGAN encoder: "
+            "pass --encoder"
         )
     if not config.seeds:
         raise FgsslError("--seeds needs at least one seed")
@@ -108,7 +108,8 @@ def _is_srgan_variant(config: EvalConfig) -> bool:
 
 
 def protocol_label(config: EvalConfig) -> str:
-    """The protocol's name and every setting that changes it, e.g. 'finetune-from-none-keep14blocks-paperhead-dropout0.5'."""
+    """The protocol's name and every setting that changes it,
+    e.g. 'finetune-from-none-keep14blocks-paperhead-dropout0.5'."""
     parts = [config.protocol]
     if config.trainable_from != "all":
         parts.append(f"from-{config.trainable_from}")
@@ -130,7 +131,8 @@ def _srgan_variant(config: EvalConfig, serving, num_classes: int, head: str):
     part = serving.metadata.get("encoder_part")
     if serving.metadata.get("pretext") != "srgan" or part not in ("generator", "discriminator"):
         raise FgsslError(
-            f"--head=paper, --keep_residual_blocks and --remove_conv_blocks apply to SRGAN generator or discriminator encoders; "
+            "--head=paper, --keep_residual_blocks and --remove_conv_blocks apply to SRGAN generator or "
+            "discriminator encoders; "
             f"{config.encoder} is a {serving.metadata.get('pretext', 'unknown')} encoder"
         )
     return srgan.downstream_network(
@@ -410,7 +412,8 @@ def markdown_report(report: dict) -> str:
     lines = [
         f"# Evaluation of {subject}",
         "",
-        f"- dataset `{report['dataset']}` (split fingerprint `{report['split_fingerprint']}`, sizes {report['split_sizes']}), {report['image_size']} px",
+        f"- dataset `{report['dataset']}` (split fingerprint `{report['split_fingerprint']}`, "
+        f"sizes {report['split_sizes']}), {report['image_size']} px",
         f"- protocol `{report['protocol']}`, label fraction {report['label_fraction']}, seeds {report['seeds']}",
         f"- selection: {report['selection']}",
         f"- majority-class rate on test: {report['majority_class_rate']:.4f}",

@@ -93,7 +93,8 @@ def freeze_before(encoder: keras.Model, trainable_from: str) -> None:
     stages = encoder_stages(encoder)
     if trainable_from not in stages:
         raise FgsslError(
-            f"--trainable_from={trainable_from!r} is not a stage of this encoder; choose all, none or one of {', '.join(stages)}"
+            f"--trainable_from={trainable_from!r} is not a stage of this encoder; "
+            f"choose all, none or one of {', '.join(stages)}"
         )
     first = stages.index(trainable_from)
     for layer in encoder.layers:

@@ -94,7 +94,8 @@ def build_stage_features(backbone: BackboneConfig, image_size: int, weights: str
     else:
         if weights != "none":
             raise FgsslError(
-                "Keras has no ImageNet ResNet-18: use --backbone=resnet50 for ImageNet weights, or --backbone_weights=none"
+                "Keras has no ImageNet ResNet-18: use --backbone=resnet50 for ImageNet weights, "
+                "or --backbone_weights=none"
             )
         net = build_resnet(backbone, image_size)
         outputs = keras.Model(
@@ -254,7 +255,8 @@ class PMGModel(keras.Model):
         return {m.name: m.result() for m in (self.trackers["loss"], self.accuracy_tracker, self.combined_tracker)}
 
     def predict_classes(self, images: np.ndarray, batch_size: int = 64, combined: bool = True) -> np.ndarray:
-        """Class predictions on uint8 images: argmax of the four heads' summed logits (PMG's acc_com) or of the concatenated head."""
+        """Class predictions on uint8 images: argmax of the four heads' summed logits (PMG's acc_com)
+        or of the concatenated head."""
         predictions = []
         for i in range(0, len(images), batch_size):
             outputs = self(tf.image.convert_image_dtype(images[i : i + batch_size], tf.float32), training=False)

@@ -63,7 +63,8 @@ STAGES = ("both", "psnr", "gan")
 SCALES = (2, 4, 8)
 PERCEPTUAL_LAYER = "block5_conv4"  # torchvision VGG19 features[:36]: conv5_4 and its ReLU
 PERCEPTUAL_HELP = (
-    "--perceptual_weights=imagenet (Keras' ImageNet VGG19, downloaded once), a path to a weights file, none (no perceptual term), "
+    "--perceptual_weights=imagenet (Keras' ImageNet VGG19, downloaded once), a path to a weights file, "
+    "none (no perceptual term), "
     "or auto (imagenet when it can be had, else none with a warning)"
 )
 # Discriminator convs: (channels as a multiple of its width, stride), as SRGAN.
@@ -107,15 +108,18 @@ class SRGANConfig:
             raise FgsslError(f"--srgan_scale={self.scale}: choose 2, 4 or 8")
         if self.hr_size % self.scale or self.lr_size < 4:
             raise FgsslError(
-                f"--srgan_hr_size={self.hr_size} must be a multiple of --srgan_scale={self.scale} with at least 4 px left after dividing"
+                f"--srgan_hr_size={self.hr_size} must be a multiple of --srgan_scale={self.scale} "
+                "with at least 4 px left after dividing"
             )
         if self.hr_size < 16:
             raise FgsslError(
-                f"--srgan_hr_size={self.hr_size}: the discriminator (4 halvings), SSIM and VGG need crops of at least 16 px"
+                f"--srgan_hr_size={self.hr_size}: the discriminator (4 halvings), SSIM and VGG "
+                "need crops of at least 16 px"
             )
         if self.hr_size > image_size:
             raise FgsslError(
-                f"--srgan_hr_size={self.hr_size} is larger than --image_size={image_size}; crops come from the resized images"
+                f"--srgan_hr_size={self.hr_size} is larger than --image_size={image_size}; "
+                "crops come from the resized images"
             )
         if self.residual_blocks < 1:
             raise FgsslError("--srgan_residual_blocks must be at least 1")
@@ -247,7 +251,8 @@ def discriminator_features(discriminator: keras.Model, remove_conv_blocks: int =
     convs = sum(1 for layer in discriminator.layers if layer.name.endswith("_conv") and layer.name.startswith("conv"))
     if not 0 <= remove_conv_blocks < convs:
         raise FgsslError(
-            f"--remove_conv_blocks={remove_conv_blocks}: this discriminator has {convs} conv blocks; remove 0 to {convs - 1}"
+            f"--remove_conv_blocks={remove_conv_blocks}: this discriminator has {convs} conv blocks; "
+            f"remove 0 to {convs - 1}"
         )
     features = discriminator.get_layer(f"conv{convs - remove_conv_blocks}_lrelu").output
     if pooled:
@@ -437,7 +442,8 @@ class SRGANModel(keras.Model):
         return {f"bicubic_sr_hr{i}": img for i, img in enumerate(tf.cast(tf.round(triplets * 255.0), tf.uint8).numpy())}
 
     def exportable_encoders(self) -> dict:
-        """The generator trunk, and the discriminator's convs once it has been trained (not after a psnr stage alone)."""
+        """The generator trunk, and the discriminator's convs once it has been trained
+        (not after a psnr stage alone)."""
         encoders = {"generator": generator_features(self.generator)}
         if int(self.discriminator_optimizer.iterations.numpy()) > 0:
             encoders["discriminator"] = discriminator_features(self.discriminator)
@@ -487,7 +493,8 @@ def load_generator_from_run(generator: keras.Model, model_dir: str) -> str:
     path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     if path is None:
         raise FgsslError(
-            f"--srgan_generator_init={model_dir}: no checkpoint under {model_dir}/checkpoints; run the psnr stage first (flags/srgan_psnr.cfg)"
+            f"--srgan_generator_init={model_dir}: no checkpoint under {model_dir}/checkpoints; "
+            "run the psnr stage first (flags/srgan_psnr.cfg)"
         )
     reader = tf.train.load_checkpoint(path)
     prefix = "model/generator/"
@@ -501,7 +508,8 @@ def load_generator_from_run(generator: keras.Model, model_dir: str) -> str:
         status.assert_existing_objects_matched()
     except AssertionError as err:
         raise FgsslError(
-            f"the generator in {path} does not match this one (residual blocks, width and scale must be the same): {err}"
+            f"the generator in {path} does not match this one "
+            f"(residual blocks, width and scale must be the same): {err}"
         ) from err
     return path
 
@@ -599,14 +607,16 @@ def downstream_network(
     path = os.path.join(version_dir, filename)
     if not os.path.isfile(path):
         raise FgsslError(
-            f"{path!r} is missing: the SRGAN variants need the full {network} that training saves beside the encoder; re-export it"
+            f"{path!r} is missing: the SRGAN variants need the full {network} that training saves beside the encoder; "
+            "re-export it"
         )
     full = keras.saving.load_model(path, compile=False)
     paper = head == "paper"
     if network == "generator":
         if remove_conv_blocks:
             raise FgsslError(
-                "--remove_conv_blocks applies to SRGAN discriminator encoders; for the generator use --keep_residual_blocks"
+                "--remove_conv_blocks applies to SRGAN discriminator encoders; "
+                "for the generator use --keep_residual_blocks"
             )
         size = read_metadata(version_dir).get("image_size")
         encoder = generator_features(
