@@ -3,6 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/bootstrap.sh
+# Lint and format first: a slip fails here in seconds, not after minutes of tests.
+if ! .venv/bin/ruff check -q . || ! .venv/bin/ruff format --check -q .; then
+    echo "run: .venv/bin/ruff format . && .venv/bin/ruff check --fix ." >&2
+    exit 1
+fi
 # Two workers, one test file each at a time: much of a TensorFlow test is single-threaded
 # tracing, so two files overlap well on two cores (module fixtures stay in one worker).
 exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
