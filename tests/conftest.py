@@ -102,3 +102,15 @@ def replicated_loss_and_grads(strategy, replica_loss, z1, z2):
     loss = strategy.reduce("SUM", loss, axis=None).numpy()
     grads = [np.concatenate([g.numpy() for g in strategy.experimental_local_results(grad)]) for grad in grads]
     return loss, grads
+
+
+# The fast tier (`./test.sh -m "not slow"`) leaves out what trains for more than a few seconds. A test
+# that asks for one of these fixtures trains or reuses a training run, so it is marked here; slow tests
+# without them (CLI subprocesses that train, multi-worker, reproduce runs) carry @pytest.mark.slow.
+SLOW_FIXTURES = {"trained_encoder", "elpv_small", "elpv_48px", "psnr_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

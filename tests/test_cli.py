@@ -20,6 +20,7 @@ SMALL_NETWORKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pretext", ["simclr", "jigsaw", "srgan", "vicreg"])
 def test_smoke_flagfile_trains_checkpoints_and_exports(tmp_path, pretext):
     flagfile = os.path.join(REPO, "flags", "smoke.cfg")
@@ -139,6 +140,7 @@ def test_evaluate_bad_encoder_is_one_clear_line(tmp_path):
     assert "does not exist" in result.stderr and "--seeds must be comma-separated integers" in result.stderr
 
 
+@pytest.mark.slow
 def test_benchmark_prints_figures_for_each_pretext_in_one_run(tmp_path):
     # PMG is left out here: its four-granularity step takes minutes to trace on a 2-core CPU.
     result = run(
@@ -164,6 +166,7 @@ def test_benchmark_prints_figures_for_each_pretext_in_one_run(tmp_path):
         assert all(float(value) > 0 for value in figures.values())
 
 
+@pytest.mark.slow
 def test_benchmark_counts_pmg_flops_per_pass(tmp_path):
     """PMG's pass k backpropagates only through head k and the stages below it, so the count
     for what each loss reaches must be a pruned part of the whole forward, not all of it."""

@@ -51,6 +51,7 @@ def _epoch_logs(text, key):
     return [float(v) for v in re.findall(rf" - {key}: ([0-9.]+)", text)]
 
 
+@pytest.mark.slow
 def test_two_workers_train_resume_and_match_one_process(tmp_path, capsys, monkeypatch):
     """Two worker processes (one replica each) against one process mirroring two logical
     CPUs, same flagfile and global batch: the same losses epoch by epoch, before and

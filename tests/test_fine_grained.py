@@ -259,6 +259,7 @@ def test_each_variant_trains_with_a_falling_loss(variant, tmp_path, elpv_small):
     assert after < before - 0.05, (before, after)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["gamma", "cropped_regions", "dcl_jigsaw"])
 def test_show_augmentations_writes_the_flagfile_grid(variant, tmp_path):
     from PIL import Image

@@ -130,6 +130,7 @@ def _wait_for_checkpoint(process, run_dir, newer_than, timeout=240):
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_mid_epoch_and_sigkill_loses_only_the_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": REPO, "CUDA_VISIBLE_DEVICES": ""}
     straight_dir, broken_dir = str(tmp_path / "straight"), str(tmp_path / "broken")
@@ -198,6 +199,7 @@ def test_sigterm_saves_mid_epoch_and_sigkill_loses_only_the_epoch_then_resume_eq
         assert json.load(f)["train"]["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_awkward_image_files_are_converted_or_skipped_and_counted_in_tensorboard(tmp_path):
     """The data-fault table of docs/reliability.md: what each kind of file becomes."""
     from conftest import write_image

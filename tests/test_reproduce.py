@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -34,6 +35,7 @@ def _accuracy_table(markdown):
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^\| (\w+) \| ([0-9.]+) ± ", section, re.M)}
 
 
+@pytest.mark.slow
 def test_tiny_comparison_reads_reports_resumes_and_repeats(tmp_path):
     first = tmp_path / "a"
     _run(first)
