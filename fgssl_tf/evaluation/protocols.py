@@ -43,7 +43,10 @@ def linear_probe(train, val, test, num_classes: int, seed: int, metric: str) -> 
     """train/val/test: (features, labels)."""
     best = None
     for c in LINEAR_C_GRID:
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
+        # lbfgs (sklearn's default, named because cache.py relies on it) uses no randomness: random_state
+        # only matters to the sag, saga and liblinear solvers.
+        logistic = LogisticRegression(C=c, max_iter=2000, solver="lbfgs", random_state=seed)
+        model = make_pipeline(StandardScaler(), logistic)
         model.fit(*train)
         score = _score(metric, val[1], model.predict(val[0]), num_classes)
         if best is None or score > best[0]:
