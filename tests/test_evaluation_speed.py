@@ -1,6 +1,7 @@
 """Evaluation work shared instead of repeated (fgssl_tf/evaluation/cache.py): the same reports
 as a run that recomputes everything, and the frozen encoder run once per split."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -103,3 +104,31 @@ def test_a_changed_embedding_is_refused_not_shared():
     other = cache.embeddings(("key",), images + 1, lambda x: np.zeros([len(x), 3], np.float32))
     assert other[0, 0] == 0.0  # other pixels, other entry
     cache.clear()
+
+
+def test_finetuning_every_seed_in_one_compiled_model_gives_the_reports_of_fresh_models(elpv_small, tmp_path):
+    import keras
+
+    from fgssl_tf.evaluation import CLASSIFIER_FILE
+
+    config = EvalConfig(
+        baseline="random_init",
+        image_size=IMAGE_SIZE,
+        backbone=TINY_BACKBONE,
+        protocol="finetune",
+        seeds=(0, 1),  # each seed its own random encoder, head, flips and batch order
+        finetune_epochs=1,
+        batch_size=64,
+    )
+    shared = evaluate(dataclasses.replace(config, output_dir=str(tmp_path / "shared")), splits=elpv_small)
+    with cache.disabled():
+        fresh = evaluate(dataclasses.replace(config, output_dir=str(tmp_path / "fresh")), splits=elpv_small)
+    for figure in FIGURES:
+        assert shared[figure] == fresh[figure], figure
+    # The first seed's classifier keeps that seed's best weights, not the last seed's.
+    weights = [
+        keras.saving.load_model(os.path.join(report["output_dir"], CLASSIFIER_FILE)).get_weights()
+        for report in (shared, fresh)
+    ]
+    assert len(weights[0]) == len(weights[1])
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))

@@ -230,6 +230,8 @@ def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
         features = _frozen_features(config, serving, splits, image_size)
 
     per_seed = []
+    # finetune: the first seed's compiled model, trained again from each later seed's weights (see cache.py)
+    compiled = {} if cache.enabled() else None
     fits = {}  # linear and knn, by label subset: neither draws anything at random (see cache.py)
     classifier = None  # the first seed's, as a Keras model on [0, 1] images (for Grad-CAM)
     for seed in config.seeds:
@@ -262,6 +264,7 @@ def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
                 config.trainable_from,
                 head,
                 config.class_weights,
+                compiled,
             )
         elif cache.enabled() and subset.tobytes() in fits:  # the same labels as an earlier seed: the same fit
             result = fits[subset.tobytes()]

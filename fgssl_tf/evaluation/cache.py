@@ -11,8 +11,14 @@
 The key of an encoder says everything its embeddings depend on: an export's resolved path
 with the size and modification time of every file in it (a re-export invalidates it), or a
 random network's architecture and seed. Images are keyed by a hash of their bytes, so a
-changed split, subset or image size never reuses stale embeddings. `disabled()` turns both
-off (the tests compare reports with and without; `tools/benchmark.py --evaluation` times both).
+changed split, subset or image size never reuses stale embeddings.
+
+- Traces: fine-tuning builds each seed's model afresh (its weights, head, flip seed), then
+  trains it in the first seed's compiled twin given all of its variables, so the train and
+  predict steps are traced once per evaluation, not once per seed (protocols.py).
+
+`disabled()` turns all three off: every call and seed recomputes everything, as before they
+existed (the tests compare reports with and without; `tools/benchmark.py --evaluation` times both).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ def enabled() -> bool:
 
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
-    """Every embedding recomputed and every seed fitted, as if no cache existed."""
+    """Every embedding recomputed, every seed fitted and every fine-tuned model traced, as if no cache existed."""
     global _enabled
     previous, _enabled = _enabled, False
     try:
