@@ -3,6 +3,10 @@
     python tools/benchmark.py --pretext=simclr
     python tools/benchmark.py --pretext=simclr,jigsaw,srgan,pmg      # one block each, data loaded once
     python tools/benchmark.py --pretext=srgan --image_size=96 --batch_size=16
+    python tools/benchmark.py --evaluation --encoders=savedmodels/NAME/1 --max_images_per_split=200
+
+Every figure is the median of --repeats (default 5) interleaved repetitions (pipeline,
+pre-made, pipeline, pre-made, ...), printed with its min and max.
 
 Prints images/s of the full step (tf.data pipeline + on-device augmentation or
 puzzles + forward/backward), the same step fed pre-made inputs (no pipeline, no
@@ -16,7 +20,13 @@ the classifier; SRGAN: the generator on the LR crops, psnr stage, HR crop = the 
 size, --width = the generator's channels). PMG makes four passes of the whole network
 per batch, one per granularity, and the loss of pass k reaches only head k and the
 stages below it; heads of 8 and 16 x --width channels, the paper's at 64. Each block's
-last lines are `key=value`, one a figure.
+last lines are `key=value`, one a figure (the median).
+
+--evaluation times tools/reproduce.py's evaluations instead (every protocol, label fraction
+and seed of --budget, for the random-init baseline and each of --encoders): seconds per
+encoder and protocol with every embedding, fit and trace recomputed per call and seed (as
+before fgssl_tf/evaluation/cache.py) beside the same with them shared, each repetition of
+each in a fresh process, interleaved; it fails if the two give different figures.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -58,6 +69,28 @@ flags.DEFINE_integer(
     "peak_matrix", 2048, "Side of the matrices whose product measures the float32 peak.", lower_bound=64
 )
 flags.DEFINE_integer("srgan_residual_blocks", 16, "SRGAN: generator residual blocks.", lower_bound=1)
+flags.DEFINE_boolean(
+    "evaluation",
+    False,
+    "Time tools/reproduce.py's evaluations of each encoder instead of a training step: seconds per encoder "
+    "and protocol with every embedding, fit and trace recomputed per call and seed (as before the evaluation "
+    "cache) beside the same with them shared (fgssl_tf/evaluation/cache.py), each run in a fresh process.",
+)
+flags.DEFINE_enum("budget", "small", ["tiny", "small", "medium", "paper"], "--evaluation: the reproduce budget.")
+flags.DEFINE_list(
+    "encoders", [], "--evaluation: export dirs (savedmodels/NAME/VERSION, at the budget's image size) to time."
+)
+flags.DEFINE_boolean("random_init", True, "--evaluation: also time the random-init baseline of the budget's width.")
+flags.DEFINE_integer("max_images_per_split", None, "--evaluation: a stratified subset of each split.", lower_bound=1)
+flags.DEFINE_list("protocols", [], "--evaluation: a subset of the budget's protocols (default: all).")
+flags.DEFINE_enum("evaluation_mode", "", ["", "recomputed", "shared"], "Internal: one timed run, as JSON.")
+flags.DEFINE_integer(
+    "repeats",
+    5,
+    "Repetitions of each measurement, interleaved (pipeline, pre-made, pipeline, ...; --evaluation: recomputed, "
+    "shared, ...); every figure is their median, printed with its min and max.",
+    lower_bound=1,
+)
 
 
 class _Timer:
@@ -74,6 +107,20 @@ class _Timer:
 
         self.callback = Callback()
         self.start = self.end = None
+
+
+class Spread:
+    """The median, min and max of repeated measurements."""
+
+    def __init__(self, values):
+        self.values = sorted(float(v) for v in values)
+        self.median, self.min, self.max = float(np.median(self.values)), self.values[0], self.values[-1]
+
+    def scaled(self, factor: float) -> Spread:
+        return Spread([v * factor for v in self.values])
+
+    def text(self, digits: int) -> str:
+        return f"{self.median:.{digits}f} [{self.min:.{digits}f}, {self.max:.{digits}f}]"
 
 
 def matmul_peak_flops(size=2048, repeats=10) -> float:
@@ -152,10 +199,131 @@ def premade_inputs(model, pretext: str, batch: int, size: int):
     return (lambda x: model(x, training=False)), [batch, 9, crop, crop, 3], (None,)
 
 
+def evaluation_runs(budget, protocols: tuple, subjects: dict, splits, dataset: str, output_dir: str) -> dict:
+    """Run tools/reproduce.py's evaluations (every protocol, label fraction and seed of `budget`)
+    of each subject ({name: export dir or None for random init}) in this process, timing each.
+    Returns {"seconds": {subject: {protocol: s}}, "figures": {subject/protocol/fraction: per-seed figures}}."""
+    from fgssl_tf.config import BackboneConfig
+    from fgssl_tf.evaluation import EvalConfig, evaluate
+
+    seconds, figures = {}, {}
+    for name, export in subjects.items():
+        for protocol in protocols:
+            for fraction in budget.label_fractions:
+                config = EvalConfig(
+                    encoder=export,
+                    baseline=None if export else "random_init",
+                    dataset=dataset,
+                    protocol=protocol,
+                    label_fraction=fraction,
+                    seeds=budget.seeds,
+                    output_dir=os.path.join(output_dir, f"{name}-{protocol}-{fraction}"),
+                    image_size=None if export else budget.image_size,
+                    backbone=BackboneConfig(width=budget.width),
+                    finetune_epochs=budget.finetune_epochs,
+                    batch_size=budget.batch_size,
+                )
+                started = time.perf_counter()
+                report = evaluate(config, splits=splits)
+                seconds.setdefault(name, {}).setdefault(protocol, 0.0)
+                seconds[name][protocol] += time.perf_counter() - started
+                figures[f"{name}/{protocol}/{fraction}"] = [
+                    {k: s[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "selected")}
+                    for s in report["per_seed"]
+                ]
+    return {"seconds": seconds, "figures": figures}
+
+
+def evaluation_main() -> None:
+    """Runs this command once per mode and repetition, interleaved, each in a fresh process;
+    prints seconds per encoder and protocol side by side and whether the figures agree."""
+    import json
+    import subprocess
+
+    from fgssl_tf import reproduce
+    from fgssl_tf.errors import FgsslError
+
+    budget = reproduce.BUDGETS[FLAGS.budget]
+    protocols = tuple(p for p in budget.protocols if not FLAGS.protocols or p in FLAGS.protocols)
+    if FLAGS.protocols and set(FLAGS.protocols) - set(budget.protocols):
+        raise FgsslError(f"unknown --protocols; the {budget.name} budget has {', '.join(budget.protocols)}")
+    if not FLAGS.encoders and not FLAGS.random_init:
+        raise FgsslError("nothing to time: pass --encoders=savedmodels/NAME/VERSION or keep --random_init")
+    if FLAGS.evaluation_mode:
+        import tempfile
+
+        from fgssl_tf.config import DataConfig
+        from fgssl_tf.data import load_splits
+        from fgssl_tf.evaluation import cache
+        from fgssl_tf.export import resolve_version_dir
+
+        subjects = {"random_init": None} if FLAGS.random_init else {}
+        for path in FLAGS.encoders:
+            version_dir = resolve_version_dir(path)
+            subjects[os.path.basename(os.path.dirname(os.path.normpath(version_dir)))] = version_dir
+        splits = load_splits(
+            DataConfig(
+                dataset=FLAGS.dataset,
+                image_size=budget.image_size,
+                max_images_per_split=FLAGS.max_images_per_split or budget.max_images_per_split,
+            )
+        )
+        with tempfile.TemporaryDirectory() as output_dir:
+            if FLAGS.evaluation_mode == "recomputed":
+                with cache.disabled():
+                    result = evaluation_runs(budget, protocols, subjects, splits, FLAGS.dataset, output_dir)
+            else:
+                result = evaluation_runs(budget, protocols, subjects, splits, FLAGS.dataset, output_dir)
+        print("evaluation_json=" + json.dumps(result))
+        return
+
+    runs = {"recomputed": [], "shared": []}
+    for _ in range(FLAGS.repeats):
+        for mode in runs:
+            command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], f"--evaluation_mode={mode}"]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise FgsslError(f"the {mode} run failed: {done.stderr.strip().splitlines()[-1:]}")
+            line = next(x for x in done.stdout.splitlines() if x.startswith("evaluation_json="))
+            runs[mode].append(json.loads(line.split("=", 1)[1]))
+    first = runs["recomputed"][0]
+    print(
+        f"evaluation: budget={budget.name} dataset={FLAGS.dataset} image_size={budget.image_size} "
+        f"width={budget.width} max_images_per_split={FLAGS.max_images_per_split} protocols={','.join(protocols)} "
+        f"fractions={','.join(map(str, budget.label_fractions))} seeds={','.join(map(str, budget.seeds))} "
+        f"finetune_epochs={budget.finetune_epochs} cpus={os.cpu_count()}"
+    )
+    print(f"seconds per encoder and protocol (all fractions and seeds): median of {FLAGS.repeats} [min, max]")
+    print("| encoder | protocol | recomputed (before) | shared (after) | speed-up |")
+    print("|---|---|---|---|---|")
+    totals = {mode: [0.0] * FLAGS.repeats for mode in runs}
+    for subject, by_protocol in first["seconds"].items():
+        for protocol in by_protocol:
+            cells = {}
+            for mode, results in runs.items():
+                values = [r["seconds"][subject][protocol] for r in results]
+                totals[mode] = [t + v for t, v in zip(totals[mode], values)]
+                cells[mode] = Spread(values)
+            speedup = cells["recomputed"].median / cells["shared"].median
+            print(
+                f"| {subject} | {protocol} | {cells['recomputed'].text(1)} | {cells['shared'].text(1)} "
+                f"| {speedup:.2f}x |"
+            )
+    before, after = Spread(totals["recomputed"]), Spread(totals["shared"])
+    print(f"| total | | {before.text(1)} | {after.text(1)} | {before.median / after.median:.2f}x |")
+    same = all(r["figures"] == first["figures"] for results in runs.values() for r in results)
+    print(f"figures_equal={'yes' if same else 'no'}")  # every run's per-seed figures and selections
+    if not same:
+        raise FgsslError("the shared and recomputed runs gave different figures: a cache bug")
+
+
 def main(argv):
     from fgssl_tf.config import DataConfig
     from fgssl_tf.data import load_splits
 
+    if FLAGS.evaluation:
+        evaluation_main()
+        return
     splits = load_splits(DataConfig(dataset=FLAGS.dataset, image_size=FLAGS.image_size))
     peak = matmul_peak_flops(FLAGS.peak_matrix)
     for pretext in dict.fromkeys(FLAGS.pretext):
@@ -210,17 +378,26 @@ def benchmark(pretext: str, splits, peak: float) -> None:
     # 1. The real thing: tf.data over decoded images, augmentation on device, the step.
     model = trainer.build_pretext_model(train, data, backbone, config)
     real = pipeline.epoch_batches(splits.train_images, splits.train_labels, batch, 0, 0, 1, steps)
-    real_ips = measure(model, real)
 
     # 2. The same step fed pre-made inputs: no input pipeline, no augmentation.
     premade_model = trainer.build_pretext_model(train, data, backbone, config)
     forward, input_shape, losses_reach = premade_inputs(premade_model, pretext, batch, size)
     images = tf.random.uniform([batch, size, size, 3])
     premade = tf.data.Dataset.from_tensors((images, tf.zeros([batch], tf.int64))).repeat()
-    premade_ips = measure(premade_model, premade)
+
+    # Interleaved, so a change of load on the machine hits both alike; each fit after the first
+    # reuses the traced step (the warm-up steps are still left out of every timing).
+    real_runs, premade_runs = [], []
+    for _ in range(FLAGS.repeats):
+        real_runs.append(measure(model, real))
+        premade_runs.append(measure(premade_model, premade))
+    real_ips = Spread(real_runs)
+    premade_ips = Spread(premade_runs)
+    pipeline_ratio = Spread([r / p for r, p in zip(real_runs, premade_runs)])
 
     flops_per_image = training_flops(forward, input_shape, losses_reach) / batch
-    achieved = real_ips * flops_per_image
+    achieved = Spread([r * flops_per_image for r in real_runs])
+    flop_ratio = Spread([r * flops_per_image / peak for r in real_runs])
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     print(
@@ -234,13 +411,23 @@ def benchmark(pretext: str, splits, peak: float) -> None:
         else "3x forward"
     )
     print(f"training GFLOP per image ({passes}): {flops_per_image / 1e9:.3f}")
-    print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s; achieved: {achieved / 1e9:.1f} GFLOP/s")
+    print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s; achieved: {achieved.median / 1e9:.1f} GFLOP/s")
     print(
-        f"step with pipeline + augmentation: {real_ips:.1f} images/s; with pre-made inputs: {premade_ips:.1f} images/s"
+        f"step with pipeline + augmentation: {real_ips.median:.1f} images/s; "
+        f"with pre-made inputs: {premade_ips.median:.1f} images/s"
     )
-    print(f"images_per_s={real_ips:.2f}")
-    print(f"flop_ratio={achieved / peak:.3f}")
-    print(f"pipeline_ratio={real_ips / premade_ips:.3f}")
+    print(f"medians of {FLAGS.repeats} interleaved repetitions [min, max]:")
+    for name, figure, digits in (
+        ("images/s with pipeline", real_ips, 2),
+        ("images/s with pre-made inputs", premade_ips, 2),
+        ("achieved GFLOP/s", achieved.scaled(1e-9), 1),
+        ("flop ratio", flop_ratio, 3),
+        ("pipeline ratio", pipeline_ratio, 3),
+    ):
+        print(f"  {name}: {figure.text(digits)}")
+    print(f"images_per_s={real_ips.median:.2f}")
+    print(f"flop_ratio={flop_ratio.median:.3f}")
+    print(f"pipeline_ratio={pipeline_ratio.median:.3f}")
     print(f"peak_rss_mb={rss_mb:.0f}")  # the process's peak so far: pretexts measured earlier count too
 
 

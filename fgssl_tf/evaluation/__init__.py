@@ -21,7 +21,7 @@ from fgssl_tf import export as export_lib
 from fgssl_tf.config import BackboneConfig, DataConfig
 from fgssl_tf.data import Splits, label_fraction_subset, load_splits
 from fgssl_tf.errors import FgsslError
-from fgssl_tf.evaluation import protocols
+from fgssl_tf.evaluation import cache, protocols
 from fgssl_tf.evaluation.metrics import METRIC_NAMES, classification_metrics, majority_class_rate
 from fgssl_tf.models import build_resnet
 
@@ -175,6 +175,36 @@ def _keras_features(encoder: keras.Model, images: np.ndarray, image_size: int, b
     )
 
 
+def _frozen_features(config: EvalConfig, serving, splits: Splits, image_size: int) -> dict:
+    """{split: embeddings} of the frozen encoder, computed once per encoder and split in this process."""
+    if _is_srgan_variant(config):
+        key = (*cache.export_key(config.encoder), "srgan", config.keep_residual_blocks, config.remove_conv_blocks)
+
+        def build():
+            return _srgan_variant(config, serving, splits.num_classes, "linear")[0]
+
+    elif serving is None:
+        backbone = json.dumps(dataclasses.asdict(config.backbone), sort_keys=True)
+        key = ("random_init", backbone, config.pool_grid, _init_seed(config))
+
+        def build():
+            return _random_encoder(config, image_size, _init_seed(config))
+
+    else:
+        key, build = cache.export_key(config.encoder), None
+    built = []  # the Keras encoder, built for the first split the cache lacks
+
+    def compute(images):
+        if build is None:
+            return serving.embed(images, config.batch_size)
+        if not built:
+            built.append(build())
+        return _keras_features(built[0], images, image_size, config.batch_size)
+
+    key = (*key, image_size, config.batch_size)
+    return {name: cache.embeddings(key, splits.split(name)[0], compute) for name in ("train", "val", "test")}
+
+
 def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
     _validate(config)
     if config.encoder:
@@ -200,24 +230,12 @@ def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
 
     features = None
     if config.protocol in ("linear", "knn"):
-        if _is_srgan_variant(config):
-            encoder, _ = _srgan_variant(config, serving, num_classes, "linear")
-            features = {
-                name: _keras_features(encoder, splits.split(name)[0], image_size, config.batch_size)
-                for name in ("train", "val", "test")
-            }
-        elif serving is not None:
-            features = {
-                name: serving.embed(splits.split(name)[0], config.batch_size) for name in ("train", "val", "test")
-            }
-        else:
-            encoder = _random_encoder(config, image_size, _init_seed(config))
-            features = {
-                name: _keras_features(encoder, splits.split(name)[0], image_size, config.batch_size)
-                for name in ("train", "val", "test")
-            }
+        features = _frozen_features(config, serving, splits, image_size)
 
     per_seed = []
+    # finetune: the first seed's compiled model, trained again from each later seed's weights (see cache.py)
+    compiled = {} if cache.enabled() else None
+    fits = {}  # linear and knn, by label subset: neither draws anything at random (see cache.py)
     classifier = None  # the first seed's, as a Keras model on [0, 1] images (for Grad-CAM)
     for seed in config.seeds:
         subset = label_fraction_subset(train_labels, config.label_fraction, seed)
@@ -249,7 +267,10 @@ def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
                 config.trainable_from,
                 head,
                 config.class_weights,
+                compiled,
             )
+        elif cache.enabled() and subset.tobytes() in fits:  # the same labels as an earlier seed: the same fit
+            result = fits[subset.tobytes()]
         else:
             run = protocols.linear_probe if config.protocol == "linear" else protocols.knn
             result = run(
@@ -260,6 +281,7 @@ def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
                 seed,
                 config.selection_metric,
             )
+            fits[subset.tobytes()] = result
         if classifier is None and config.protocol == "finetune":
             classifier = result.classifier
         elif classifier is None and config.protocol == "linear":
