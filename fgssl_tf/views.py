@@ -29,6 +29,7 @@ from fgssl_tf.export import preprocess
 from fgssl_tf.models import build_resnet
 from fgssl_tf.objectives import global_batch_position
 from fgssl_tf.optim import add_coupled_weight_decay, guard, learning_rate
+from fgssl_tf.pretext.base import PretextModel
 
 EXTRA_MODES = ("online", "offline")
 # The seed stream of the parameters drawn once per image in offline mode.
@@ -72,7 +73,7 @@ class ViewsConfig:
             fine_grained.sample(name, tf.constant([0, 0], tf.int64), 1, image_size, self.fine_grained)
 
 
-class TwoViewModel(keras.Model):
+class TwoViewModel(PretextModel):
     """Two augmented views per image -> encoder -> the subclass's loss.
 
     Subclasses define `_loss(view1, view2, training) -> (loss, metric values, replicas)`,
@@ -174,7 +175,7 @@ class TwoViewModel(keras.Model):
         raise NotImplementedError
 
     def train_step(self, data):
-        images, ids = data[:2] if isinstance(data, (tuple, list)) else (data, None)
+        images, ids = self.unpack_batch(data)
         view1, view2 = self.views(images, step_seed(self.seed, self.optimizer.iterations), ids)
         with tf.GradientTape() as tape:
             loss, values, replicas = self._loss(view1, view2, training=True)
@@ -184,7 +185,7 @@ class TwoViewModel(keras.Model):
         return self._track(loss, values, replicas)
 
     def test_step(self, data):
-        images, ids = data[:2] if isinstance(data, (tuple, list)) else (data, None)
+        images, ids = self.unpack_batch(data)
         view1, view2 = self.views(images, step_seed(self.seed, VALIDATION_STREAM), ids, split="val")
         loss, values, replicas = self._loss(view1, view2, training=False)
         return self._track(loss, values, replicas)

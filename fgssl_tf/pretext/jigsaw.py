@@ -40,8 +40,9 @@ from fgssl_tf.errors import FgsslError
 from fgssl_tf.export import preprocess
 from fgssl_tf.grid import join_grid, split_grid
 from fgssl_tf.models import build_resnet
-from fgssl_tf.objectives import global_batch_position, replica_info
+from fgssl_tf.objectives import global_batch_position
 from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, clip_by_global_norm_across_replicas, guard
+from fgssl_tf.pretext.base import PretextModel, PretextSpec
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ class JigsawPuzzle(keras.layers.Layer):
 # --- model ------------------------------------------------------------------------
 
 
-class JigsawModel(keras.Model):
+class JigsawModel(PretextModel):
     """Shuffled tiles -> shared encoder (9 tiles in one call) -> concat -> dropout -> N-way classifier."""
 
     def __init__(
@@ -323,18 +324,16 @@ class JigsawModel(keras.Model):
     def _loss(self, tiles, labels, training):
         logits = tf.cast(self(tiles, training=training), tf.float32)  # float32 loss under mixed precision
         per_puzzle = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        _, replicas, _ = replica_info()
         # The mean over the global batch; replicas' gradients are summed.
-        loss = tf.reduce_sum(per_puzzle) / tf.cast(tf.shape(labels)[0] * replicas, tf.float32)
-        return loss, logits, replicas
+        return self.global_mean(per_puzzle), logits, self.replicas()
 
     def _track(self, loss, labels, logits, replicas):
-        self.loss_tracker.update_state(loss * replicas)
+        self.track_summed(self.loss_tracker, loss, replicas)
         self.accuracy_tracker.update_state(labels, logits)
-        return {m.name: m.result() for m in (self.loss_tracker, self.accuracy_tracker)}
+        return self.results((self.loss_tracker, self.accuracy_tracker))
 
     def train_step(self, data):
-        images = data[0] if isinstance(data, (tuple, list)) else data
+        images, _ = self.unpack_batch(data)
         tiles, labels = self.puzzles(images, step_seed(self.seed, self.optimizer.iterations))
         with tf.GradientTape() as tape:
             loss, logits, replicas = self._loss(tiles, labels, training=True)
@@ -346,7 +345,7 @@ class JigsawModel(keras.Model):
         return {**self._track(loss, labels, logits, replicas), "gradient_norm": self.gradient_norm_tracker.result()}
 
     def test_step(self, data):
-        images = data[0] if isinstance(data, (tuple, list)) else data
+        images, _ = self.unpack_batch(data)
         tiles, labels = self.puzzles(images, step_seed(self.seed, VALIDATION_STREAM))
         loss, logits, replicas = self._loss(tiles, labels, training=False)
         return self._track(loss, labels, logits, replicas)
@@ -405,3 +404,7 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
 
 
 Config = JigsawConfig
+
+SPEC = PretextSpec(
+    "jigsaw", JigsawConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model, resolve_backbone=resolve_backbone
+)

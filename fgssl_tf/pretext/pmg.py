@@ -36,12 +36,12 @@ from fgssl_tf.errors import FgsslError
 from fgssl_tf.fine_grained import random_jigsaw
 from fgssl_tf.models import build_resnet
 from fgssl_tf.models.layers import CaffePreprocess, Conv2D, batch_norm
-from fgssl_tf.objectives import global_batch_position, replica_info
-from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, guard
+from fgssl_tf.objectives import global_batch_position
+from fgssl_tf.optim import add_coupled_weight_decay, guard
+from fgssl_tf.pretext.base import PretextModel, PretextSpec
 
 DEFAULT_LEARNING_RATE = 2e-3  # SGD for the new heads; the backbone gets a tenth
 DEFAULT_WEIGHT_DECAY = 5e-4
-SUPERVISED = True  # trains on the labelled training split, not the unlabelled pool
 WEIGHTS_HELP = (
     "--backbone_weights=imagenet (Keras' ImageNet ResNet-50, downloaded once), a path to a weights file, or none"
 )
@@ -125,8 +125,10 @@ def _classifier(config: PMGConfig, name: str) -> keras.Sequential:
     )
 
 
-class PMGModel(keras.Model):
+class PMGModel(PretextModel):
     """Images -> (head 1, head 2, head 3, concatenated head) logits."""
+
+    predicts_classes = True
 
     def __init__(
         self,
@@ -159,10 +161,9 @@ class PMGModel(keras.Model):
         self.head_variables = [
             v for layer in self.blocks + self.classifiers + [self.classifier_concat] for v in layer.trainable_variables
         ]
-        self.trackers = {
-            name: FiniteMean(name=name)
-            for name in ("loss", "loss_granularity_8", "loss_granularity_4", "loss_granularity_2", "loss_whole")
-        }
+        self.trackers = self.make_trackers(
+            "loss", "loss_granularity_8", "loss_granularity_4", "loss_granularity_2", "loss_whole"
+        )
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")  # concatenated head
         self.combined_tracker = keras.metrics.SparseCategoricalAccuracy(name="combined_accuracy")  # sum of the four
 
@@ -210,12 +211,11 @@ class PMGModel(keras.Model):
         return tf.where(flips[:, None, None, None], tf.reverse(x, axis=[2]), x)
 
     def _head_loss(self, logits, labels):
-        _, replicas, _ = replica_info()
         losses = keras.losses.sparse_categorical_crossentropy(labels, tf.cast(logits, tf.float32), from_logits=True)
-        return tf.reduce_sum(losses) / tf.cast(tf.shape(labels)[0] * replicas, tf.float32), replicas
+        return self.global_mean(losses), self.replicas()
 
     def train_step(self, data):
-        images, labels = data[:2]
+        images, labels = self.unpack_batch(data)
         seed = step_seed(self.seed, self.optimizer.iterations)
         seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=4))
         x = self._augment(images, seeds[0])
@@ -237,21 +237,21 @@ class PMGModel(keras.Model):
                     add_coupled_weight_decay([g for g, _ in used], [v for _, v in used], self.weight_decay),
                     [v for _, v in used],
                 )
-            self.trackers[names[head]].update_state(loss * replicas)
+            self.track_summed(self.trackers[names[head]], loss, replicas)
             total += loss
-        self.trackers["loss"].update_state(total * replicas)
+        self.track_summed(self.trackers["loss"], total, replicas)
         self.accuracy_tracker.update_state(labels, outputs[3])
         self.combined_tracker.update_state(labels, tf.add_n(list(outputs)))
-        return {m.name: m.result() for m in self.metrics}
+        return self.results(self.metrics)
 
     def test_step(self, data):
-        images, labels = data[:2]
+        images, labels = self.unpack_batch(data)
         outputs = self(tf.image.convert_image_dtype(images, tf.float32), training=False)
         loss, replicas = self._head_loss(outputs[3], labels)
-        self.trackers["loss"].update_state(loss * replicas)
+        self.track_summed(self.trackers["loss"], loss, replicas)
         self.accuracy_tracker.update_state(labels, outputs[3])
         self.combined_tracker.update_state(labels, tf.add_n(list(outputs)))
-        return {m.name: m.result() for m in (self.trackers["loss"], self.accuracy_tracker, self.combined_tracker)}
+        return self.results((self.trackers["loss"], self.accuracy_tracker, self.combined_tracker))
 
     def predict_classes(self, images: np.ndarray, batch_size: int = 64, combined: bool = True) -> np.ndarray:
         """Class predictions on uint8 images: argmax of the four heads' summed logits (PMG's acc_com) or of the concatenated head."""
@@ -313,3 +313,5 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
 
 
 Config = PMGConfig
+
+SPEC = PretextSpec("pmg", PMGConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model, supervised=True)

@@ -26,6 +26,7 @@ import tensorflow as tf
 from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.objectives import nt_xent, replica_info
 from fgssl_tf.optim import FiniteMean
+from fgssl_tf.pretext.base import PretextSpec
 from fgssl_tf.views import EXTRA_MODES, TwoViewModel, ViewsConfig, build_two_view_model  # noqa: F401 (API)
 
 DEFAULT_LEARNING_RATE = 1e-3  # Adam, constant (the paper's schedule was never stepped)
@@ -81,9 +82,9 @@ class SimCLRModel(TwoViewModel):
         return loss, hits, replicas
 
     def _track(self, loss, hits, replicas):
-        self.loss_tracker.update_state(loss * replicas)  # replicas' values are summed, then averaged
+        self.track_summed(self.loss_tracker, loss, replicas)
         self.accuracy_tracker.update_state(hits)
-        return {m.name: m.result() for m in self.metrics}
+        return self.results(self.metrics)
 
     def call(self, images, training=False):
         return self.projector(self.encoder(images, training=training), training=training)
@@ -104,3 +105,5 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
 
 
 Config = SimCLRConfig
+
+SPEC = PretextSpec("simclr", SimCLRConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model)

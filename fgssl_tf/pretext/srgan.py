@@ -52,13 +52,13 @@ from fgssl_tf.errors import FgsslError
 from fgssl_tf.export import read_metadata
 from fgssl_tf.models.layers import CaffePreprocess, Conv2D, FixedInputSize, PixelShuffle, batch_norm
 from fgssl_tf.objectives import global_batch_position, replica_info
-from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, guard
+from fgssl_tf.optim import add_coupled_weight_decay, guard
+from fgssl_tf.pretext.base import PretextModel, PretextSpec
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LEARNING_RATE = 1e-4  # Adam for both networks, as Lornatang
 DEFAULT_WEIGHT_DECAY = 0.0
-USES_BACKBONE = False  # builds its own networks; --backbone does not apply
 STAGES = ("both", "psnr", "gan")
 SCALES = (2, 4, 8)
 PERCEPTUAL_LAYER = "block5_conv4"  # torchvision VGG19 features[:36]: conv5_4 and its ReLU
@@ -293,7 +293,7 @@ class _Untracked:
 # --- pretext model ----------------------------------------------------------------
 
 
-class SRGANModel(keras.Model):
+class SRGANModel(PretextModel):
     """LR crops -> super-resolved crops; `train_step` runs the configured stage."""
 
     def __init__(
@@ -316,7 +316,7 @@ class SRGANModel(keras.Model):
         names = ["loss", "pixel_loss"]
         if config.stage != "psnr":
             names += ["perceptual_loss", "adversarial_loss", "d_loss", "d_real_accuracy", "d_fake_accuracy"]
-        self.trackers = {name: FiniteMean(name=name) for name in names + ["psnr", "ssim", "bicubic_psnr"]}
+        self.trackers = self.make_trackers(*names, "psnr", "ssim", "bicubic_psnr")
 
     @property
     def metrics(self):
@@ -354,30 +354,24 @@ class SRGANModel(keras.Model):
         size = self.srgan_config.hr_size
         return tf.clip_by_value(tf.image.resize(lr, [size, size], method="bicubic"), 0.0, 1.0)
 
-    @staticmethod
-    def _global_mean(values):
-        """Local sum over the global element count: the replicas' shares add up to the global mean."""
-        _, replicas, _ = replica_info()
-        return tf.reduce_sum(values) / tf.cast(tf.size(values) * replicas, tf.float32)
-
     def _bce(self, logits, target: float):
         logits = tf.cast(logits, tf.float32)
         labels = tf.fill(tf.shape(logits), target)
-        return self._global_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+        return self.global_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
 
     def _apply(self, optimizer, tape, loss, variables):
         gradients = add_coupled_weight_decay(tape.gradient(loss, variables), variables, self.weight_decay)
         optimizer.apply(gradients, variables)
 
     def train_step(self, data):
-        images = data[0] if isinstance(data, (tuple, list)) else data
+        images, _ = self.unpack_batch(data)
         hr, lr = self.crop_pairs(images, step_seed(self.seed, self.optimizer.iterations))
         config = self.srgan_config
         _, replicas, _ = replica_info()
         generator_variables = self.generator.trainable_variables
         with tf.GradientTape() as generator_tape:
             sr = tf.cast(self.generator(lr, training=True), tf.float32)  # float32 losses under mixed precision
-            pixel = self._global_mean(tf.square(sr - hr))
+            pixel = self.global_mean(tf.square(sr - hr))
             loss = config.pixel_weight * pixel
             if self.active_stage == "gan":
                 with generator_tape.stop_recording():  # the critic first, on a detached SR batch
@@ -393,7 +387,7 @@ class SRGANModel(keras.Model):
                 if self.perceptual is not None:
                     scale = config.perceptual_scale
                     target = tf.stop_gradient(self.perceptual(hr, training=False)) * scale
-                    perceptual = self._global_mean(
+                    perceptual = self.global_mean(
                         tf.square(
                             tf.cast(self.perceptual(sr, training=False), tf.float32) * scale
                             - tf.cast(target, tf.float32)
@@ -401,12 +395,12 @@ class SRGANModel(keras.Model):
                     )
                 loss += config.perceptual_weight * perceptual + config.adversarial_weight * adversarial
         self._apply(self.optimizer, generator_tape, loss, generator_variables)
-        self.trackers["loss"].update_state(loss * replicas)
-        self.trackers["pixel_loss"].update_state(pixel * replicas)
+        self.track_summed(self.trackers["loss"], loss, replicas)
+        self.track_summed(self.trackers["pixel_loss"], pixel, replicas)
         if self.active_stage == "gan":
-            self.trackers["perceptual_loss"].update_state(perceptual * replicas)
-            self.trackers["adversarial_loss"].update_state(adversarial * replicas)
-            self.trackers["d_loss"].update_state(d_loss * replicas)
+            self.track_summed(self.trackers["perceptual_loss"], perceptual, replicas)
+            self.track_summed(self.trackers["adversarial_loss"], adversarial, replicas)
+            self.track_summed(self.trackers["d_loss"], d_loss, replicas)
             self.trackers["d_real_accuracy"].update_state(tf.cast(real_logits > 0, tf.float32))
             self.trackers["d_fake_accuracy"].update_state(tf.cast(fake_logits < 0, tf.float32))
         shown = (
@@ -418,11 +412,11 @@ class SRGANModel(keras.Model):
 
     def test_step(self, data):
         """Centre crops: pixel loss, PSNR and SSIM of the restored crops, PSNR of bicubic upsampling."""
-        images = data[0] if isinstance(data, (tuple, list)) else data
+        images, _ = self.unpack_batch(data)
         hr, lr = self.crop_pairs(images)
         sr = tf.cast(self.generator(lr, training=False), tf.float32)
         _, replicas, _ = replica_info()
-        self.trackers["loss"].update_state(self._global_mean(tf.square(sr - hr)) * replicas)
+        self.track_summed(self.trackers["loss"], self.global_mean(tf.square(sr - hr)), replicas)
         restored = tf.clip_by_value(sr, 0.0, 1.0)
         self.trackers["psnr"].update_state(tf.image.psnr(restored, hr, 1.0))
         self.trackers["ssim"].update_state(tf.image.ssim(restored, hr, 1.0))
@@ -626,3 +620,5 @@ def downstream_network(
 
 
 Config = SRGANConfig
+
+SPEC = PretextSpec("srgan", SRGANConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model, uses_backbone=False)

@@ -25,7 +25,7 @@ import tensorflow as tf
 from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.models.layers import batch_norm
 from fgssl_tf.objectives import cross_replica_concat, replica_info
-from fgssl_tf.optim import FiniteMean
+from fgssl_tf.pretext.base import PretextSpec
 from fgssl_tf.views import TwoViewModel, ViewsConfig, build_two_view_model
 
 DEFAULT_LEARNING_RATE = 1e-3  # Adam (the paper: LARS at batch 2048; Adam suits the small batches of a CPU)
@@ -92,7 +92,7 @@ class VICRegModel(TwoViewModel):
         self.expander = keras.Sequential(layers, name="expander")
         self.expander.build((None, encoder.output_shape[-1]))
         self.built = True
-        self.trackers = {name: FiniteMean(name=name) for name in ("loss", "invariance", "variance", "covariance")}
+        self.trackers = self.make_trackers("loss", "invariance", "variance", "covariance")
 
     @property
     def metrics(self):
@@ -109,10 +109,10 @@ class VICRegModel(TwoViewModel):
         return vicreg_loss(terms, self.vicreg_config) / replicas, terms, replicas
 
     def _track(self, loss, terms, replicas):
-        self.trackers["loss"].update_state(loss * replicas)
+        self.track_summed(self.trackers["loss"], loss, replicas)
         for name, value in terms.items():
             self.trackers[name].update_state(value)
-        return {m.name: m.result() for m in self.metrics}
+        return self.results(self.metrics)
 
     def call(self, images, training=False):
         return self.expander(self.encoder(images, training=training), training=training)
@@ -132,3 +132,5 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
 
 
 Config = VICRegConfig
+
+SPEC = PretextSpec("vicreg", VICRegConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model)
