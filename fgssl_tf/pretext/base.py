@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fgssl_tf.augment import SimCLRAugmentation
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.objectives import replica_info
 from fgssl_tf.optim import FiniteMean
@@ -57,6 +58,23 @@ class PretextModel(keras.Model):
 
     def default_optimizer(self) -> keras.optimizers.Optimizer:
         return keras.optimizers.Adam()
+
+    def compiled_optimizers(self) -> dict:
+        """{compile() argument: optimizer}: what a saved `.keras` file keeps (a pretext with two networks has two)."""
+        return {"optimizer": self.optimizer}
+
+    def get_compile_config(self) -> dict | None:
+        if not self.compiled:
+            return None
+        optimizers = {name: keras.saving.serialize_keras_object(o) for name, o in self.compiled_optimizers().items()}
+        return {"jit_compile": bool(self.jit_compile), "optimizers": optimizers}
+
+    def compile_from_config(self, config: dict) -> None:
+        """Reloading a `.keras` file: compile with the saved optimizers, built so their saved state loads."""
+        optimizers = {name: keras.saving.deserialize_keras_object(o) for name, o in config["optimizers"].items()}
+        self.compile(jit_compile=config.get("jit_compile", False), **optimizers)
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
 
     def exportable_encoders(self) -> dict:
         """Encoders to export, by suffix of the export name ('' = the encoder)."""
@@ -166,3 +184,27 @@ def config_from_dict(cls: type, values: dict | None):
             value = tuple(value)
         kwargs[field.name] = value
     return cls(**kwargs)
+
+
+def deserialize_parts(config: dict, keys) -> dict:
+    """`config` with the serialized Keras objects under `keys` (those present) rebuilt."""
+    config = dict(config)
+    for key in keys:
+        if config.get(key) is not None:
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+    return config
+
+
+def encoder_image_size(encoder: keras.Model, image_size: int | None, augmenter=None) -> int:
+    """The image size a pretext feeds `encoder`: as given, else the augmenter's, else the encoder's fixed input."""
+    if image_size is not None:
+        return int(image_size)
+    if isinstance(augmenter, SimCLRAugmentation):
+        return augmenter.image_size
+    shape = encoder.input_shape if not isinstance(encoder.input_shape, list) else encoder.input_shape[0]
+    if shape[1] is None:
+        raise FgsslError(
+            f"the encoder {encoder.name!r} takes images of any size: pass image_size= (the side of the square "
+            "images the pretext feeds it)"
+        )
+    return int(shape[1])

@@ -38,7 +38,14 @@ from fgssl_tf.models import build_resnet
 from fgssl_tf.models.layers import CaffePreprocess, Conv2D, batch_norm
 from fgssl_tf.objectives import global_batch_position
 from fgssl_tf.optim import add_coupled_weight_decay, guard
-from fgssl_tf.pretext.base import PretextModel, PretextSpec
+from fgssl_tf.pretext.base import (
+    PretextModel,
+    PretextSpec,
+    config_from_dict,
+    config_to_dict,
+    deserialize_parts,
+    encoder_image_size,
+)
 
 DEFAULT_LEARNING_RATE = 2e-3  # SGD for the new heads; the backbone gets a tenth
 DEFAULT_WEIGHT_DECAY = 5e-4
@@ -125,21 +132,42 @@ def _classifier(config: PMGConfig, name: str) -> keras.Sequential:
     )
 
 
+@keras.saving.register_keras_serializable(package="fgssl_tf")
 class PMGModel(PretextModel):
-    """Images -> (head 1, head 2, head 3, concatenated head) logits."""
+    """Images -> (head 1, head 2, head 3, concatenated head) logits.
+
+    `fgssl_tf.PMG(features, image_size=None, config=PMGConfig(), seed=0, weight_decay=0.0,
+    learning_rate=2e-3, num_classes=None)`: PMG trains on labels and needs more than an encoder:
+    `features` is a Keras model from [0, 1] images to the feature maps of three stages (coarse to
+    fine; `build_stage_features` makes them from a ResNet), each feeding a head.
+    `num_classes` (or `config.num_classes`) sizes the heads; batches are (uint8 images, labels).
+    `compile()` gives the heads SGD at `learning_rate` and the backbone a tenth of it;
+    `training_callbacks('loss')` gives PMG's cosine per epoch. It is a classifier too
+    (`predict_classes`); `exportable_encoders` gives the average-pooled last stage.
+    """
 
     predicts_classes = True
 
     def __init__(
         self,
         features: keras.Model,
-        image_size: int,
-        config: PMGConfig,
+        image_size: int | None = None,
+        config: PMGConfig | None = None,
         seed: int = 0,
         weight_decay: float = 0.0,
+        learning_rate: float = DEFAULT_LEARNING_RATE,
+        num_classes: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        config = PMGConfig() if config is None else config
+        if num_classes is not None:
+            config = dataclasses.replace(config, num_classes=num_classes)
+        if config.num_classes < 2:
+            raise FgsslError("PMG needs the number of classes (at least 2) of the labelled data")
+        image_size = encoder_image_size(features, image_size)
+        self.base_learning_rate = learning_rate
+        self.backbone_optimizer = None  # set by compile
         self.features, self.image_size, self.pmg_config = features, image_size, config
         self.seed, self.weight_decay = seed, weight_decay
         self.blocks, self.classifiers = [], []
@@ -264,6 +292,43 @@ class PMGModel(PretextModel):
     def training_callbacks(self, monitor: str) -> list:
         return [_CosinePerEpoch(self)]
 
+    def _sgd(self, rate: float, name: str):
+        return guard(keras.optimizers.SGD(rate, momentum=self.pmg_config.momentum, name=name))
+
+    def default_optimizer(self):
+        return self._sgd(self.base_learning_rate, "heads_sgd")
+
+    def compile(self, optimizer=None, backbone_optimizer=None, **kwargs):
+        """The heads' optimizer (`optimizer`) and the backbone's, each built on its variables."""
+        if backbone_optimizer is not None or self.backbone_optimizer is None:  # else: the one set before
+            self.backbone_optimizer = backbone_optimizer or self._sgd(
+                self.base_learning_rate * self.pmg_config.backbone_lr_ratio, "backbone_sgd"
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+        if not self.backbone_optimizer.built:
+            self.backbone_optimizer.build(self.features.trainable_variables)
+        if not self.optimizer.built:
+            self.optimizer.build(self.head_variables)
+
+    def compiled_optimizers(self) -> dict:
+        return {"optimizer": self.optimizer, "backbone_optimizer": self.backbone_optimizer}
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "features": keras.saving.serialize_keras_object(self.features),
+            "image_size": self.image_size,
+            "config": config_to_dict(self.pmg_config),
+            "seed": self.seed,
+            "weight_decay": self.weight_decay,
+            "learning_rate": self.base_learning_rate,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = deserialize_parts(config, ("features",))
+        return cls(**{**config, "config": config_from_dict(PMGConfig, config["config"])})
+
 
 class _CosinePerEpoch(keras.callbacks.Callback):
     """PMG's schedule: lr_e = lr_0 / 2 (cos(pi e / E) + 1) at the start of epoch e, for both groups."""
@@ -286,18 +351,16 @@ class _CosinePerEpoch(keras.callbacks.Callback):
 def build(
     features, image_size, config: PMGConfig, seed: int, weight_decay: float, learning_rate: float, momentum: float = 0.9
 ) -> PMGModel:
-    if config.num_classes < 2:
-        raise FgsslError("PMG needs the number of classes (at least 2) of the labelled data")
-    model = PMGModel(features, image_size, config, seed=seed, weight_decay=weight_decay, name="pmg")
-    model.base_learning_rate = learning_rate
-    model.backbone_optimizer = guard(
-        keras.optimizers.SGD(learning_rate * config.backbone_lr_ratio, momentum=momentum, name="backbone_sgd")
+    model = PMGModel(
+        features, image_size, config, seed=seed, weight_decay=weight_decay, learning_rate=learning_rate, name="pmg"
     )
     model.compile(
-        optimizer=guard(keras.optimizers.SGD(learning_rate, momentum=momentum, name="heads_sgd")), jit_compile=False
+        optimizer=guard(keras.optimizers.SGD(learning_rate, momentum=momentum, name="heads_sgd")),
+        backbone_optimizer=guard(
+            keras.optimizers.SGD(learning_rate * config.backbone_lr_ratio, momentum=momentum, name="backbone_sgd")
+        ),
+        jit_compile=False,
     )
-    model.backbone_optimizer.build(model.features.trainable_variables)
-    model.optimizer.build(model.head_variables)
     return model
 
 

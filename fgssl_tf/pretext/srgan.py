@@ -53,7 +53,7 @@ from fgssl_tf.export import read_metadata
 from fgssl_tf.models.layers import CaffePreprocess, Conv2D, FixedInputSize, PixelShuffle, batch_norm
 from fgssl_tf.objectives import global_batch_position, replica_info
 from fgssl_tf.optim import add_coupled_weight_decay, guard
-from fgssl_tf.pretext.base import PretextModel, PretextSpec
+from fgssl_tf.pretext.base import PretextModel, PretextSpec, config_from_dict, config_to_dict, deserialize_parts
 
 log = logging.getLogger(__name__)
 
@@ -293,20 +293,39 @@ class _Untracked:
 # --- pretext model ----------------------------------------------------------------
 
 
+@keras.saving.register_keras_serializable(package="fgssl_tf")
 class SRGANModel(PretextModel):
-    """LR crops -> super-resolved crops; `train_step` runs the configured stage."""
+    """LR crops -> super-resolved crops; `train_step` runs the configured stage.
+
+    `fgssl_tf.SRGAN(config=SRGANConfig(), generator=None, discriminator=None, perceptual="config",
+    seed=0, weight_decay=0.0, learning_rate=1e-4)`: SRGAN learns from pixels, so it takes no
+    encoder: its own generator (SRResNet) and discriminator (default: built from `config`) are
+    what it exports (`exportable_encoders`). Batches are uint8 images of at least
+    `config.hr_size` px. `perceptual`: the frozen VGG19 of the gan stage's perceptual term, loaded
+    as `config.perceptual_weights` says ("config"), or None for none. `compile()` gives each network
+    an Adam at `learning_rate`; `training_callbacks('loss')` gives the stage switch (`both`) and
+    the gan stage's step decay.
+    """
 
     def __init__(
         self,
-        generator,
-        discriminator,
-        config: SRGANConfig,
-        perceptual=None,
+        generator=None,
+        discriminator=None,
+        config: SRGANConfig | None = None,
+        perceptual="config",
         seed: int = 0,
         weight_decay: float = 0.0,
+        learning_rate: float = DEFAULT_LEARNING_RATE,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        config = SRGANConfig() if config is None else config
+        if isinstance(perceptual, str):  # "config": as the config says
+            perceptual = _load_perceptual(config.perceptual_weights) if config.uses_perceptual else None
+        generator = build_generator(config) if generator is None else generator
+        discriminator = build_discriminator(config) if discriminator is None else discriminator
+        self.base_learning_rate = learning_rate
+        self.discriminator_optimizer = None  # set by compile
         self.generator, self.discriminator = generator, discriminator
         self.srgan_config, self.seed, self.weight_decay = config, seed, weight_decay
         self._perceptual = _Untracked(perceptual)  # rebuilt from its weights file, not saved with the run
@@ -451,6 +470,44 @@ class SRGANModel(PretextModel):
     def training_callbacks(self, monitor: str) -> list:
         return [] if self.srgan_config.stage == "psnr" else [_Schedule(self)]
 
+    def _adam(self, name: str):
+        config = self.srgan_config
+        return guard(keras.optimizers.Adam(self.base_learning_rate, config.beta_1, config.beta_2, name=name))
+
+    def default_optimizer(self):
+        return self._adam("generator_adam")
+
+    def compile(self, optimizer=None, discriminator_optimizer=None, **kwargs):
+        """The generator's optimizer (`optimizer`) and the discriminator's, each built on its network."""
+        if discriminator_optimizer is not None or self.discriminator_optimizer is None:  # else: the one set before
+            self.discriminator_optimizer = discriminator_optimizer or self._adam("discriminator_adam")
+        super().compile(optimizer=optimizer, **kwargs)
+        for network, network_optimizer in (
+            (self.generator, self.optimizer),
+            (self.discriminator, self.discriminator_optimizer),
+        ):
+            if not network_optimizer.built:
+                network_optimizer.build(network.trainable_variables)
+
+    def compiled_optimizers(self) -> dict:
+        return {"optimizer": self.optimizer, "discriminator_optimizer": self.discriminator_optimizer}
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "generator": keras.saving.serialize_keras_object(self.generator),
+            "discriminator": keras.saving.serialize_keras_object(self.discriminator),
+            "config": config_to_dict(self.srgan_config),
+            "seed": self.seed,
+            "weight_decay": self.weight_decay,
+            "learning_rate": self.base_learning_rate,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = deserialize_parts(config, ("generator", "discriminator"))
+        return cls(**{**config, "config": config_from_dict(SRGANConfig, config["config"])})
+
 
 class _Schedule(keras.callbacks.Callback):
     """Set from the epoch, so a resumed run does the same: `both` switches to the gan stage
@@ -501,22 +558,9 @@ def load_generator_from_run(generator: keras.Model, model_dir: str) -> str:
 
 
 def build(config: SRGANConfig, learning_rate: float, seed: int = 0, weight_decay: float = 0.0) -> SRGANModel:
-    generator = build_generator(config)
-    discriminator = build_discriminator(config)
-    perceptual = _load_perceptual(config.perceptual_weights) if config.uses_perceptual else None
-    model = SRGANModel(
-        generator, discriminator, config, perceptual=perceptual, seed=seed, weight_decay=weight_decay, name="srgan"
-    )
-    model.base_learning_rate = learning_rate
-    model.discriminator_optimizer = guard(
-        keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2, name="discriminator_adam")
-    )
-    model.compile(
-        optimizer=guard(keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2, name="generator_adam")),
-        jit_compile=False,
-    )
-    model.optimizer.build(generator.trainable_variables)
-    model.discriminator_optimizer.build(discriminator.trainable_variables)
+    """Generator and discriminator with an Adam each (`SRGANModel.compile`)."""
+    model = SRGANModel(config=config, seed=seed, weight_decay=weight_decay, learning_rate=learning_rate, name="srgan")
+    model.compile(jit_compile=False)
     return model
 
 

@@ -67,30 +67,45 @@ def vicreg_loss(terms: dict, config: VICRegConfig) -> tf.Tensor:
     )
 
 
+@keras.saving.register_keras_serializable(package="fgssl_tf")
 class VICRegModel(TwoViewModel):
-    """Two augmented views per image -> encoder -> expander -> VICReg loss."""
+    """VICReg: two augmented views per image -> encoder -> expander -> VICReg loss.
+
+    `fgssl_tf.VICReg(encoder, image_size=None, config=VICRegConfig(), seed=0, weight_decay=0.0,
+    augmenter=None, projection_head=None)`: as `SimCLR`; `projection_head` replaces the expander
+    (default: `config.expander_layers` Dense layers of `config.expander_dim`, BN and ReLU between).
+    `compile()` uses Adam at 1e-3 with non-finite steps skipped; `fit` takes batches of uint8 images.
+    """
+
+    config_class = VICRegConfig
+    default_learning_rate = DEFAULT_LEARNING_RATE
 
     def __init__(
         self,
         encoder: keras.Model,
-        image_size: int,
-        config: VICRegConfig,
+        image_size: int | None = None,
+        config: VICRegConfig | None = None,
         seed: int = 0,
         weight_decay: float = 0.0,
+        projection_head: keras.layers.Layer | None = None,
         **kwargs,
     ):
         super().__init__(encoder, image_size, config, seed=seed, weight_decay=weight_decay, **kwargs)
+        config = self.views_config
         self.vicreg_config = config
-        layers = []
-        for k in range(config.expander_layers - 1):
-            layers += [
-                keras.layers.Dense(config.expander_dim, name=f"expander_{k}"),
-                batch_norm(f"expander_bn_{k}"),
-                keras.layers.ReLU(),
-            ]
-        layers.append(keras.layers.Dense(config.expander_dim, name="expander_out"))
-        self.expander = keras.Sequential(layers, name="expander")
-        self.expander.build((None, encoder.output_shape[-1]))
+        if projection_head is None:
+            layers = []
+            for k in range(config.expander_layers - 1):
+                layers += [
+                    keras.layers.Dense(config.expander_dim, name=f"expander_{k}"),
+                    batch_norm(f"expander_bn_{k}"),
+                    keras.layers.ReLU(),
+                ]
+            layers.append(keras.layers.Dense(config.expander_dim, name="expander_out"))
+            projection_head = keras.Sequential(layers, name="expander")
+        self.expander = projection_head
+        if not self.expander.built:
+            self.expander.build((None, encoder.output_shape[-1]))
         self.built = True
         self.trackers = self.make_trackers("loss", "invariance", "variance", "covariance")
 
@@ -116,6 +131,9 @@ class VICRegModel(TwoViewModel):
 
     def call(self, images, training=False):
         return self.expander(self.encoder(images, training=training), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "projection_head": keras.saving.serialize_keras_object(self.expander)}
 
 
 def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, config: VICRegConfig) -> VICRegModel:
