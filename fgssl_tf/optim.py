@@ -39,6 +39,7 @@ def clip_by_global_norm_across_replicas(gradients, clip_norm: float):
     return [g * scale for g in gradients], norm
 
 
+@keras.saving.register_keras_serializable(package="fgssl_tf")
 class NonFiniteGuard(keras.optimizers.LossScaleOptimizer):
     """An optimizer that applies a step only when every gradient is finite, and counts
     the steps it refused (`nonfinite_steps`), so a NaN or Inf never reaches the weights.
@@ -49,6 +50,7 @@ class NonFiniteGuard(keras.optimizers.LossScaleOptimizer):
     """
 
     def __init__(self, inner_optimizer, name=None, **kwargs):
+        kwargs.pop("initial_scale", None)  # always 1; a saved config (get_config) carries it
         super().__init__(inner_optimizer, initial_scale=1.0, name=name or f"guarded_{inner_optimizer.name}", **kwargs)
 
     @tracking.no_automatic_dependency_tracking

@@ -31,7 +31,7 @@ from fgssl_tf.distribute import check_workers_agree, is_chief, make_strategy, wa
 from fgssl_tf.errors import FgsslError, Interrupted
 from fgssl_tf.monitor import Monitor, MonitorConfig
 from fgssl_tf.optim import check_schedule, nonfinite_steps, set_schedule_length
-from fgssl_tf.pretext import get_pretext, resolve_backbone, with_pretext_defaults
+from fgssl_tf.pretext import pretext_spec, with_pretext_defaults
 from fgssl_tf.views import TwoViewModel
 
 log = logging.getLogger(__name__)
@@ -181,14 +181,14 @@ def build_pretext_model(
     train: TrainConfig, data: DataConfig, backbone: BackboneConfig, pretext_config=None
 ) -> keras.Model:
     """The pretext model, compiled, with optimizer variables created (so restore is exact)."""
-    module = get_pretext(train.pretext)
+    spec = pretext_spec(train.pretext)
     keras.utils.set_random_seed(train.seed)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(
         MIXED_PRECISION_POLICIES[train.mixed_precision]
     )  # layers keep the policy they are made with
     try:
-        model = module.build_model(with_pretext_defaults(train), data, backbone, pretext_config or module.Config())
+        model = spec.build(with_pretext_defaults(train), data, backbone, pretext_config or spec.config_class())
     finally:
         keras.config.set_dtype_policy(previous)
     if not model.optimizer.built:
@@ -348,10 +348,11 @@ class _SummaryImages(keras.callbacks.Callback):
         self.images, self.log_dir, self.seed = images, log_dir, seed
 
     def on_train_begin(self, logs=None):
-        if not hasattr(self.model, "summary_images"):
+        pictures = self.model.summary_images(self.images, self.seed)
+        if not pictures:  # a pretext with none writes no log folder
             return
         with tf.summary.create_file_writer(os.path.join(self.log_dir, "inputs")).as_default():
-            for tag, grid in self.model.summary_images(self.images, self.seed).items():
+            for tag, grid in pictures.items():
                 tf.summary.image(tag, grid[None], step=0)
 
 
@@ -363,8 +364,11 @@ class _EpochImages(keras.callbacks.Callback):
         self.images, self.log_dir, self.initial_epoch = images, log_dir, initial_epoch
 
     def _write(self, step):
+        pictures = self.model.epoch_images(self.images)
+        if not pictures:  # a pretext with none writes no log folder
+            return
         with tf.summary.create_file_writer(os.path.join(self.log_dir, "outputs")).as_default():
-            for tag, picture in self.model.epoch_images(self.images).items():
+            for tag, picture in pictures.items():
                 tf.summary.image(tag, picture[None], step=step)
 
     def on_train_begin(self, logs=None):
@@ -505,7 +509,7 @@ def default_export_name(train: TrainConfig, data: DataConfig, backbone: Backbone
     dataset = data.dataset.split(":", 1)[0]
     if train.export_name:
         return f"{train.export_name}_{suffix}" if suffix else train.export_name
-    if not getattr(get_pretext(train.pretext), "USES_BACKBONE", True):
+    if not pretext_spec(train.pretext).uses_backbone:
         return "_".join(part for part in (train.pretext, suffix, dataset) if part)
     return "_".join(part for part in (train.pretext, backbone.name, dataset, suffix) if part)
 
@@ -525,12 +529,12 @@ def pretrain(
     )  # first: a multi-worker cluster must be joined before TensorFlow's first op
     backbone = backbone or BackboneConfig()
     train = with_pretext_defaults(train)
-    module = get_pretext(train.pretext)
-    pretext_config = pretext_config or module.Config()
-    backbone = resolve_backbone(train.pretext, backbone, data, pretext_config)
+    spec = pretext_spec(train.pretext)
+    pretext_config = pretext_config or spec.config_class()
+    backbone = spec.backbone_for(backbone, data, pretext_config)
     if train.epochs < 1 or train.batch_size < 2:
         raise FgsslError("--epochs must be at least 1 and --batch_size at least 2")
-    supervised = getattr(module, "SUPERVISED", False)
+    supervised = spec.supervised
     # Before any work (before the data where possible): a model_dir holding another run, unwritable folders.
     summary = _summary(train, data, backbone, pretext_config)
     _check_resumable(train.model_dir, summary, pretext_config, not_yet=_SET_FROM_DATA if supervised else ())
@@ -556,7 +560,7 @@ def pretrain(
             f"--source_size={data.source_size} is for the two-view methods (simclr, vicreg), and at least "
             f"--image_size={data.image_size}; leave it unset otherwise"
         )
-    export_size = getattr(model, "export_image_size", data.image_size)  # the encoders' input size (SRGAN: its HR crop)
+    export_size = model.export_image_size or data.image_size  # the encoders' input size (SRGAN: its HR crop)
     splits = splits or load_splits(data)
     _check_same_data(train.model_dir, splits.stats)
     if supervised:
@@ -597,18 +601,13 @@ def pretrain(
         if train.validate:
             replicas = strategy.num_replicas_in_sync
             validation, val_images = _validation_data(splits, train.batch_size, replicas, supervised)
-        if hasattr(model, "prepare_data"):
-            model.prepare_data(pool, val_images)
+        model.prepare_data(pool, val_images)
         log_dir = os.path.join(train.model_dir, "logs")
         if chief:
             _write_data_stats(log_dir, splits.stats, initial_epoch)
         stop_signal = _StopSignal()
         # The pretext's schedule first, so the checkpoint holds the learning rate it set.
-        callbacks = (
-            model.training_callbacks("val_loss" if validation is not None else "loss")
-            if hasattr(model, "training_callbacks")
-            else []
-        )
+        callbacks = list(model.training_callbacks("val_loss" if validation is not None else "loss"))
         callbacks.append(_NonFiniteWatch(train.nan_policy, steps, initial_step))
         callbacks.append(_Checkpointing(manager, epoch, step, steps, initial_step, chief, stop_signal))
         if monitor is not None and monitor.every > 0 and chief:
@@ -617,7 +616,7 @@ def pretrain(
             callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
         if initial_epoch == 0 and initial_step == 0 and chief:
             callbacks.append(_SummaryImages(pool[:8], log_dir, train.seed))
-        if hasattr(model, "epoch_images") and chief:
+        if chief:
             callbacks.append(
                 _EpochImages(val_images[:4] if val_images is not None else pool[:4], log_dir, initial_epoch)
             )
@@ -651,7 +650,7 @@ def pretrain(
     if chief and train.export:
         metadata = {
             "pretext": train.pretext,
-            "backbone": dataclasses.asdict(backbone) if getattr(module, "USES_BACKBONE", True) else None,
+            "backbone": dataclasses.asdict(backbone) if spec.uses_backbone else None,
             "epochs_trained": train.epochs,
             "seed": train.seed,
             "dataset": data.dataset,
@@ -660,12 +659,12 @@ def pretrain(
         }
         for suffix, encoder in model.exportable_encoders().items():
             full_name = default_export_name(train, data, backbone, suffix)
-            extras = model.export_extras(suffix) if hasattr(model, "export_extras") else None
+            extras = model.export_extras(suffix) or None
             exports[full_name] = export_lib.export_encoder(
                 encoder, train.export_dir, full_name, export_size, {**metadata, "encoder_part": suffix or None}, extras
             )
             log.info("exported %s to %s", full_name, exports[full_name])
-        if hasattr(model, "predict_classes") and exports:  # a classifier (PMG): its own test report
+        if model.predicts_classes and exports:  # a classifier (PMG): its own test report
             name = default_export_name(train, data, backbone)
             from fgssl_tf.evaluation import classifier_report
 

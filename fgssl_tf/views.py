@@ -29,6 +29,13 @@ from fgssl_tf.export import preprocess
 from fgssl_tf.models import build_resnet
 from fgssl_tf.objectives import global_batch_position
 from fgssl_tf.optim import add_coupled_weight_decay, guard, learning_rate
+from fgssl_tf.pretext.base import (
+    PretextModel,
+    config_from_dict,
+    config_to_dict,
+    deserialize_parts,
+    encoder_image_size,
+)
 
 EXTRA_MODES = ("online", "offline")
 # The seed stream of the parameters drawn once per image in offline mode.
@@ -72,30 +79,41 @@ class ViewsConfig:
             fine_grained.sample(name, tf.constant([0, 0], tf.int64), 1, image_size, self.fine_grained)
 
 
-class TwoViewModel(keras.Model):
+class TwoViewModel(PretextModel):
     """Two augmented views per image -> encoder -> the subclass's loss.
 
     Subclasses define `_loss(view1, view2, training) -> (loss, metric values, replicas)`,
     `_track(...)` and `metrics`; `train_step`, `test_step`, views and pictures are shared.
+
+    `encoder`: any Keras model from [0, 1] float images [B, image_size, image_size, 3] to
+    features [B, D]. `augmenter` (default: `SimCLRAugmentation` of `config.augment`, seeded
+    per step): the view transform T, a layer from [0, 1] images to [0, 1] views of image_size
+    px; a layer other than `SimCLRAugmentation` is called as `augmenter(images, training=True)`.
     """
+
+    config_class = ViewsConfig
+    default_learning_rate = 1e-3
 
     def __init__(
         self,
         encoder: keras.Model,
-        image_size: int,
-        config: ViewsConfig,
+        image_size: int | None = None,
+        config: ViewsConfig | None = None,
         seed: int = 0,
         weight_decay: float = 0.0,
+        augmenter: keras.layers.Layer | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        config = self.config_class() if config is None else config
         self.encoder = encoder
-        self.image_size = image_size
+        self.image_size = encoder_image_size(encoder, image_size, augmenter)
         self.views_config = config
         self.seed = seed
         self.weight_decay = weight_decay
         # Image ops in float32 under mixed precision.
-        self.augmenter = SimCLRAugmentation(image_size, config.augment, name="views", dtype="float32")
+        self.augmenter = augmenter or SimCLRAugmentation(self.image_size, config.augment, name="views", dtype="float32")
+        self.seeded_augmenter = isinstance(self.augmenter, SimCLRAugmentation)
         self.needs_centroids = bool(set(config.extra_ops()) & set(fine_grained.NEEDS_CENTROIDS))
         self.image_tables: dict = {}  # split -> per-image tables, from prepare_data
 
@@ -161,7 +179,10 @@ class TwoViewModel(keras.Model):
         views = []
         for v in (1, 2):
             y = self._extras(x, f"view{v}_pre", plan[f"view{v}_pre"], seeds[2 * v], ids, tables, side, position)
-            y = self.augmenter(y, seed=seeds[v - 1], **position)
+            if self.seeded_augmenter:
+                y = self.augmenter(y, seed=seeds[v - 1], **position)
+            else:
+                y = self.augmenter(y, training=True)
             views.append(
                 self._extras(y, f"view{v}_post", plan[f"view{v}_post"], seeds[2 * v + 1], ids, tables, None, position)
             )
@@ -170,11 +191,30 @@ class TwoViewModel(keras.Model):
     def _loss(self, view1, view2, training):
         raise NotImplementedError
 
+    def default_optimizer(self):
+        return guard(keras.optimizers.Adam(self.default_learning_rate))
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "image_size": self.image_size,
+            "config": config_to_dict(self.views_config),
+            "seed": self.seed,
+            "weight_decay": self.weight_decay,
+            "augmenter": keras.saving.serialize_keras_object(self.augmenter),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = deserialize_parts(config, ("encoder", "augmenter", "projection_head"))
+        return cls(**{**config, "config": config_from_dict(cls.config_class, config["config"])})
+
     def _track(self, loss, values, replicas):
         raise NotImplementedError
 
     def train_step(self, data):
-        images, ids = data[:2] if isinstance(data, (tuple, list)) else (data, None)
+        images, ids = self.unpack_batch(data)
         view1, view2 = self.views(images, step_seed(self.seed, self.optimizer.iterations), ids)
         with tf.GradientTape() as tape:
             loss, values, replicas = self._loss(view1, view2, training=True)
@@ -184,7 +224,7 @@ class TwoViewModel(keras.Model):
         return self._track(loss, values, replicas)
 
     def test_step(self, data):
-        images, ids = data[:2] if isinstance(data, (tuple, list)) else (data, None)
+        images, ids = self.unpack_batch(data)
         view1, view2 = self.views(images, step_seed(self.seed, VALIDATION_STREAM), ids, split="val")
         loss, values, replicas = self._loss(view1, view2, training=False)
         return self._track(loss, values, replicas)

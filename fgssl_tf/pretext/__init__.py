@@ -1,17 +1,10 @@
-"""Pretext tasks, one file each.
+"""Pretext tasks, one file each, and their registry.
 
-A pretext module provides `Config` (a dataclass), `DEFAULT_LEARNING_RATE`,
-`DEFAULT_WEIGHT_DECAY` and `build_model(train, data, backbone, config)`, which
-returns a compiled `keras.Model` whose `train_step` does the pretext's work. The
-model offers `exportable_encoders()` (what gets exported) and may offer
-`summary_images(images, seed)` (what TensorBoard shows at the start of training)
-and `training_callbacks(monitor)` (e.g. a learning-rate schedule on `monitor`),
-`epoch_images(images)` (TensorBoard pictures after every epoch, e.g. SR triplets),
-`export_extras(suffix)` (more `.keras` files saved beside an encoder) and
-`export_image_size` (the input size of its encoders, when not the image size).
-A module with `USES_BACKBONE = False` builds its own networks (SRGAN).
-A module may define `resolve_backbone(backbone, data, config)` to settle automatic
-backbone choices its own way (Jigsaw: the small stem follows the tile size).
+The contract is `fgssl_tf.pretext.base`: a pretext module defines a `PretextModel` subclass
+(whose hooks the trainer, exporter and monitor call) and one `SPEC = PretextSpec(...)` entry
+(name, config dataclass, default learning rate and weight decay, `build(train, data, backbone,
+config)`, whether it uses the --backbone, whether it trains on labels, how it settles automatic
+backbone choices). Adding a pretext is its module and one line below.
 """
 
 from __future__ import annotations
@@ -21,6 +14,7 @@ import importlib
 
 from fgssl_tf.errors import FgsslError
 
+# name -> the module that defines its SPEC (imported when the pretext is first used)
 _MODULES = {
     "simclr": "fgssl_tf.pretext.simclr",
     "jigsaw": "fgssl_tf.pretext.jigsaw",
@@ -46,19 +40,21 @@ def get_pretext(name: str):
     return importlib.import_module(_MODULES[name])
 
 
+def pretext_spec(name: str):
+    """The registry entry (`fgssl_tf.pretext.base.PretextSpec`) of pretext `name`."""
+    return get_pretext(name).SPEC
+
+
 def with_pretext_defaults(train):
     """`train` with an unset learning rate or weight decay taken from the pretext's defaults."""
-    module = get_pretext(train.pretext)
+    spec = pretext_spec(train.pretext)
     return dataclasses.replace(
         train,
-        learning_rate=module.DEFAULT_LEARNING_RATE if train.learning_rate is None else train.learning_rate,
-        weight_decay=module.DEFAULT_WEIGHT_DECAY if train.weight_decay is None else train.weight_decay,
+        learning_rate=spec.default_learning_rate if train.learning_rate is None else train.learning_rate,
+        weight_decay=spec.default_weight_decay if train.weight_decay is None else train.weight_decay,
     )
 
 
 def resolve_backbone(pretext: str, backbone, data, config):
     """The backbone config the pretext will build, automatic choices settled."""
-    module = get_pretext(pretext)
-    if hasattr(module, "resolve_backbone"):
-        return module.resolve_backbone(backbone, data, config)
-    return backbone
+    return pretext_spec(pretext).backbone_for(backbone, data, config)

@@ -40,8 +40,9 @@ from fgssl_tf.errors import FgsslError
 from fgssl_tf.export import preprocess
 from fgssl_tf.grid import join_grid, split_grid
 from fgssl_tf.models import build_resnet
-from fgssl_tf.objectives import global_batch_position, replica_info
+from fgssl_tf.objectives import global_batch_position
 from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, clip_by_global_norm_across_replicas, guard
+from fgssl_tf.pretext.base import PretextModel, PretextSpec, config_from_dict, config_to_dict, deserialize_parts
 
 log = logging.getLogger(__name__)
 
@@ -272,20 +273,33 @@ class JigsawPuzzle(keras.layers.Layer):
 # --- model ------------------------------------------------------------------------
 
 
-class JigsawModel(keras.Model):
-    """Shuffled tiles -> shared encoder (9 tiles in one call) -> concat -> dropout -> N-way classifier."""
+@keras.saving.register_keras_serializable(package="fgssl_tf")
+class JigsawModel(PretextModel):
+    """Shuffled tiles -> shared encoder (9 tiles in one call) -> concat -> dropout -> N-way classifier.
+
+    `fgssl_tf.Jigsaw(encoder, image_size, permutations=None, config=JigsawConfig(), seed=0,
+    weight_decay=0.0)`: `encoder` is any Keras model from [0, 1] tiles to features [B, D]; it sees
+    tile crops, not images (`puzzle_geometry(image_size, config)` gives their side, e.g. 17 px of
+    64 px images), so it must take that size. `image_size` is the side of the images in the
+    batches. `permutations` (default: `config.num_permutations` made by `config.permutations`,
+    seeded) are the classes. `compile()` uses SGD at 1e-2 with momentum, non-finite steps skipped;
+    `training_callbacks('loss')` gives the paper's ReduceLROnPlateau.
+    """
 
     def __init__(
         self,
         encoder: keras.Model,
         image_size: int,
-        permutations,
-        config: JigsawConfig,
+        permutations=None,
+        config: JigsawConfig | None = None,
         seed: int = 0,
         weight_decay: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        config = JigsawConfig() if config is None else config
+        if permutations is None:
+            permutations = make_permutations(config.permutations, config.num_permutations, seed)
         self.encoder = encoder
         self.image_size = image_size
         self.jigsaw_config = config
@@ -310,6 +324,25 @@ class JigsawModel(keras.Model):
     def exportable_encoders(self) -> dict:
         return {"": self.encoder}
 
+    def default_optimizer(self):
+        return guard(keras.optimizers.SGD(DEFAULT_LEARNING_RATE, momentum=self.jigsaw_config.momentum))
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "image_size": self.image_size,
+            "permutations": self.puzzle.permutations.tolist(),
+            "config": config_to_dict(self.jigsaw_config),
+            "seed": self.seed,
+            "weight_decay": self.weight_decay,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = deserialize_parts(config, ("encoder",))
+        return cls(**{**config, "config": config_from_dict(JigsawConfig, config["config"])})
+
     def call(self, tiles, training=False):
         crop, channels = tiles.shape[2], tiles.shape[-1]
         features = self.encoder(tf.reshape(tiles, [-1, crop, crop, channels]), training=training)
@@ -323,18 +356,16 @@ class JigsawModel(keras.Model):
     def _loss(self, tiles, labels, training):
         logits = tf.cast(self(tiles, training=training), tf.float32)  # float32 loss under mixed precision
         per_puzzle = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        _, replicas, _ = replica_info()
         # The mean over the global batch; replicas' gradients are summed.
-        loss = tf.reduce_sum(per_puzzle) / tf.cast(tf.shape(labels)[0] * replicas, tf.float32)
-        return loss, logits, replicas
+        return self.global_mean(per_puzzle), logits, self.replicas()
 
     def _track(self, loss, labels, logits, replicas):
-        self.loss_tracker.update_state(loss * replicas)
+        self.track_summed(self.loss_tracker, loss, replicas)
         self.accuracy_tracker.update_state(labels, logits)
-        return {m.name: m.result() for m in (self.loss_tracker, self.accuracy_tracker)}
+        return self.results((self.loss_tracker, self.accuracy_tracker))
 
     def train_step(self, data):
-        images = data[0] if isinstance(data, (tuple, list)) else data
+        images, _ = self.unpack_batch(data)
         tiles, labels = self.puzzles(images, step_seed(self.seed, self.optimizer.iterations))
         with tf.GradientTape() as tape:
             loss, logits, replicas = self._loss(tiles, labels, training=True)
@@ -346,7 +377,7 @@ class JigsawModel(keras.Model):
         return {**self._track(loss, labels, logits, replicas), "gradient_norm": self.gradient_norm_tracker.result()}
 
     def test_step(self, data):
-        images = data[0] if isinstance(data, (tuple, list)) else data
+        images, _ = self.unpack_batch(data)
         tiles, labels = self.puzzles(images, step_seed(self.seed, VALIDATION_STREAM))
         loss, logits, replicas = self._loss(tiles, labels, training=False)
         return self._track(loss, labels, logits, replicas)
@@ -405,3 +436,7 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
 
 
 Config = JigsawConfig
+
+SPEC = PretextSpec(
+    "jigsaw", JigsawConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model, resolve_backbone=resolve_backbone
+)

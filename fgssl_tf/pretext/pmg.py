@@ -36,12 +36,19 @@ from fgssl_tf.errors import FgsslError
 from fgssl_tf.fine_grained import random_jigsaw
 from fgssl_tf.models import build_resnet
 from fgssl_tf.models.layers import CaffePreprocess, Conv2D, batch_norm
-from fgssl_tf.objectives import global_batch_position, replica_info
-from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, guard
+from fgssl_tf.objectives import global_batch_position
+from fgssl_tf.optim import add_coupled_weight_decay, guard
+from fgssl_tf.pretext.base import (
+    PretextModel,
+    PretextSpec,
+    config_from_dict,
+    config_to_dict,
+    deserialize_parts,
+    encoder_image_size,
+)
 
 DEFAULT_LEARNING_RATE = 2e-3  # SGD for the new heads; the backbone gets a tenth
 DEFAULT_WEIGHT_DECAY = 5e-4
-SUPERVISED = True  # trains on the labelled training split, not the unlabelled pool
 WEIGHTS_HELP = (
     "--backbone_weights=imagenet (Keras' ImageNet ResNet-50, downloaded once), a path to a weights file, or none"
 )
@@ -126,19 +133,42 @@ def _classifier(config: PMGConfig, name: str) -> keras.Sequential:
     )
 
 
-class PMGModel(keras.Model):
-    """Images -> (head 1, head 2, head 3, concatenated head) logits."""
+@keras.saving.register_keras_serializable(package="fgssl_tf")
+class PMGModel(PretextModel):
+    """Images -> (head 1, head 2, head 3, concatenated head) logits.
+
+    `fgssl_tf.PMG(features, image_size=None, config=PMGConfig(), seed=0, weight_decay=0.0,
+    learning_rate=2e-3, num_classes=None)`: PMG trains on labels and needs more than an encoder:
+    `features` is a Keras model from [0, 1] images to the feature maps of three stages (coarse to
+    fine; `build_stage_features` makes them from a ResNet), each feeding a head.
+    `num_classes` (or `config.num_classes`) sizes the heads; batches are (uint8 images, labels).
+    `compile()` gives the heads SGD at `learning_rate` and the backbone a tenth of it;
+    `training_callbacks('loss')` gives PMG's cosine per epoch. It is a classifier too
+    (`predict_classes`); `exportable_encoders` gives the average-pooled last stage.
+    """
+
+    predicts_classes = True
 
     def __init__(
         self,
         features: keras.Model,
-        image_size: int,
-        config: PMGConfig,
+        image_size: int | None = None,
+        config: PMGConfig | None = None,
         seed: int = 0,
         weight_decay: float = 0.0,
+        learning_rate: float = DEFAULT_LEARNING_RATE,
+        num_classes: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        config = PMGConfig() if config is None else config
+        if num_classes is not None:
+            config = dataclasses.replace(config, num_classes=num_classes)
+        if config.num_classes < 2:
+            raise FgsslError("PMG needs the number of classes (at least 2) of the labelled data")
+        image_size = encoder_image_size(features, image_size)
+        self.base_learning_rate = learning_rate
+        self.backbone_optimizer = None  # set by compile
         self.features, self.image_size, self.pmg_config = features, image_size, config
         self.seed, self.weight_decay = seed, weight_decay
         self.blocks, self.classifiers = [], []
@@ -160,10 +190,9 @@ class PMGModel(keras.Model):
         self.head_variables = [
             v for layer in self.blocks + self.classifiers + [self.classifier_concat] for v in layer.trainable_variables
         ]
-        self.trackers = {
-            name: FiniteMean(name=name)
-            for name in ("loss", "loss_granularity_8", "loss_granularity_4", "loss_granularity_2", "loss_whole")
-        }
+        self.trackers = self.make_trackers(
+            "loss", "loss_granularity_8", "loss_granularity_4", "loss_granularity_2", "loss_whole"
+        )
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")  # concatenated head
         self.combined_tracker = keras.metrics.SparseCategoricalAccuracy(name="combined_accuracy")  # sum of the four
 
@@ -211,12 +240,11 @@ class PMGModel(keras.Model):
         return tf.where(flips[:, None, None, None], tf.reverse(x, axis=[2]), x)
 
     def _head_loss(self, logits, labels):
-        _, replicas, _ = replica_info()
         losses = keras.losses.sparse_categorical_crossentropy(labels, tf.cast(logits, tf.float32), from_logits=True)
-        return tf.reduce_sum(losses) / tf.cast(tf.shape(labels)[0] * replicas, tf.float32), replicas
+        return self.global_mean(losses), self.replicas()
 
     def train_step(self, data):
-        images, labels = data[:2]
+        images, labels = self.unpack_batch(data)
         seed = step_seed(self.seed, self.optimizer.iterations)
         seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=4))
         x = self._augment(images, seeds[0])
@@ -238,21 +266,21 @@ class PMGModel(keras.Model):
                     add_coupled_weight_decay([g for g, _ in used], [v for _, v in used], self.weight_decay),
                     [v for _, v in used],
                 )
-            self.trackers[names[head]].update_state(loss * replicas)
+            self.track_summed(self.trackers[names[head]], loss, replicas)
             total += loss
-        self.trackers["loss"].update_state(total * replicas)
+        self.track_summed(self.trackers["loss"], total, replicas)
         self.accuracy_tracker.update_state(labels, outputs[3])
         self.combined_tracker.update_state(labels, tf.add_n(list(outputs)))
-        return {m.name: m.result() for m in self.metrics}
+        return self.results(self.metrics)
 
     def test_step(self, data):
-        images, labels = data[:2]
+        images, labels = self.unpack_batch(data)
         outputs = self(tf.image.convert_image_dtype(images, tf.float32), training=False)
         loss, replicas = self._head_loss(outputs[3], labels)
-        self.trackers["loss"].update_state(loss * replicas)
+        self.track_summed(self.trackers["loss"], loss, replicas)
         self.accuracy_tracker.update_state(labels, outputs[3])
         self.combined_tracker.update_state(labels, tf.add_n(list(outputs)))
-        return {m.name: m.result() for m in (self.trackers["loss"], self.accuracy_tracker, self.combined_tracker)}
+        return self.results((self.trackers["loss"], self.accuracy_tracker, self.combined_tracker))
 
     def predict_classes(self, images: np.ndarray, batch_size: int = 64, combined: bool = True) -> np.ndarray:
         """Class predictions on uint8 images: argmax of the four heads' summed logits (PMG's acc_com)
@@ -265,6 +293,43 @@ class PMGModel(keras.Model):
 
     def training_callbacks(self, monitor: str) -> list:
         return [_CosinePerEpoch(self)]
+
+    def _sgd(self, rate: float, name: str):
+        return guard(keras.optimizers.SGD(rate, momentum=self.pmg_config.momentum, name=name))
+
+    def default_optimizer(self):
+        return self._sgd(self.base_learning_rate, "heads_sgd")
+
+    def compile(self, optimizer=None, backbone_optimizer=None, **kwargs):
+        """The heads' optimizer (`optimizer`) and the backbone's, each built on its variables."""
+        if backbone_optimizer is not None or self.backbone_optimizer is None:  # else: the one set before
+            self.backbone_optimizer = backbone_optimizer or self._sgd(
+                self.base_learning_rate * self.pmg_config.backbone_lr_ratio, "backbone_sgd"
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+        if not self.backbone_optimizer.built:
+            self.backbone_optimizer.build(self.features.trainable_variables)
+        if not self.optimizer.built:
+            self.optimizer.build(self.head_variables)
+
+    def compiled_optimizers(self) -> dict:
+        return {"optimizer": self.optimizer, "backbone_optimizer": self.backbone_optimizer}
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "features": keras.saving.serialize_keras_object(self.features),
+            "image_size": self.image_size,
+            "config": config_to_dict(self.pmg_config),
+            "seed": self.seed,
+            "weight_decay": self.weight_decay,
+            "learning_rate": self.base_learning_rate,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = deserialize_parts(config, ("features",))
+        return cls(**{**config, "config": config_from_dict(PMGConfig, config["config"])})
 
 
 class _CosinePerEpoch(keras.callbacks.Callback):
@@ -288,18 +353,16 @@ class _CosinePerEpoch(keras.callbacks.Callback):
 def build(
     features, image_size, config: PMGConfig, seed: int, weight_decay: float, learning_rate: float, momentum: float = 0.9
 ) -> PMGModel:
-    if config.num_classes < 2:
-        raise FgsslError("PMG needs the number of classes (at least 2) of the labelled data")
-    model = PMGModel(features, image_size, config, seed=seed, weight_decay=weight_decay, name="pmg")
-    model.base_learning_rate = learning_rate
-    model.backbone_optimizer = guard(
-        keras.optimizers.SGD(learning_rate * config.backbone_lr_ratio, momentum=momentum, name="backbone_sgd")
+    model = PMGModel(
+        features, image_size, config, seed=seed, weight_decay=weight_decay, learning_rate=learning_rate, name="pmg"
     )
     model.compile(
-        optimizer=guard(keras.optimizers.SGD(learning_rate, momentum=momentum, name="heads_sgd")), jit_compile=False
+        optimizer=guard(keras.optimizers.SGD(learning_rate, momentum=momentum, name="heads_sgd")),
+        backbone_optimizer=guard(
+            keras.optimizers.SGD(learning_rate * config.backbone_lr_ratio, momentum=momentum, name="backbone_sgd")
+        ),
+        jit_compile=False,
     )
-    model.backbone_optimizer.build(model.features.trainable_variables)
-    model.optimizer.build(model.head_variables)
     return model
 
 
@@ -315,3 +378,5 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
 
 
 Config = PMGConfig
+
+SPEC = PretextSpec("pmg", PMGConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model, supervised=True)

@@ -26,6 +26,7 @@ import tensorflow as tf
 from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.objectives import nt_xent, replica_info
 from fgssl_tf.optim import FiniteMean
+from fgssl_tf.pretext.base import PretextSpec
 from fgssl_tf.views import EXTRA_MODES, TwoViewModel, ViewsConfig, build_two_view_model  # noqa: F401 (API)
 
 DEFAULT_LEARNING_RATE = 1e-3  # Adam, constant (the paper's schedule was never stepped)
@@ -39,21 +40,35 @@ class SimCLRConfig(ViewsConfig):
     temperature: float = 0.5
 
 
+@keras.saving.register_keras_serializable(package="fgssl_tf")
 class SimCLRModel(TwoViewModel):
-    """Two augmented views per image -> encoder -> projection -> NT-Xent."""
+    """SimCLR: two augmented views per image -> encoder -> projection head -> NT-Xent.
+
+    `fgssl_tf.SimCLR(encoder, image_size=None, config=SimCLRConfig(), seed=0, weight_decay=0.0,
+    augmenter=None, projection_head=None)`: `encoder` is any Keras model from [0, 1] images to
+    features [B, D] (image_size: its input side, read from the encoder when fixed); `augmenter`
+    the view transform (see `TwoViewModel`); `projection_head` any layer from features to
+    projections (default: the paper's Dense-ReLU-Dense of `config.hidden_dim`, `projection_dim`).
+    `compile()` uses Adam at 1e-3 with non-finite steps skipped; `fit` takes batches of uint8 images.
+    """
+
+    config_class = SimCLRConfig
+    default_learning_rate = DEFAULT_LEARNING_RATE
 
     def __init__(
         self,
         encoder: keras.Model,
-        image_size: int,
-        config: SimCLRConfig,
+        image_size: int | None = None,
+        config: SimCLRConfig | None = None,
         seed: int = 0,
         weight_decay: float = 0.0,
+        projection_head: keras.layers.Layer | None = None,
         **kwargs,
     ):
         super().__init__(encoder, image_size, config, seed=seed, weight_decay=weight_decay, **kwargs)
+        config = self.views_config
         self.simclr_config = config
-        self.projector = keras.Sequential(
+        self.projector = projection_head or keras.Sequential(
             [
                 keras.layers.Dense(config.hidden_dim, name="projection_hidden"),
                 keras.layers.ReLU(),
@@ -61,7 +76,8 @@ class SimCLRModel(TwoViewModel):
             ],
             name="projector",
         )
-        self.projector.build((None, encoder.output_shape[-1]))
+        if not self.projector.built:
+            self.projector.build((None, encoder.output_shape[-1]))
         self.built = True  # encoder and projector are built; the augmenter has no weights
         self.loss_tracker = FiniteMean(name="loss")
         self.accuracy_tracker = FiniteMean(name="contrastive_accuracy")
@@ -81,12 +97,15 @@ class SimCLRModel(TwoViewModel):
         return loss, hits, replicas
 
     def _track(self, loss, hits, replicas):
-        self.loss_tracker.update_state(loss * replicas)  # replicas' values are summed, then averaged
+        self.track_summed(self.loss_tracker, loss, replicas)
         self.accuracy_tracker.update_state(hits)
-        return {m.name: m.result() for m in self.metrics}
+        return self.results(self.metrics)
 
     def call(self, images, training=False):
         return self.projector(self.encoder(images, training=training), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "projection_head": keras.saving.serialize_keras_object(self.projector)}
 
 
 def build(encoder: keras.Model, image_size: int, config: SimCLRConfig, seed: int, weight_decay: float) -> SimCLRModel:
@@ -104,3 +123,5 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
 
 
 Config = SimCLRConfig
+
+SPEC = PretextSpec("simclr", SimCLRConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model)

@@ -52,13 +52,13 @@ from fgssl_tf.errors import FgsslError
 from fgssl_tf.export import read_metadata
 from fgssl_tf.models.layers import CaffePreprocess, Conv2D, FixedInputSize, PixelShuffle, batch_norm
 from fgssl_tf.objectives import global_batch_position, replica_info
-from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, guard
+from fgssl_tf.optim import add_coupled_weight_decay, guard
+from fgssl_tf.pretext.base import PretextModel, PretextSpec, config_from_dict, config_to_dict, deserialize_parts
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LEARNING_RATE = 1e-4  # Adam for both networks, as Lornatang
 DEFAULT_WEIGHT_DECAY = 0.0
-USES_BACKBONE = False  # builds its own networks; --backbone does not apply
 STAGES = ("both", "psnr", "gan")
 SCALES = (2, 4, 8)
 PERCEPTUAL_LAYER = "block5_conv4"  # torchvision VGG19 features[:36]: conv5_4 and its ReLU
@@ -298,20 +298,39 @@ class _Untracked:
 # --- pretext model ----------------------------------------------------------------
 
 
-class SRGANModel(keras.Model):
-    """LR crops -> super-resolved crops; `train_step` runs the configured stage."""
+@keras.saving.register_keras_serializable(package="fgssl_tf")
+class SRGANModel(PretextModel):
+    """LR crops -> super-resolved crops; `train_step` runs the configured stage.
+
+    `fgssl_tf.SRGAN(config=SRGANConfig(), generator=None, discriminator=None, perceptual="config",
+    seed=0, weight_decay=0.0, learning_rate=1e-4)`: SRGAN learns from pixels, so it takes no
+    encoder: its own generator (SRResNet) and discriminator (default: built from `config`) are
+    what it exports (`exportable_encoders`). Batches are uint8 images of at least
+    `config.hr_size` px. `perceptual`: the frozen VGG19 of the gan stage's perceptual term, loaded
+    as `config.perceptual_weights` says ("config"), or None for none. `compile()` gives each network
+    an Adam at `learning_rate`; `training_callbacks('loss')` gives the stage switch (`both`) and
+    the gan stage's step decay.
+    """
 
     def __init__(
         self,
-        generator,
-        discriminator,
-        config: SRGANConfig,
-        perceptual=None,
+        generator=None,
+        discriminator=None,
+        config: SRGANConfig | None = None,
+        perceptual="config",
         seed: int = 0,
         weight_decay: float = 0.0,
+        learning_rate: float = DEFAULT_LEARNING_RATE,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        config = SRGANConfig() if config is None else config
+        if isinstance(perceptual, str):  # "config": as the config says
+            perceptual = _load_perceptual(config.perceptual_weights) if config.uses_perceptual else None
+        generator = build_generator(config) if generator is None else generator
+        discriminator = build_discriminator(config) if discriminator is None else discriminator
+        self.base_learning_rate = learning_rate
+        self.discriminator_optimizer = None  # set by compile
         self.generator, self.discriminator = generator, discriminator
         self.srgan_config, self.seed, self.weight_decay = config, seed, weight_decay
         self._perceptual = _Untracked(perceptual)  # rebuilt from its weights file, not saved with the run
@@ -321,7 +340,7 @@ class SRGANModel(keras.Model):
         names = ["loss", "pixel_loss"]
         if config.stage != "psnr":
             names += ["perceptual_loss", "adversarial_loss", "d_loss", "d_real_accuracy", "d_fake_accuracy"]
-        self.trackers = {name: FiniteMean(name=name) for name in names + ["psnr", "ssim", "bicubic_psnr"]}
+        self.trackers = self.make_trackers(*names, "psnr", "ssim", "bicubic_psnr")
 
     @property
     def metrics(self):
@@ -359,30 +378,24 @@ class SRGANModel(keras.Model):
         size = self.srgan_config.hr_size
         return tf.clip_by_value(tf.image.resize(lr, [size, size], method="bicubic"), 0.0, 1.0)
 
-    @staticmethod
-    def _global_mean(values):
-        """Local sum over the global element count: the replicas' shares add up to the global mean."""
-        _, replicas, _ = replica_info()
-        return tf.reduce_sum(values) / tf.cast(tf.size(values) * replicas, tf.float32)
-
     def _bce(self, logits, target: float):
         logits = tf.cast(logits, tf.float32)
         labels = tf.fill(tf.shape(logits), target)
-        return self._global_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+        return self.global_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
 
     def _apply(self, optimizer, tape, loss, variables):
         gradients = add_coupled_weight_decay(tape.gradient(loss, variables), variables, self.weight_decay)
         optimizer.apply(gradients, variables)
 
     def train_step(self, data):
-        images = data[0] if isinstance(data, (tuple, list)) else data
+        images, _ = self.unpack_batch(data)
         hr, lr = self.crop_pairs(images, step_seed(self.seed, self.optimizer.iterations))
         config = self.srgan_config
         _, replicas, _ = replica_info()
         generator_variables = self.generator.trainable_variables
         with tf.GradientTape() as generator_tape:
             sr = tf.cast(self.generator(lr, training=True), tf.float32)  # float32 losses under mixed precision
-            pixel = self._global_mean(tf.square(sr - hr))
+            pixel = self.global_mean(tf.square(sr - hr))
             loss = config.pixel_weight * pixel
             if self.active_stage == "gan":
                 with generator_tape.stop_recording():  # the critic first, on a detached SR batch
@@ -398,7 +411,7 @@ class SRGANModel(keras.Model):
                 if self.perceptual is not None:
                     scale = config.perceptual_scale
                     target = tf.stop_gradient(self.perceptual(hr, training=False)) * scale
-                    perceptual = self._global_mean(
+                    perceptual = self.global_mean(
                         tf.square(
                             tf.cast(self.perceptual(sr, training=False), tf.float32) * scale
                             - tf.cast(target, tf.float32)
@@ -406,12 +419,12 @@ class SRGANModel(keras.Model):
                     )
                 loss += config.perceptual_weight * perceptual + config.adversarial_weight * adversarial
         self._apply(self.optimizer, generator_tape, loss, generator_variables)
-        self.trackers["loss"].update_state(loss * replicas)
-        self.trackers["pixel_loss"].update_state(pixel * replicas)
+        self.track_summed(self.trackers["loss"], loss, replicas)
+        self.track_summed(self.trackers["pixel_loss"], pixel, replicas)
         if self.active_stage == "gan":
-            self.trackers["perceptual_loss"].update_state(perceptual * replicas)
-            self.trackers["adversarial_loss"].update_state(adversarial * replicas)
-            self.trackers["d_loss"].update_state(d_loss * replicas)
+            self.track_summed(self.trackers["perceptual_loss"], perceptual, replicas)
+            self.track_summed(self.trackers["adversarial_loss"], adversarial, replicas)
+            self.track_summed(self.trackers["d_loss"], d_loss, replicas)
             self.trackers["d_real_accuracy"].update_state(tf.cast(real_logits > 0, tf.float32))
             self.trackers["d_fake_accuracy"].update_state(tf.cast(fake_logits < 0, tf.float32))
         shown = (
@@ -423,11 +436,11 @@ class SRGANModel(keras.Model):
 
     def test_step(self, data):
         """Centre crops: pixel loss, PSNR and SSIM of the restored crops, PSNR of bicubic upsampling."""
-        images = data[0] if isinstance(data, (tuple, list)) else data
+        images, _ = self.unpack_batch(data)
         hr, lr = self.crop_pairs(images)
         sr = tf.cast(self.generator(lr, training=False), tf.float32)
         _, replicas, _ = replica_info()
-        self.trackers["loss"].update_state(self._global_mean(tf.square(sr - hr)) * replicas)
+        self.track_summed(self.trackers["loss"], self.global_mean(tf.square(sr - hr)), replicas)
         restored = tf.clip_by_value(sr, 0.0, 1.0)
         self.trackers["psnr"].update_state(tf.image.psnr(restored, hr, 1.0))
         self.trackers["ssim"].update_state(tf.image.ssim(restored, hr, 1.0))
@@ -462,6 +475,44 @@ class SRGANModel(keras.Model):
 
     def training_callbacks(self, monitor: str) -> list:
         return [] if self.srgan_config.stage == "psnr" else [_Schedule(self)]
+
+    def _adam(self, name: str):
+        config = self.srgan_config
+        return guard(keras.optimizers.Adam(self.base_learning_rate, config.beta_1, config.beta_2, name=name))
+
+    def default_optimizer(self):
+        return self._adam("generator_adam")
+
+    def compile(self, optimizer=None, discriminator_optimizer=None, **kwargs):
+        """The generator's optimizer (`optimizer`) and the discriminator's, each built on its network."""
+        if discriminator_optimizer is not None or self.discriminator_optimizer is None:  # else: the one set before
+            self.discriminator_optimizer = discriminator_optimizer or self._adam("discriminator_adam")
+        super().compile(optimizer=optimizer, **kwargs)
+        for network, network_optimizer in (
+            (self.generator, self.optimizer),
+            (self.discriminator, self.discriminator_optimizer),
+        ):
+            if not network_optimizer.built:
+                network_optimizer.build(network.trainable_variables)
+
+    def compiled_optimizers(self) -> dict:
+        return {"optimizer": self.optimizer, "discriminator_optimizer": self.discriminator_optimizer}
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "generator": keras.saving.serialize_keras_object(self.generator),
+            "discriminator": keras.saving.serialize_keras_object(self.discriminator),
+            "config": config_to_dict(self.srgan_config),
+            "seed": self.seed,
+            "weight_decay": self.weight_decay,
+            "learning_rate": self.base_learning_rate,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = deserialize_parts(config, ("generator", "discriminator"))
+        return cls(**{**config, "config": config_from_dict(SRGANConfig, config["config"])})
 
 
 class _Schedule(keras.callbacks.Callback):
@@ -515,22 +566,9 @@ def load_generator_from_run(generator: keras.Model, model_dir: str) -> str:
 
 
 def build(config: SRGANConfig, learning_rate: float, seed: int = 0, weight_decay: float = 0.0) -> SRGANModel:
-    generator = build_generator(config)
-    discriminator = build_discriminator(config)
-    perceptual = _load_perceptual(config.perceptual_weights) if config.uses_perceptual else None
-    model = SRGANModel(
-        generator, discriminator, config, perceptual=perceptual, seed=seed, weight_decay=weight_decay, name="srgan"
-    )
-    model.base_learning_rate = learning_rate
-    model.discriminator_optimizer = guard(
-        keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2, name="discriminator_adam")
-    )
-    model.compile(
-        optimizer=guard(keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2, name="generator_adam")),
-        jit_compile=False,
-    )
-    model.optimizer.build(generator.trainable_variables)
-    model.discriminator_optimizer.build(discriminator.trainable_variables)
+    """Generator and discriminator with an Adam each (`SRGANModel.compile`)."""
+    model = SRGANModel(config=config, seed=seed, weight_decay=weight_decay, learning_rate=learning_rate, name="srgan")
+    model.compile(jit_compile=False)
     return model
 
 
@@ -636,3 +674,5 @@ def downstream_network(
 
 
 Config = SRGANConfig
+
+SPEC = PretextSpec("srgan", SRGANConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model, uses_backbone=False)

@@ -25,7 +25,7 @@ import tensorflow as tf
 from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.models.layers import batch_norm
 from fgssl_tf.objectives import cross_replica_concat, replica_info
-from fgssl_tf.optim import FiniteMean
+from fgssl_tf.pretext.base import PretextSpec
 from fgssl_tf.views import TwoViewModel, ViewsConfig, build_two_view_model
 
 DEFAULT_LEARNING_RATE = 1e-3  # Adam (the paper: LARS at batch 2048; Adam suits the small batches of a CPU)
@@ -67,32 +67,47 @@ def vicreg_loss(terms: dict, config: VICRegConfig) -> tf.Tensor:
     )
 
 
+@keras.saving.register_keras_serializable(package="fgssl_tf")
 class VICRegModel(TwoViewModel):
-    """Two augmented views per image -> encoder -> expander -> VICReg loss."""
+    """VICReg: two augmented views per image -> encoder -> expander -> VICReg loss.
+
+    `fgssl_tf.VICReg(encoder, image_size=None, config=VICRegConfig(), seed=0, weight_decay=0.0,
+    augmenter=None, projection_head=None)`: as `SimCLR`; `projection_head` replaces the expander
+    (default: `config.expander_layers` Dense layers of `config.expander_dim`, BN and ReLU between).
+    `compile()` uses Adam at 1e-3 with non-finite steps skipped; `fit` takes batches of uint8 images.
+    """
+
+    config_class = VICRegConfig
+    default_learning_rate = DEFAULT_LEARNING_RATE
 
     def __init__(
         self,
         encoder: keras.Model,
-        image_size: int,
-        config: VICRegConfig,
+        image_size: int | None = None,
+        config: VICRegConfig | None = None,
         seed: int = 0,
         weight_decay: float = 0.0,
+        projection_head: keras.layers.Layer | None = None,
         **kwargs,
     ):
         super().__init__(encoder, image_size, config, seed=seed, weight_decay=weight_decay, **kwargs)
+        config = self.views_config
         self.vicreg_config = config
-        layers = []
-        for k in range(config.expander_layers - 1):
-            layers += [
-                keras.layers.Dense(config.expander_dim, name=f"expander_{k}"),
-                batch_norm(f"expander_bn_{k}"),
-                keras.layers.ReLU(),
-            ]
-        layers.append(keras.layers.Dense(config.expander_dim, name="expander_out"))
-        self.expander = keras.Sequential(layers, name="expander")
-        self.expander.build((None, encoder.output_shape[-1]))
+        if projection_head is None:
+            layers = []
+            for k in range(config.expander_layers - 1):
+                layers += [
+                    keras.layers.Dense(config.expander_dim, name=f"expander_{k}"),
+                    batch_norm(f"expander_bn_{k}"),
+                    keras.layers.ReLU(),
+                ]
+            layers.append(keras.layers.Dense(config.expander_dim, name="expander_out"))
+            projection_head = keras.Sequential(layers, name="expander")
+        self.expander = projection_head
+        if not self.expander.built:
+            self.expander.build((None, encoder.output_shape[-1]))
         self.built = True
-        self.trackers = {name: FiniteMean(name=name) for name in ("loss", "invariance", "variance", "covariance")}
+        self.trackers = self.make_trackers("loss", "invariance", "variance", "covariance")
 
     @property
     def metrics(self):
@@ -109,13 +124,16 @@ class VICRegModel(TwoViewModel):
         return vicreg_loss(terms, self.vicreg_config) / replicas, terms, replicas
 
     def _track(self, loss, terms, replicas):
-        self.trackers["loss"].update_state(loss * replicas)
+        self.track_summed(self.trackers["loss"], loss, replicas)
         for name, value in terms.items():
             self.trackers[name].update_state(value)
-        return {m.name: m.result() for m in self.metrics}
+        return self.results(self.metrics)
 
     def call(self, images, training=False):
         return self.expander(self.encoder(images, training=training), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "projection_head": keras.saving.serialize_keras_object(self.expander)}
 
 
 def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, config: VICRegConfig) -> VICRegModel:
@@ -132,3 +150,5 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
 
 
 Config = VICRegConfig
+
+SPEC = PretextSpec("vicreg", VICRegConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model)
