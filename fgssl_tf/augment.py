@@ -5,7 +5,7 @@ each replica slices out its own rows. So the view of image i at step t is the
 same on 1 replica or on 8, and a resumed run draws what an uninterrupted run
 would: the seed is derived from (run seed, optimizer step).
 
-Semantics follow torchvision, as the paper used it (spec §3.2, §8.4):
+Semantics follow torchvision, as the paper used it (docs/paper_fidelity.md, "SimCLR"):
 `RandomResizedCrop` (10 tries, then the centre fallback), `ColorJitter` in a
 random order per image, `RandomGrayscale` and a Gaussian blur of kernel ~S/10.
 """

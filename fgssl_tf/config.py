@@ -42,7 +42,7 @@ class BackboneConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """SimCLR view augmentation; defaults are the paper's `SimCLR_Original` (spec §3.2)."""
+    """SimCLR view augmentation; defaults are the paper's `SimCLR_Original` (docs/paper_fidelity.md, "SimCLR")."""
 
     random_crop: bool = True  # RandomResizedCrop; off: the whole image (the paper's Resize-only views)
     crop_scale_min: float = 0.08

@@ -1,4 +1,5 @@
-"""The paper's fine-grained augmentations (spec §3.2) as batched TensorFlow ops.
+"""The paper's fine-grained augmentations (docs/paper_fidelity.md, "SimCLR fine-grained
+variants") as batched TensorFlow ops.
 
 Each op is a pair of functions: `sample(seed, batch, size, config)` draws its
 random parameters for a batch from a stateless seed (a dict of [batch, ...]

@@ -1,7 +1,7 @@
 """Grad-CAM (Selvaraju et al. 2017) and Grad-CAM++ (Chattopadhay et al. 2018), computed
 with `tf.GradientTape` on the model's own graph.
 
-The paper's Grad-CAM (spec §5, S9, C7) rebuilt the forward pass by hand and so
+The paper's Grad-CAM (docs/paper_fidelity.md, "Grad-CAM": S9, C7) rebuilt the forward pass by hand and so
 skipped the generator's global skip, pointed at a layer that no longer existed
 after truncation, and fed inputs normalised differently from training. Here the
 layer is looked up by name in the model that is evaluated (a clear error lists the

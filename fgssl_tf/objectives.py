@@ -67,6 +67,6 @@ def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float) -> tuple[tf.Tensor
 
 
 def nt_xent_mean(z1: tf.Tensor, z2: tf.Tensor, temperature: float) -> tf.Tensor:
-    """Mean NT-Xent over all 2N anchors on one replica (the paper's formula, spec §3.1)."""
+    """Mean NT-Xent over all 2N anchors on one replica (the paper's formula, docs/paper_fidelity.md, "SimCLR")."""
     losses, _ = nt_xent(z1, z2, temperature)
     return tf.reduce_mean(losses)

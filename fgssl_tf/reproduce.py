@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class Method:
     name: str
     flagfile: str | None  # flags/<file>.cfg for a pretext; None for a baseline
-    paper: str  # the paper's reported accuracy on cassava (spec §7), "" when none
+    paper: str  # the paper's reported accuracy on cassava (its text; docs/RESULTS.md), "" when none
     encoders: tuple = ("",)  # export suffixes to evaluate (SRGAN: generator, discriminator)
 
 

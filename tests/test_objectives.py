@@ -10,7 +10,7 @@ from fgssl_tf.objectives import nt_xent, nt_xent_mean
 
 
 def numpy_nt_xent(z1, z2, temperature):
-    """The paper's formula (spec §3.1), written the plain way."""
+    """The paper's formula (docs/paper_fidelity.md, "SimCLR"), written the plain way."""
     z = np.concatenate([z1, z2]).astype(np.float64)
     z /= np.linalg.norm(z, axis=1, keepdims=True)
     n = len(z1)

@@ -263,7 +263,7 @@ def test_paper_variants_train_their_heads_and_keep_the_encoder_frozen(gan_export
             np.testing.assert_array_equal(before, w.numpy())
         assert all(not np.array_equal(initial[w.path], w.numpy()) for w in head.trainable_weights), (
             part
-        )  # bug S4/S5: heads train
+        )  # bugs S4/S5 of docs/paper_fidelity.md: heads train
         # Remove no conv block: the discriminator's own pretrained dense layer stays, frozen (as the paper).
         assert pretrained == (["head_dense"] if part == "discriminator" and not options else [])
 

@@ -53,7 +53,7 @@ class EvalConfig:
     finetune_learning_rate: float = 1e-4
     trainable_from: str = "all"  # finetune: first trainable stage (all, none, stem, block1..block4)
     class_weights: str = "none"  # finetune: none | inverse (N / (K n_c))
-    # SRGAN encoders: the paper's downstream variants (spec §2.5-2.6).
+    # SRGAN encoders: the paper's downstream variants (docs/paper_fidelity.md, "SRGAN").
     head: str = "linear"  # finetune: linear | paper (the paper's head for the generator or discriminator)
     head_dropout: float = 0.0  # the paper's head: 0.5, 0.7, 0.9
     keep_residual_blocks: int | None = None  # generator: keep the first N residual blocks (16 -> 14/12/10/8)

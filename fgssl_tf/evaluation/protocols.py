@@ -86,7 +86,7 @@ def freeze_before(encoder: keras.Model, trainable_from: str) -> None:
     """Freeze every stage before `trainable_from` ('all' trains everything, 'none' nothing).
 
     A frozen Keras BatchNormalization runs in inference mode (its statistics stay
-    put); PyTorch's frozen BN in train() mode still updated them (spec §8.4).
+    put); PyTorch's frozen BN in train() mode still updated them (docs/paper_fidelity.md, "Jigsaw").
     """
     if trainable_from == "all":
         return
@@ -185,9 +185,9 @@ def finetune(
     """train/val/test: (uint8 images, labels). `preprocess` maps uint8 batches to encoder input.
     `head` maps encoder output to logits (default: one dense layer); `class_weights`
     'inverse' weighs each class by N / (K n_c) in the loss (the paper's SRGAN
-    weights were proportional to n_c by mistake, bug S3). `compiled`: a dict the caller
-    keeps across the seeds of one evaluation, so the train and predict steps are traced
-    once, not once per seed (see `_compiled_twin`)."""
+    weights were proportional to n_c by mistake, bug S3 of docs/paper_fidelity.md,
+    "SRGAN"). `compiled`: a dict the caller keeps across the seeds of one evaluation, so the
+    train and predict steps are traced once, not once per seed (see `_compiled_twin`)."""
     keras.utils.set_random_seed(seed)
     freeze_before(encoder, trainable_from)
     inputs = keras.Input(shape=train[0].shape[1:], dtype="uint8", name="images")

@@ -1,4 +1,4 @@
-"""Jigsaw puzzles (Noroozi & Favaro 2016) as the paper ran them (spec §1).
+"""Jigsaw puzzles (Noroozi & Favaro 2016) as the paper ran them (docs/paper_fidelity.md, "Jigsaw").
 
 An image is centre-cropped, cut into a 3x3 grid of tiles, each tile randomly
 cropped (the gap stops the network from matching edges) and brightness-jittered,
@@ -10,7 +10,7 @@ N permutations follows.
 Paper sizes: 256 px images, 225 px puzzle, 75 px tiles, 64 px tile crops, so
 `puzzle_fraction` = 225/256 and `tile_crop_fraction` = 64/75 scale to any image size.
 
-Differences from the paper's code, on purpose (spec §8.3):
+Differences from the paper's code, on purpose (codes of docs/paper_fidelity.md, "Jigsaw"):
 - J1: dropout runs only in training (the paper's `F.dropout` was on at eval too);
 - J6: the permutation set is seeded and saved beside the checkpoints; `maxhamming`
   is the greedy max-min Hamming selection the paper's README cites (its code drew
@@ -114,7 +114,7 @@ def maxhamming_permutations(count: int, seed: int) -> np.ndarray:
 
 
 def paper_permutations(count: int, seed: int) -> np.ndarray:
-    """The paper's procedure (spec §1.1), seeded: draw two random non-identity
+    """The paper's procedure (docs/paper_fidelity.md, "Jigsaw", J6), seeded: draw two random non-identity
     permutations; keep both if they differ in all 9 positions and neither is taken."""
     if count % 2:
         raise FgsslError(

@@ -1,5 +1,6 @@
 """PMG, progressive multi-granularity training (Du et al. 2020): the paper's supervised
-baseline (spec §4), trained on the labels of the same split every encoder is measured on.
+baseline (docs/paper_fidelity.md, "PMG, the supervised baseline"), trained on the labels of the
+same split every encoder is measured on.
 
 A ResNet backbone feeds three heads on its last three stages (1x1 and 3x3 conv
 blocks, global max pooling, BN-Dense-BN-ELU-Dense classifiers) and a classifier on

@@ -1,4 +1,4 @@
-"""SRGAN (Ledig et al. 2017) as the paper's pretext (spec §2): learn to super-resolve
+"""SRGAN (Ledig et al. 2017) as the paper's pretext (docs/paper_fidelity.md, "SRGAN"): learn to super-resolve
 unlabelled images, then reuse the generator *and* the discriminator as encoders.
 
 Pretext: a random high-resolution (HR) crop of each image is shrunk by bicubic
@@ -17,7 +17,7 @@ restored crops from real ones. Two stages, as Lornatang/SRGAN-PyTorch:
 Validation reports PSNR and SSIM of the restored crops beside the PSNR of plain
 bicubic upsampling of the same crops, the bar the generator has to clear.
 
-Downstream (spec §2.5-2.6): the exported encoders are the generator trunk
+Downstream (docs/paper_fidelity.md, "SRGAN", the table of trials): the exported encoders are the generator trunk
 (everything before upsampling, average-pooled: 64 features) and the
 discriminator's conv stack (average-pooled: 512). The full networks are saved
 beside them, so the evaluation tool can run the paper's variants: generator with
@@ -29,7 +29,7 @@ Differences from the paper's and Lornatang's code, on purpose:
   0-255, mean removed); Lornatang fed [0, 1] RGB to torchvision's VGG. The
   features are scaled by 1/12.75 (Ledig et al.) so the 0.006 weight keeps its size;
 - scale x2, x4 and x8 (the paper's README claimed these; its code had x4 only);
-- downstream (bugs S3-S8 of spec §8.3): every head is built before its
+- downstream (bugs S3-S8 of docs/paper_fidelity.md, "SRGAN"): every head is built before its
   optimizer, so it trains; dropout goes into the model that is trained; class
   weights, when asked for, are inverse to the class frequency; inputs stay in
   [0, 1] as in pretraining.
@@ -581,7 +581,7 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
     return model
 
 
-# --- downstream (the paper's variants, spec §2.5-2.6) --------------------------------
+# --- downstream (the paper's variants, docs/paper_fidelity.md, "SRGAN") -----------------------
 
 
 def paper_generator_head(num_classes: int, dropout: float, hidden: int = 1024) -> keras.Sequential:
