@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from fgssl_tf.data.images import to_rgb
+from fgssl_tf.data.transform import preprocess  # also importable from here, as before
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.models import layers as fgssl_layers
 
@@ -35,14 +36,6 @@ KERAS_FILE = "encoder.keras"
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_NAME = "embedding"
-
-
-def preprocess(images: tf.Tensor, image_size: int) -> tf.Tensor:
-    """uint8 [B, H, W, 3] -> float32 [B, S, S, 3] in [0, 1], as in training."""
-    x = tf.image.convert_image_dtype(images, tf.float32)
-    if images.shape[1] == image_size and images.shape[2] == image_size:
-        return x
-    return tf.image.resize(x, [image_size, image_size], method="bilinear", antialias=True)
 
 
 def _check_and_convert(images: tf.Tensor) -> tf.Tensor:

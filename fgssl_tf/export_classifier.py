@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from fgssl_tf import export as export_lib
+from fgssl_tf.data import preprocess
 from fgssl_tf.data.images import to_rgb
 from fgssl_tf.errors import FgsslError
 
@@ -123,7 +124,7 @@ def _tflite_model(classifier: keras.Model, image_size: int, calibration: np.ndar
 
 
 def _float_images(images: np.ndarray, image_size: int) -> np.ndarray:
-    return export_lib.preprocess(to_rgb(tf.constant(images)), image_size).numpy()
+    return preprocess(to_rgb(tf.constant(images)), image_size).numpy()
 
 
 def _calibration_images(splits, count: int, image_size: int) -> np.ndarray:
@@ -161,7 +162,7 @@ def export_classifier(config: ClassifierExportConfig, splits=None) -> dict:
     names = tf.constant(class_names)
 
     def outputs(images, with_extras: bool):
-        x = export_lib.preprocess(_graph_checks(images), image_size)
+        x = preprocess(_graph_checks(images), image_size)
         if with_embedding:
             embedding, logits = export_lib.call(with_embedding, x)
         else:

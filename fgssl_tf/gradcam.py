@@ -6,7 +6,7 @@ skipped the generator's global skip, pointed at a layer that no longer existed
 after truncation, and fed inputs normalised differently from training. Here the
 layer is looked up by name in the model that is evaluated (a clear error lists the
 valid names), the gradient flows through the real graph, and images get the
-training preprocessing (`export.preprocess`).
+training preprocessing (`fgssl_tf.data.preprocess`).
 """
 
 from __future__ import annotations

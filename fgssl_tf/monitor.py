@@ -33,7 +33,7 @@ import tensorflow as tf
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from fgssl_tf.export import preprocess
+from fgssl_tf.data import preprocess
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import tensorflow as tf
 from fgssl_tf import fine_grained
 from fgssl_tf.augment import VALIDATION_STREAM, SimCLRAugmentation, step_seed
 from fgssl_tf.config import AugmentConfig
+from fgssl_tf.data import preprocess
 from fgssl_tf.errors import FgsslError
-from fgssl_tf.export import preprocess
 from fgssl_tf.models import build_resnet
 from fgssl_tf.objectives import global_batch_position
 from fgssl_tf.optim import add_coupled_weight_decay, guard, learning_rate

@@ -11,6 +11,7 @@ import tensorflow as tf
 from fgssl_tf.config import DataConfig
 from fgssl_tf.data import dedup, pipeline, sources
 from fgssl_tf.data.splits import fingerprint, label_fraction_subset, stratified_at_most, stratified_split
+from fgssl_tf.data.transform import preprocess
 from fgssl_tf.errors import FgsslError
 
 log = logging.getLogger(__name__)
@@ -140,4 +141,5 @@ __all__ = [
     "stratified_at_most",
     "stratified_split",
     "pipeline",
+    "preprocess",
 ]

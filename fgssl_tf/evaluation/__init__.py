@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from fgssl_tf import export as export_lib
 from fgssl_tf.config import BackboneConfig, DataConfig
-from fgssl_tf.data import Splits, label_fraction_subset, load_splits
+from fgssl_tf.data import Splits, label_fraction_subset, load_splits, preprocess
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.evaluation import cache, protocols
 from fgssl_tf.evaluation.metrics import METRIC_NAMES, classification_metrics, majority_class_rate
@@ -168,7 +168,7 @@ def _random_encoder(config: EvalConfig, image_size: int, seed: int) -> keras.Mod
 def _keras_features(encoder: keras.Model, images: np.ndarray, image_size: int, batch_size: int) -> np.ndarray:
     @tf.function
     def embed(batch):
-        return encoder(export_lib.preprocess(batch, image_size), training=False)  # BN statistics untouched
+        return encoder(preprocess(batch, image_size), training=False)  # BN statistics untouched
 
     return np.concatenate(
         [embed(tf.constant(images[i : i + batch_size])).numpy() for i in range(0, len(images), batch_size)]
@@ -254,7 +254,7 @@ def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
                 encoder = _random_encoder(config, image_size, init)
             result = protocols.finetune(
                 encoder,
-                lambda x: export_lib.preprocess(x, image_size),
+                lambda x: preprocess(x, image_size),
                 (train_images[subset], train_labels[subset]),
                 (val_images, val_labels),
                 (test_images, test_labels),

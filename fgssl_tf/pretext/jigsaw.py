@@ -35,9 +35,9 @@ import tensorflow as tf
 
 from fgssl_tf.augment import VALIDATION_STREAM, step_seed
 from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
+from fgssl_tf.data import preprocess
 from fgssl_tf.distribute import is_chief
 from fgssl_tf.errors import FgsslError
-from fgssl_tf.export import preprocess
 from fgssl_tf.grid import join_grid, split_grid
 from fgssl_tf.models import build_resnet
 from fgssl_tf.objectives import global_batch_position
