@@ -9,82 +9,13 @@ import os
 
 from absl import flags
 
-from fgssl_tf.config import AugmentConfig, BackboneConfig, DataConfig, TrainConfig
+from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.distribute import STRATEGIES
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.models import BACKBONES
+from fgssl_tf.pretext.settings import config_from_values, not_a_file_error, weights_choice_error  # noqa: F401 (tools)
 
 FLAGS = flags.FLAGS
-
-# Flags of the two-view methods' views (SimCLR, VICReg): the view transform and the fine-grained extras.
-VIEW_FLAGS = (
-    "crop_scale_min",
-    "color_jitter_strength",
-    "color_jitter_prob",
-    "grayscale_prob",
-    "blur_prob",
-    "blur_sigma_max",
-    "horizontal_flip",
-    "vertical_flip",
-    "rotate90",
-    "random_crop",
-    "view1_pre_ops",
-    "view1_post_ops",
-    "view2_pre_ops",
-    "view2_post_ops",
-    "extra_augmentation_mode",
-    "gamma_min",
-    "gamma_max",
-    "dropout_holes_min",
-    "dropout_holes_max",
-    "dropout_size_min",
-    "dropout_size_max",
-    "dropout_fill",
-    "swap_patch",
-    "random_jigsaw_grid",
-    "dcl_grid",
-    "dcl_border",
-    "region_crop_min",
-    "region_crop_max",
-)
-# Flags that only some pretexts read; setting one with another --pretext is a mistake.
-PRETEXT_FLAGS = {
-    "simclr": ("temperature", "projection_dim", "projection_hidden_dim", *VIEW_FLAGS),
-    "vicreg": (
-        "vicreg_expander_dim",
-        "vicreg_expander_layers",
-        "invariance_weight",
-        "variance_weight",
-        "covariance_weight",
-        *VIEW_FLAGS,
-    ),
-    "jigsaw": (
-        "jigsaw_permutations",
-        "jigsaw_num_permutations",
-        "jigsaw_brightness",
-        "jigsaw_normalize_tiles",
-        "jigsaw_dropout",
-        "jigsaw_pool_grid",
-        "clip_norm",
-        "plateau_patience",
-    ),
-    "srgan": (
-        "srgan_stage",
-        "srgan_scale",
-        "srgan_hr_size",
-        "srgan_residual_blocks",
-        "srgan_width",
-        "srgan_discriminator_width",
-        "srgan_discriminator_dense",
-        "pixel_weight",
-        "perceptual_weight",
-        "adversarial_weight",
-        "perceptual_weights",
-        "perceptual_scale",
-        "srgan_generator_init",
-    ),
-    "pmg": ("backbone_weights", "backbone_lr_ratio", "pmg_feature_size", "pmg_head_channels"),
-}
 
 
 def validate(name: str, check) -> None:
@@ -118,30 +49,17 @@ def existing_dir_error(value):
     return None if value is None or os.path.isdir(value) else f"{value!r} is not an existing folder"
 
 
-def not_a_file_error(value):
-    return f"{value!r} is a file; a folder is expected" if value and os.path.isfile(value) else None
-
-
 def name_error(value):
     if value is not None and (not value or os.sep in value or value.startswith(".")):
         return f"{value!r} is not a plain name (no '/', not starting with '.')"
     return None
 
 
-def weights_choice_error(choices):
-    def check(value):
-        if value in choices or os.path.isfile(value):
-            return None
-        return f"{value!r}: no such file; use one of {', '.join(choices)}, or the path of a weights file"
-
-    return check
-
-
 def check_pretext_flags() -> None:
     """Refuse, before any work, a flag set explicitly (command line or flagfile) that
     only another pretext reads: it would be silently ignored."""
     readers: dict[str, list[str]] = {}
-    for pretext, names in PRETEXT_FLAGS.items():
+    for pretext, names in pretext_flag_names().items():
         for name in names:
             readers.setdefault(name, []).append(pretext)
     wrong = [name for name, pretexts in readers.items() if FLAGS.pretext not in pretexts and FLAGS[name].present]
@@ -313,246 +231,17 @@ def define_train_flags() -> None:
         lower_bound=0,
         upper_bound=2,
     )
-    # SimCLR
-    flags.DEFINE_float("temperature", 0.5, "NT-Xent temperature.", lower_bound=1e-3)
-    flags.DEFINE_integer("projection_dim", 512, "Output size of the projection head.", lower_bound=1)
-    flags.DEFINE_integer("projection_hidden_dim", 512, "Hidden size of the projection head.", lower_bound=1)
-    # VICReg
-    flags.DEFINE_integer(
-        "vicreg_expander_dim", 1024, "VICReg: width of the expander's layers (the paper: 8192).", lower_bound=1
-    )
-    flags.DEFINE_integer("vicreg_expander_layers", 3, "VICReg: dense layers of the expander.", lower_bound=1)
-    flags.DEFINE_float(
-        "invariance_weight", 25.0, "VICReg: weight of the two views' mean squared difference.", lower_bound=0.0
-    )
-    flags.DEFINE_float("variance_weight", 25.0, "VICReg: weight of the hinge on each dimension's std.", lower_bound=0.0)
-    flags.DEFINE_float("covariance_weight", 1.0, "VICReg: weight of the off-diagonal covariance.", lower_bound=0.0)
-    # Jigsaw
-    flags.DEFINE_enum(
-        "jigsaw_permutations",
-        "maxhamming",
-        ["maxhamming", "paper"],
-        "Permutation set: greedy max-min Hamming, or the paper's random fully-different pairs.",
-    )
-    flags.DEFINE_integer(
-        "jigsaw_num_permutations",
-        100,
-        "Number of permutations (classes); the paper used 100.",
-        lower_bound=2,
-        upper_bound=362879,
-    )
-    flags.DEFINE_float(
-        "jigsaw_brightness", 0.5, "Per-tile brightness factor drawn from [1-b, 1+b].", lower_bound=0.0, upper_bound=1.0
-    )
-    flags.DEFINE_boolean(
-        "jigsaw_normalize_tiles",
-        False,
-        "Normalise each tile to zero mean, unit variance per channel (off in the paper).",
-    )
-    flags.DEFINE_float(
-        "jigsaw_dropout",
-        0.5,
-        "Dropout before the permutation classifier (training only).",
-        lower_bound=0.0,
-        upper_bound=0.99,
-    )
-    flags.DEFINE_integer(
-        "jigsaw_pool_grid",
-        2,
-        "Average-pool the last stage to a g x g grid (the paper: 2); 1 = global pooling.",
-        lower_bound=1,
-        upper_bound=8,
-    )
-    flags.DEFINE_float("clip_norm", 4.0, "Global gradient-norm clipping (jigsaw).", lower_bound=1e-6)
-    flags.DEFINE_integer(
-        "plateau_patience", 2, "Epochs without improvement before the learning rate drops 10x (jigsaw).", lower_bound=1
-    )
-    # SRGAN
-    flags.DEFINE_enum(
-        "srgan_stage",
-        "both",
-        ["both", "psnr", "gan"],
-        "SRGAN stage: psnr (generator, pixel MSE), gan (adversarial and perceptual, from a psnr run), "
-        "or both in one run (half the epochs each).",
-    )
-    flags.DEFINE_enum("srgan_scale", "4", ["2", "4", "8"], "Super-resolution factor (the paper: 4).")
-    flags.DEFINE_integer(
-        "srgan_hr_size",
-        None,
-        "Side of the high-resolution crops (at most --image_size; default min(96, --image_size)); "
-        "the encoders' input size.",
-        lower_bound=16,
-    )
-    flags.DEFINE_integer("srgan_residual_blocks", 16, "Generator residual blocks.", lower_bound=1)
-    flags.DEFINE_integer("srgan_width", 64, "Generator channels.", lower_bound=1)
-    flags.DEFINE_integer(
-        "srgan_discriminator_width",
-        64,
-        "Discriminator channels of the first conv (doubled every other conv).",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer("srgan_discriminator_dense", 1024, "Discriminator hidden dense units.", lower_bound=1)
-    flags.DEFINE_float("pixel_weight", 1.0, "SRGAN: weight of the pixel MSE.", lower_bound=0.0)
-    flags.DEFINE_float("perceptual_weight", 0.006, "SRGAN gan stage: weight of the VGG19 feature MSE.", lower_bound=0.0)
-    flags.DEFINE_float("adversarial_weight", 0.001, "SRGAN gan stage: weight of the adversarial loss.", lower_bound=0.0)
-    flags.DEFINE_string(
-        "perceptual_weights",
-        "auto",
-        "SRGAN VGG19: imagenet (Keras' weights, downloads once), a path to a weights file, none (no perceptual term), "
-        "or auto (imagenet if it can be had, else none, with a warning).",
-    )
-    flags.DEFINE_float(
-        "perceptual_scale",
-        1 / 12.75,
-        "SRGAN: VGG features are multiplied by this before the MSE (Ledig et al.).",
-        lower_bound=0.0,
-    )
-    flags.DEFINE_string(
-        "srgan_generator_init", None, "SRGAN gan stage: the --model_dir of the psnr run whose generator it starts from."
-    )
-    # PMG
-    flags.DEFINE_string(
-        "backbone_weights",
-        "auto",
-        "PMG backbone: imagenet (Keras' ResNet-50, downloads once), none, a weights file, "
-        "or auto (imagenet for resnet50, none for resnet18).",
-    )
-    flags.DEFINE_float(
-        "backbone_lr_ratio",
-        0.1,
-        "PMG: the backbone's learning rate as a share of the heads' (the paper: 0.1).",
-        lower_bound=0.0,
-    )
-    flags.DEFINE_integer(
-        "pmg_feature_size",
-        512,
-        "PMG: channels of the heads' 1x1 convs and hidden size of their classifiers.",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "pmg_head_channels",
-        1024,
-        "PMG: channels of the heads' 3x3 convs (the pooled feature of each head).",
-        lower_bound=1,
-    )
-    # Augmentation strengths (defaults: the paper's SimCLR_Original).
-    flags.DEFINE_float(
-        "crop_scale_min", 0.08, "Smallest area share of the random resized crop.", lower_bound=0.01, upper_bound=1.0
-    )
-    flags.DEFINE_float(
-        "color_jitter_strength", 0.8, "Brightness/contrast/saturation strength; hue = strength/4.", lower_bound=0.0
-    )
-    flags.DEFINE_float("color_jitter_prob", 0.4, "Probability of colour jitter.", lower_bound=0.0, upper_bound=1.0)
-    flags.DEFINE_float("grayscale_prob", 0.2, "Probability of grayscale.", lower_bound=0.0, upper_bound=1.0)
-    flags.DEFINE_float(
-        "blur_prob", 0.5, "Probability of Gaussian blur (kernel ~ image_size/10).", lower_bound=0.0, upper_bound=1.0
-    )
-    flags.DEFINE_float(
-        "blur_sigma_max",
-        2.0,
-        "Largest Gaussian blur sigma in pixels (the paper's 2.0 was meant for 224-512 px images).",
-        lower_bound=0.1,
-    )
-    flags.DEFINE_boolean("horizontal_flip", False, "Random horizontal flip (off in the paper's Original).")
-    flags.DEFINE_boolean(
-        "vertical_flip", False, "Random vertical flip, p = 0.5 (images with no up: cells, tissue, leaves from above)."
-    )
-    flags.DEFINE_boolean("rotate90", False, "Random rotation by a multiple of 90 degrees.")
-    flags.DEFINE_boolean(
-        "random_crop",
-        True,
-        "RandomResizedCrop in the view transform; off: the whole image (the paper's Resize-only variants).",
-    )
-    # SimCLR fine-grained variants: extra ops per view (gamma, coarse_dropout, patch_swap,
-    # random_jigsaw, dcl, cropped_regions), before (pre) or after (post) the view transform.
-    for view in ("view1", "view2"):
-        for stage, where in (("pre", "before"), ("post", "after")):
-            flags.DEFINE_list(
-                f"{view}_{stage}_ops",
-                [],
-                f"Extra augmentations applied to {view.replace('view', 'view ')} {where} the view transform, in order.",
-            )
-    flags.DEFINE_enum(
-        "extra_augmentation_mode",
-        "online",
-        ["online", "offline"],
-        "online: extras drawn every step; offline: drawn once per image and kept (the paper).",
-    )
-    flags.DEFINE_float("gamma_min", 0.5, "Random gamma: smallest gamma.", lower_bound=0.01)
-    flags.DEFINE_float("gamma_max", 2.5, "Random gamma: largest gamma.", lower_bound=0.01)
-    flags.DEFINE_integer("dropout_holes_min", 5, "Coarse dropout: fewest holes.", lower_bound=1)
-    flags.DEFINE_integer("dropout_holes_max", 20, "Coarse dropout: most holes.", lower_bound=1)
-    flags.DEFINE_float(
-        "dropout_size_min",
-        10 / 512,
-        "Coarse dropout: smallest hole side, a fraction of the image side.",
-        lower_bound=0.0,
-        upper_bound=1.0,
-    )
-    flags.DEFINE_float(
-        "dropout_size_max",
-        25 / 512,
-        "Coarse dropout: largest hole side, a fraction of the image side.",
-        lower_bound=0.0,
-        upper_bound=1.0,
-    )
-    flags.DEFINE_float("dropout_fill", 0.0, "Coarse dropout: fill value in [0, 1].", lower_bound=0.0, upper_bound=1.0)
-    flags.DEFINE_float(
-        "swap_patch",
-        200 / 512,
-        "Patch swap: patch side, a fraction of the image side (at most 0.5).",
-        lower_bound=0.0,
-        upper_bound=0.5,
-    )
-    flags.DEFINE_integer(
-        "random_jigsaw_grid", 4, "Random jigsaw: n x n blocks (PMG's jigsaw_generator).", lower_bound=1
-    )
-    flags.DEFINE_integer("dcl_grid", 7, "DCL region confusion: N x N cells.", lower_bound=2)
-    flags.DEFINE_float(
-        "dcl_border",
-        10 / 512,
-        "DCL: border cropped first, a fraction of the image side.",
-        lower_bound=0.0,
-        upper_bound=0.25,
-    )
-    flags.DEFINE_float(
-        "region_crop_min",
-        200 / 512,
-        "Cropped regions: smallest window side, a fraction of the image side.",
-        lower_bound=0.01,
-        upper_bound=1.0,
-    )
-    flags.DEFINE_float(
-        "region_crop_max",
-        300 / 512,
-        "Cropped regions: largest window side, a fraction of the image side.",
-        lower_bound=0.01,
-        upper_bound=1.0,
-    )
 
     def pretext_error(value):
         from fgssl_tf.pretext import check_pretext
 
         check_pretext(value)
 
-    def ops_error(names):
-        if names:
-            from fgssl_tf.fine_grained import check_ops
-
-            check_ops(names)
-
     validate("pretext", pretext_error)
     validate("model_dir", not_a_file_error)
     validate("export_dir", not_a_file_error)
     validate("export_name", name_error)
-    validate("perceptual_weights", weights_choice_error(("auto", "imagenet", "none")))
-    validate("backbone_weights", weights_choice_error(("auto", "imagenet", "none")))
-    validate(
-        "srgan_generator_init", not_a_file_error
-    )  # a run made later; its absence is reported when the gan stage starts
-    for view in ("view1", "view2"):
-        for stage in ("pre", "post"):
-            validate(f"{view}_{stage}_ops", ops_error)
+    define_pretext_flags()  # each pretext's own, declared in its module
 
 
 def train_config() -> TrainConfig:
@@ -589,122 +278,54 @@ def monitor_config():
     )
 
 
-def augment_config() -> AugmentConfig:
-    return AugmentConfig(
-        crop_scale_min=FLAGS.crop_scale_min,
-        color_jitter_strength=FLAGS.color_jitter_strength,
-        color_jitter_prob=FLAGS.color_jitter_prob,
-        grayscale_prob=FLAGS.grayscale_prob,
-        blur_prob=FLAGS.blur_prob,
-        blur_sigma_max=FLAGS.blur_sigma_max,
-        horizontal_flip=FLAGS.horizontal_flip,
-        vertical_flip=FLAGS.vertical_flip,
-        rotate90=FLAGS.rotate90,
-        random_crop=FLAGS.random_crop,
-    )
+_DEFINE = {
+    "integer": flags.DEFINE_integer,
+    "float": flags.DEFINE_float,
+    "boolean": flags.DEFINE_boolean,
+    "string": flags.DEFINE_string,
+    "enum": flags.DEFINE_enum,
+    "list": flags.DEFINE_list,
+}
 
 
-def fine_grained_config():
-    from fgssl_tf.errors import FgsslError
-    from fgssl_tf.fine_grained import FineGrainedConfig
+def _registered_specs():
+    from fgssl_tf.pretext import PRETEXTS, pretext_spec
 
-    for low, high in (
-        ("gamma_min", "gamma_max"),
-        ("dropout_holes_min", "dropout_holes_max"),
-        ("dropout_size_min", "dropout_size_max"),
-        ("region_crop_min", "region_crop_max"),
-    ):
-        if getattr(FLAGS, low) > getattr(FLAGS, high):
-            raise FgsslError(f"--{low}={getattr(FLAGS, low)} is larger than --{high}={getattr(FLAGS, high)}")
-    return FineGrainedConfig(
-        gamma_min=FLAGS.gamma_min,
-        gamma_max=FLAGS.gamma_max,
-        dropout_holes_min=FLAGS.dropout_holes_min,
-        dropout_holes_max=FLAGS.dropout_holes_max,
-        dropout_size_min=FLAGS.dropout_size_min,
-        dropout_size_max=FLAGS.dropout_size_max,
-        dropout_fill=FLAGS.dropout_fill,
-        swap_patch=FLAGS.swap_patch,
-        jigsaw_grid=FLAGS.random_jigsaw_grid,
-        dcl_grid=FLAGS.dcl_grid,
-        dcl_border=FLAGS.dcl_border,
-        crop_min=FLAGS.region_crop_min,
-        crop_max=FLAGS.region_crop_max,
-    )
+    return [pretext_spec(name) for name in PRETEXTS]
+
+
+def pretext_flag_names() -> dict:
+    """{pretext: names of the flags only it reads}, from each pretext's `PretextSpec.flags`."""
+    return {spec.name: tuple(flag.name for flag in spec.flags) for spec in _registered_specs()}
+
+
+def define_pretext_flags() -> None:
+    """Every registered pretext's flags (`fgssl_tf.pretext.settings.FlagSpec`) as absl flags with their
+    validators; a flag that several pretexts share (the two-view methods' view flags) is defined once."""
+    defined: dict = {}
+    for spec in _registered_specs():
+        for flag in spec.flags:
+            if flag.name in defined:
+                if defined[flag.name] != flag:
+                    raise ValueError(f"pretexts declare --{flag.name} differently: {defined[flag.name]} vs {flag}")
+                continue
+            defined[flag.name] = flag
+            bounds = {"lower_bound": flag.lower_bound, "upper_bound": flag.upper_bound}
+            extra = {key: value for key, value in bounds.items() if value is not None}
+            if flag.kind == "enum":
+                _DEFINE["enum"](flag.name, flag.default, list(flag.choices), flag.help)
+            else:
+                _DEFINE[flag.kind](flag.name, flag.default, flag.help, **extra)
+    for flag in defined.values():
+        if flag.check is not None:
+            validate(flag.name, flag.check)
 
 
 def pretext_config():
-    """The dataclass config of --pretext, from its flags."""
-    views = {}
-    if FLAGS.pretext in ("simclr", "vicreg"):
-        views = dict(
-            augment=augment_config(),
-            view1_pre=tuple(FLAGS.view1_pre_ops),
-            view1_post=tuple(FLAGS.view1_post_ops),
-            view2_pre=tuple(FLAGS.view2_pre_ops),
-            view2_post=tuple(FLAGS.view2_post_ops),
-            extra_mode=FLAGS.extra_augmentation_mode,
-            fine_grained=fine_grained_config(),
-        )
-    if FLAGS.pretext == "simclr":
-        from fgssl_tf.pretext import simclr
+    """The dataclass config of --pretext, from its flags (`PretextSpec.flags`, then `PretextSpec.finish`)."""
+    from fgssl_tf.pretext import pretext_spec
 
-        return simclr.SimCLRConfig(
-            projection_dim=FLAGS.projection_dim,
-            hidden_dim=FLAGS.projection_hidden_dim,
-            temperature=FLAGS.temperature,
-            **views,
-        )
-    if FLAGS.pretext == "vicreg":
-        from fgssl_tf.pretext import vicreg
-
-        return vicreg.VICRegConfig(
-            expander_dim=FLAGS.vicreg_expander_dim,
-            expander_layers=FLAGS.vicreg_expander_layers,
-            invariance_weight=FLAGS.invariance_weight,
-            variance_weight=FLAGS.variance_weight,
-            covariance_weight=FLAGS.covariance_weight,
-            **views,
-        )
-    if FLAGS.pretext == "jigsaw":
-        from fgssl_tf.pretext import jigsaw
-
-        return jigsaw.JigsawConfig(
-            permutations=FLAGS.jigsaw_permutations,
-            num_permutations=FLAGS.jigsaw_num_permutations,
-            brightness=FLAGS.jigsaw_brightness,
-            normalize_tiles=FLAGS.jigsaw_normalize_tiles,
-            dropout=FLAGS.jigsaw_dropout,
-            pool_grid=FLAGS.jigsaw_pool_grid,
-            clip_norm=FLAGS.clip_norm,
-            plateau_patience=FLAGS.plateau_patience,
-        )
-    if FLAGS.pretext == "srgan":
-        from fgssl_tf.pretext import srgan
-
-        return srgan.SRGANConfig(
-            stage=FLAGS.srgan_stage,
-            scale=int(FLAGS.srgan_scale),
-            hr_size=FLAGS.srgan_hr_size
-            or (min(96, FLAGS.image_size) // int(FLAGS.srgan_scale) * int(FLAGS.srgan_scale)),
-            residual_blocks=FLAGS.srgan_residual_blocks,
-            width=FLAGS.srgan_width,
-            discriminator_width=FLAGS.srgan_discriminator_width,
-            discriminator_dense=FLAGS.srgan_discriminator_dense,
-            pixel_weight=FLAGS.pixel_weight,
-            perceptual_weight=FLAGS.perceptual_weight,
-            adversarial_weight=FLAGS.adversarial_weight,
-            perceptual_weights=FLAGS.perceptual_weights,
-            perceptual_scale=FLAGS.perceptual_scale,
-            generator_init=FLAGS.srgan_generator_init,
-        )
-    if FLAGS.pretext == "pmg":
-        from fgssl_tf.pretext import pmg
-
-        return pmg.PMGConfig(
-            backbone_weights=FLAGS.backbone_weights,
-            backbone_lr_ratio=FLAGS.backbone_lr_ratio,
-            feature_size=FLAGS.pmg_feature_size,
-            head_channels=FLAGS.pmg_head_channels,
-        )
-    return None  # the pretext's defaults
+    spec = pretext_spec(FLAGS.pretext)
+    values = FLAGS.flag_values_dict()
+    config = config_from_values(spec.config_class, spec.flags, values)
+    return config if spec.finish is None else spec.finish(config, values)

@@ -36,6 +36,7 @@ from fgssl_tf.pretext.base import (
     deserialize_parts,
     encoder_image_size,
 )
+from fgssl_tf.pretext.settings import FlagSpec
 
 EXTRA_MODES = ("online", "offline")
 # The seed stream of the parameters drawn once per image in offline mode.
@@ -253,3 +254,217 @@ def build_two_view_model(make_model, train, data, backbone, config: ViewsConfig)
     model = make_model(build_resnet(backbone, data.image_size))
     model.compile(optimizer=guard(keras.optimizers.Adam(learning_rate(train))), jit_compile=False)
     return model
+
+
+def _ops_error(names):
+    if names:
+        fine_grained.check_ops(names)
+
+
+def _extra_ops_flags() -> tuple:
+    # The paper's fine-grained variants: extra ops per view (gamma, coarse_dropout, patch_swap,
+    # random_jigsaw, dcl, cropped_regions), before (pre) or after (post) the view transform.
+    return tuple(
+        FlagSpec(
+            f"{view}_{stage}_ops",
+            f"{view}_{stage}",
+            "list",
+            [],
+            f"Extra augmentations applied to {view.replace('view', 'view ')} {where} the view transform, in order.",
+            check=_ops_error,
+        )
+        for view in ("view1", "view2")
+        for stage, where in (("pre", "before"), ("post", "after"))
+    )
+
+
+# The command-line flags of the views, shared by every two-view pretext (`PretextSpec.flags`).
+# Augmentation strengths: the paper's SimCLR_Original by default.
+VIEW_FLAGS = (
+    FlagSpec(
+        "crop_scale_min",
+        "augment.crop_scale_min",
+        "float",
+        0.08,
+        "Smallest area share of the random resized crop.",
+        lower_bound=0.01,
+        upper_bound=1.0,
+    ),
+    FlagSpec(
+        "color_jitter_strength",
+        "augment.color_jitter_strength",
+        "float",
+        0.8,
+        "Brightness/contrast/saturation strength; hue = strength/4.",
+        lower_bound=0.0,
+    ),
+    FlagSpec(
+        "color_jitter_prob",
+        "augment.color_jitter_prob",
+        "float",
+        0.4,
+        "Probability of colour jitter.",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    ),
+    FlagSpec(
+        "grayscale_prob",
+        "augment.grayscale_prob",
+        "float",
+        0.2,
+        "Probability of grayscale.",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    ),
+    FlagSpec(
+        "blur_prob",
+        "augment.blur_prob",
+        "float",
+        0.5,
+        "Probability of Gaussian blur (kernel ~ image_size/10).",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    ),
+    FlagSpec(
+        "blur_sigma_max",
+        "augment.blur_sigma_max",
+        "float",
+        2.0,
+        "Largest Gaussian blur sigma in pixels (the paper's 2.0 was meant for 224-512 px images).",
+        lower_bound=0.1,
+    ),
+    FlagSpec(
+        "horizontal_flip",
+        "augment.horizontal_flip",
+        "boolean",
+        False,
+        "Random horizontal flip (off in the paper's Original).",
+    ),
+    FlagSpec(
+        "vertical_flip",
+        "augment.vertical_flip",
+        "boolean",
+        False,
+        "Random vertical flip, p = 0.5 (images with no up: cells, tissue, leaves from above).",
+    ),
+    FlagSpec("rotate90", "augment.rotate90", "boolean", False, "Random rotation by a multiple of 90 degrees."),
+    FlagSpec(
+        "random_crop",
+        "augment.random_crop",
+        "boolean",
+        True,
+        "RandomResizedCrop in the view transform; off: the whole image (the paper's Resize-only variants).",
+    ),
+    *_extra_ops_flags(),
+    FlagSpec(
+        "extra_augmentation_mode",
+        "extra_mode",
+        "enum",
+        "online",
+        "online: extras drawn every step; offline: drawn once per image and kept (the paper).",
+        choices=EXTRA_MODES,
+    ),
+    FlagSpec("gamma_min", "fine_grained.gamma_min", "float", 0.5, "Random gamma: smallest gamma.", lower_bound=0.01),
+    FlagSpec("gamma_max", "fine_grained.gamma_max", "float", 2.5, "Random gamma: largest gamma.", lower_bound=0.01),
+    FlagSpec(
+        "dropout_holes_min",
+        "fine_grained.dropout_holes_min",
+        "integer",
+        5,
+        "Coarse dropout: fewest holes.",
+        lower_bound=1,
+    ),
+    FlagSpec(
+        "dropout_holes_max",
+        "fine_grained.dropout_holes_max",
+        "integer",
+        20,
+        "Coarse dropout: most holes.",
+        lower_bound=1,
+    ),
+    FlagSpec(
+        "dropout_size_min",
+        "fine_grained.dropout_size_min",
+        "float",
+        10 / 512,
+        "Coarse dropout: smallest hole side, a fraction of the image side.",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    ),
+    FlagSpec(
+        "dropout_size_max",
+        "fine_grained.dropout_size_max",
+        "float",
+        25 / 512,
+        "Coarse dropout: largest hole side, a fraction of the image side.",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    ),
+    FlagSpec(
+        "dropout_fill",
+        "fine_grained.dropout_fill",
+        "float",
+        0.0,
+        "Coarse dropout: fill value in [0, 1].",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    ),
+    FlagSpec(
+        "swap_patch",
+        "fine_grained.swap_patch",
+        "float",
+        200 / 512,
+        "Patch swap: patch side, a fraction of the image side (at most 0.5).",
+        lower_bound=0.0,
+        upper_bound=0.5,
+    ),
+    FlagSpec(
+        "random_jigsaw_grid",
+        "fine_grained.jigsaw_grid",
+        "integer",
+        4,
+        "Random jigsaw: n x n blocks (PMG's jigsaw_generator).",
+        lower_bound=1,
+    ),
+    FlagSpec("dcl_grid", "fine_grained.dcl_grid", "integer", 7, "DCL region confusion: N x N cells.", lower_bound=2),
+    FlagSpec(
+        "dcl_border",
+        "fine_grained.dcl_border",
+        "float",
+        10 / 512,
+        "DCL: border cropped first, a fraction of the image side.",
+        lower_bound=0.0,
+        upper_bound=0.25,
+    ),
+    FlagSpec(
+        "region_crop_min",
+        "fine_grained.crop_min",
+        "float",
+        200 / 512,
+        "Cropped regions: smallest window side, a fraction of the image side.",
+        lower_bound=0.01,
+        upper_bound=1.0,
+    ),
+    FlagSpec(
+        "region_crop_max",
+        "fine_grained.crop_max",
+        "float",
+        300 / 512,
+        "Cropped regions: largest window side, a fraction of the image side.",
+        lower_bound=0.01,
+        upper_bound=1.0,
+    ),
+)
+
+
+def finish_view_flags(config: ViewsConfig, values) -> ViewsConfig:
+    """`PretextSpec.finish` of the two-view pretexts: refuse a range whose low end is above its high end."""
+    for low, high in (
+        ("gamma_min", "gamma_max"),
+        ("dropout_holes_min", "dropout_holes_max"),
+        ("dropout_size_min", "dropout_size_max"),
+        ("region_crop_min", "region_crop_max"),
+    ):
+        if values[low] > values[high]:
+            raise FgsslError(f"--{low}={values[low]} is larger than --{high}={values[high]}")
+    return config

@@ -156,6 +156,11 @@ class PretextSpec:
     uses_backbone: bool = True  # False: it builds its own networks and --backbone does not apply (SRGAN)
     supervised: bool = False  # True: trains on the labelled training split, batches carry labels (PMG)
     resolve_backbone: Callable | None = None  # (backbone, data, config) -> the backbone it will build
+    # Its command-line flags (`fgssl_tf.pretext.settings.FlagSpec`), each setting one field of its config.
+    flags: tuple = ()
+    # (config, flag values by name) -> the config: what a flag cannot set alone (defaults computed
+    # from other flags, checks across flags); raises FgsslError naming the flags.
+    finish: Callable | None = None
 
     def backbone_for(self, backbone, data, config):
         """The backbone config this pretext will build, automatic choices settled."""

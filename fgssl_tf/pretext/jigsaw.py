@@ -43,6 +43,7 @@ from fgssl_tf.models import build_resnet
 from fgssl_tf.objectives import global_batch_position
 from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, clip_by_global_norm_across_replicas, guard
 from fgssl_tf.pretext.base import PretextModel, PretextSpec, config_from_dict, config_to_dict, deserialize_parts
+from fgssl_tf.pretext.settings import FlagSpec
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,70 @@ class JigsawConfig:
     plateau_patience: int = 2  # ReduceLROnPlateau on the validation loss
     plateau_factor: float = 0.1
     min_learning_rate: float = 1e-5
+
+
+FLAGS = (
+    FlagSpec(
+        "jigsaw_permutations",
+        "permutations",
+        "enum",
+        "maxhamming",
+        "Permutation set: greedy max-min Hamming, or the paper's random fully-different pairs.",
+        choices=("maxhamming", "paper"),
+    ),
+    FlagSpec(
+        "jigsaw_num_permutations",
+        "num_permutations",
+        "integer",
+        100,
+        "Number of permutations (classes); the paper used 100.",
+        lower_bound=2,
+        upper_bound=362879,
+    ),
+    FlagSpec(
+        "jigsaw_brightness",
+        "brightness",
+        "float",
+        0.5,
+        "Per-tile brightness factor drawn from [1-b, 1+b].",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    ),
+    FlagSpec(
+        "jigsaw_normalize_tiles",
+        "normalize_tiles",
+        "boolean",
+        False,
+        "Normalise each tile to zero mean, unit variance per channel (off in the paper).",
+    ),
+    FlagSpec(
+        "jigsaw_dropout",
+        "dropout",
+        "float",
+        0.5,
+        "Dropout before the permutation classifier (training only).",
+        lower_bound=0.0,
+        upper_bound=0.99,
+    ),
+    FlagSpec(
+        "jigsaw_pool_grid",
+        "pool_grid",
+        "integer",
+        2,
+        "Average-pool the last stage to a g x g grid (the paper: 2); 1 = global pooling.",
+        lower_bound=1,
+        upper_bound=8,
+    ),
+    FlagSpec("clip_norm", "clip_norm", "float", 4.0, "Global gradient-norm clipping (jigsaw).", lower_bound=1e-6),
+    FlagSpec(
+        "plateau_patience",
+        "plateau_patience",
+        "integer",
+        2,
+        "Epochs without improvement before the learning rate drops 10x (jigsaw).",
+        lower_bound=1,
+    ),
+)
 
 
 # --- permutation sets -------------------------------------------------------------
@@ -438,5 +503,11 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
 Config = JigsawConfig
 
 SPEC = PretextSpec(
-    "jigsaw", JigsawConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model, resolve_backbone=resolve_backbone
+    "jigsaw",
+    JigsawConfig,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_WEIGHT_DECAY,
+    build_model,
+    resolve_backbone=resolve_backbone,
+    flags=FLAGS,
 )

@@ -47,6 +47,7 @@ from fgssl_tf.pretext.base import (
     deserialize_parts,
     encoder_image_size,
 )
+from fgssl_tf.pretext.settings import FlagSpec, weights_choice_error
 
 DEFAULT_LEARNING_RATE = 2e-3  # SGD for the new heads; the backbone gets a tenth
 DEFAULT_WEIGHT_DECAY = 5e-4
@@ -71,6 +72,43 @@ class PMGConfig:
     granularities: tuple = (8, 4, 2)  # jigsaw blocks per side for heads 1, 2, 3
     concat_weight: float = 2.0
     crop_padding: float = 8 / 448  # RandomCrop(448, padding=8), as a fraction of the side
+
+
+FLAGS = (
+    FlagSpec(
+        "backbone_weights",
+        "backbone_weights",
+        "string",
+        "auto",
+        "PMG backbone: imagenet (Keras' ResNet-50, downloads once), none, a weights file, "
+        "or auto (imagenet for resnet50, none for resnet18).",
+        check=weights_choice_error(("auto", "imagenet", "none")),
+    ),
+    FlagSpec(
+        "backbone_lr_ratio",
+        "backbone_lr_ratio",
+        "float",
+        0.1,
+        "PMG: the backbone's learning rate as a share of the heads' (the paper: 0.1).",
+        lower_bound=0.0,
+    ),
+    FlagSpec(
+        "pmg_feature_size",
+        "feature_size",
+        "integer",
+        512,
+        "PMG: channels of the heads' 1x1 convs and hidden size of their classifiers.",
+        lower_bound=1,
+    ),
+    FlagSpec(
+        "pmg_head_channels",
+        "head_channels",
+        "integer",
+        1024,
+        "PMG: channels of the heads' 3x3 convs (the pooled feature of each head).",
+        lower_bound=1,
+    ),
+)
 
 
 def _load_resnet50(weights: str, image_size: int) -> keras.Model:
@@ -380,4 +418,6 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
 
 Config = PMGConfig
 
-SPEC = PretextSpec("pmg", PMGConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model, supervised=True)
+SPEC = PretextSpec(
+    "pmg", PMGConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model, supervised=True, flags=FLAGS
+)

@@ -27,7 +27,15 @@ from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.objectives import nt_xent, replica_info
 from fgssl_tf.optim import FiniteMean
 from fgssl_tf.pretext.base import PretextSpec
-from fgssl_tf.views import EXTRA_MODES, TwoViewModel, ViewsConfig, build_two_view_model  # noqa: F401 (API)
+from fgssl_tf.pretext.settings import FlagSpec
+from fgssl_tf.views import (  # noqa: F401 (API)
+    EXTRA_MODES,
+    VIEW_FLAGS,
+    TwoViewModel,
+    ViewsConfig,
+    build_two_view_model,
+    finish_view_flags,
+)
 
 DEFAULT_LEARNING_RATE = 1e-3  # Adam, constant (the paper's schedule was never stepped)
 DEFAULT_WEIGHT_DECAY = 1e-5
@@ -38,6 +46,16 @@ class SimCLRConfig(ViewsConfig):
     projection_dim: int = 512
     hidden_dim: int = 512
     temperature: float = 0.5
+
+
+FLAGS = (
+    FlagSpec("temperature", "temperature", "float", 0.5, "NT-Xent temperature.", lower_bound=1e-3),
+    FlagSpec("projection_dim", "projection_dim", "integer", 512, "Output size of the projection head.", lower_bound=1),
+    FlagSpec(
+        "projection_hidden_dim", "hidden_dim", "integer", 512, "Hidden size of the projection head.", lower_bound=1
+    ),
+    *VIEW_FLAGS,
+)
 
 
 @keras.saving.register_keras_serializable(package="fgssl_tf")
@@ -124,4 +142,12 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
 
 Config = SimCLRConfig
 
-SPEC = PretextSpec("simclr", SimCLRConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model)
+SPEC = PretextSpec(
+    "simclr",
+    SimCLRConfig,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_WEIGHT_DECAY,
+    build_model,
+    flags=FLAGS,
+    finish=finish_view_flags,
+)

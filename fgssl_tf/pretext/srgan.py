@@ -54,6 +54,7 @@ from fgssl_tf.models.layers import CaffePreprocess, Conv2D, FixedInputSize, Pixe
 from fgssl_tf.objectives import global_batch_position, replica_info
 from fgssl_tf.optim import add_coupled_weight_decay, guard
 from fgssl_tf.pretext.base import PretextModel, PretextSpec, config_from_dict, config_to_dict, deserialize_parts
+from fgssl_tf.pretext.settings import FlagSpec, not_a_file_error, weights_choice_error
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,104 @@ class SRGANConfig:
             )
         if self.residual_blocks < 1:
             raise FgsslError("--srgan_residual_blocks must be at least 1")
+
+
+FLAGS = (
+    FlagSpec(
+        "srgan_stage",
+        "stage",
+        "enum",
+        "both",
+        "SRGAN stage: psnr (generator, pixel MSE), gan (adversarial and perceptual, from a psnr run), "
+        "or both in one run (half the epochs each).",
+        choices=STAGES,
+    ),
+    FlagSpec(
+        "srgan_scale",
+        "scale",
+        "enum",
+        "4",
+        "Super-resolution factor (the paper: 4).",
+        choices=tuple(str(scale) for scale in SCALES),
+        convert=int,
+    ),
+    FlagSpec(
+        "srgan_hr_size",
+        "hr_size",
+        "integer",
+        None,
+        "Side of the high-resolution crops (at most --image_size; default min(96, --image_size)); "
+        "the encoders' input size.",
+        lower_bound=16,
+    ),
+    FlagSpec("srgan_residual_blocks", "residual_blocks", "integer", 16, "Generator residual blocks.", lower_bound=1),
+    FlagSpec("srgan_width", "width", "integer", 64, "Generator channels.", lower_bound=1),
+    FlagSpec(
+        "srgan_discriminator_width",
+        "discriminator_width",
+        "integer",
+        64,
+        "Discriminator channels of the first conv (doubled every other conv).",
+        lower_bound=1,
+    ),
+    FlagSpec(
+        "srgan_discriminator_dense",
+        "discriminator_dense",
+        "integer",
+        1024,
+        "Discriminator hidden dense units.",
+        lower_bound=1,
+    ),
+    FlagSpec("pixel_weight", "pixel_weight", "float", 1.0, "SRGAN: weight of the pixel MSE.", lower_bound=0.0),
+    FlagSpec(
+        "perceptual_weight",
+        "perceptual_weight",
+        "float",
+        0.006,
+        "SRGAN gan stage: weight of the VGG19 feature MSE.",
+        lower_bound=0.0,
+    ),
+    FlagSpec(
+        "adversarial_weight",
+        "adversarial_weight",
+        "float",
+        0.001,
+        "SRGAN gan stage: weight of the adversarial loss.",
+        lower_bound=0.0,
+    ),
+    FlagSpec(
+        "perceptual_weights",
+        "perceptual_weights",
+        "string",
+        "auto",
+        "SRGAN VGG19: imagenet (Keras' weights, downloads once), a path to a weights file, none (no perceptual term), "
+        "or auto (imagenet if it can be had, else none, with a warning).",
+        check=weights_choice_error(("auto", "imagenet", "none")),
+    ),
+    FlagSpec(
+        "perceptual_scale",
+        "perceptual_scale",
+        "float",
+        1 / 12.75,
+        "SRGAN: VGG features are multiplied by this before the MSE (Ledig et al.).",
+        lower_bound=0.0,
+    ),
+    FlagSpec(
+        "srgan_generator_init",
+        "generator_init",
+        "string",
+        None,
+        "SRGAN gan stage: the --model_dir of the psnr run whose generator it starts from.",
+        check=not_a_file_error,  # a run made later; its absence is reported when the gan stage starts
+    ),
+)
+
+
+def finish_flags(config: SRGANConfig, values) -> SRGANConfig:
+    """`PretextSpec.finish`: --srgan_hr_size defaults to min(96, --image_size), a multiple of the scale."""
+    if values["srgan_hr_size"]:
+        return config
+    return dataclasses.replace(config, hr_size=min(96, values["image_size"]) // config.scale * config.scale)
 
 
 # --- networks ---------------------------------------------------------------------
@@ -675,4 +774,13 @@ def downstream_network(
 
 Config = SRGANConfig
 
-SPEC = PretextSpec("srgan", SRGANConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model, uses_backbone=False)
+SPEC = PretextSpec(
+    "srgan",
+    SRGANConfig,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_WEIGHT_DECAY,
+    build_model,
+    uses_backbone=False,
+    flags=FLAGS,
+    finish=finish_flags,
+)

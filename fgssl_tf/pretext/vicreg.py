@@ -26,7 +26,8 @@ from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.models.layers import batch_norm
 from fgssl_tf.objectives import cross_replica_concat, replica_info
 from fgssl_tf.pretext.base import PretextSpec
-from fgssl_tf.views import TwoViewModel, ViewsConfig, build_two_view_model
+from fgssl_tf.pretext.settings import FlagSpec
+from fgssl_tf.views import VIEW_FLAGS, TwoViewModel, ViewsConfig, build_two_view_model, finish_view_flags
 
 DEFAULT_LEARNING_RATE = 1e-3  # Adam (the paper: LARS at batch 2048; Adam suits the small batches of a CPU)
 DEFAULT_WEIGHT_DECAY = 1e-5
@@ -39,6 +40,51 @@ class VICRegConfig(ViewsConfig):
     invariance_weight: float = 25.0  # the paper's lambda
     variance_weight: float = 25.0  # mu
     covariance_weight: float = 1.0  # nu
+
+
+FLAGS = (
+    FlagSpec(
+        "vicreg_expander_dim",
+        "expander_dim",
+        "integer",
+        1024,
+        "VICReg: width of the expander's layers (the paper: 8192).",
+        lower_bound=1,
+    ),
+    FlagSpec(
+        "vicreg_expander_layers",
+        "expander_layers",
+        "integer",
+        3,
+        "VICReg: dense layers of the expander.",
+        lower_bound=1,
+    ),
+    FlagSpec(
+        "invariance_weight",
+        "invariance_weight",
+        "float",
+        25.0,
+        "VICReg: weight of the two views' mean squared difference.",
+        lower_bound=0.0,
+    ),
+    FlagSpec(
+        "variance_weight",
+        "variance_weight",
+        "float",
+        25.0,
+        "VICReg: weight of the hinge on each dimension's std.",
+        lower_bound=0.0,
+    ),
+    FlagSpec(
+        "covariance_weight",
+        "covariance_weight",
+        "float",
+        1.0,
+        "VICReg: weight of the off-diagonal covariance.",
+        lower_bound=0.0,
+    ),
+    *VIEW_FLAGS,
+)
 
 
 def vicreg_terms(z1: tf.Tensor, z2: tf.Tensor) -> dict:
@@ -151,4 +197,12 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
 
 Config = VICRegConfig
 
-SPEC = PretextSpec("vicreg", VICRegConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model)
+SPEC = PretextSpec(
+    "vicreg",
+    VICRegConfig,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_WEIGHT_DECAY,
+    build_model,
+    flags=FLAGS,
+    finish=finish_view_flags,
+)
