@@ -4,7 +4,9 @@ The contract is `fgssl_tf.pretext.base`: a pretext module defines a `PretextMode
 (whose hooks the trainer, exporter and monitor call) and one `SPEC = PretextSpec(...)` entry
 (name, config dataclass, default learning rate and weight decay, `build(train, data, backbone,
 config)`, whether it uses the --backbone, whether it trains on labels, how it settles automatic
-backbone choices). Adding a pretext is its module and one line below.
+backbone choices, and its command-line flags as `fgssl_tf.pretext.settings.FlagSpec`s, which
+the entry points turn into absl flags). Adding a pretext is its module, a flagfile, its tests
+and one line below.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 A pretext is one module of `fgssl_tf.pretext` that defines
 - a model class, a subclass of `PretextModel` (the contract: its docstring), and
 - `SPEC = PretextSpec(...)`: its name, config dataclass, default learning rate and weight decay,
-  and `build(train, data, backbone, config)` for the trainer;
+  `build(train, data, backbone, config)` for the trainer, and its command-line flags
+  (`flags`: `fgssl_tf.pretext.settings.FlagSpec`s beside its config);
 and one line in `fgssl_tf/pretext/__init__.py`. The trainer, the exporter and the monitor use
 the entry and the model's hooks only (docs/python_api.md shows the same models used from Python).
 """
