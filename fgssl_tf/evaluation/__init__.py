@@ -126,7 +126,7 @@ def protocol_label(config: EvalConfig) -> str:
 
 def _srgan_variant(config: EvalConfig, serving, num_classes: int, head: str):
     """(encoder, head or None) of an SRGAN export's paper variant."""
-    from fgssl_tf.pretext import srgan
+    from fgssl_tf.evaluation import srgan_variants
 
     part = serving.metadata.get("encoder_part")
     if serving.metadata.get("pretext") != "srgan" or part not in ("generator", "discriminator"):
@@ -135,7 +135,7 @@ def _srgan_variant(config: EvalConfig, serving, num_classes: int, head: str):
             "discriminator encoders; "
             f"{config.encoder} is a {serving.metadata.get('pretext', 'unknown')} encoder"
         )
-    return srgan.downstream_network(
+    return srgan_variants.downstream_network(
         config.encoder,
         part,
         num_classes,
