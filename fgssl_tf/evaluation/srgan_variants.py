@@ -12,6 +12,7 @@ import keras
 from keras import layers
 
 from fgssl_tf.errors import FgsslError
+from fgssl_tf.evaluation import variants
 from fgssl_tf.export import read_metadata
 from fgssl_tf.models.layers import Conv2D, batch_norm
 from fgssl_tf.pretext.srgan import DISCRIMINATOR_FILE, GENERATOR_FILE, discriminator_features, generator_features
@@ -104,3 +105,66 @@ def downstream_network(
         )
     encoder = discriminator_features(full, remove_conv_blocks, pooled=not paper)
     return encoder, paper_discriminator_head(full, remove_conv_blocks, num_classes, dropout) if paper else None
+
+
+# --- the evaluation tool's entry (fgssl_tf/evaluation/variants.py) ------------------------------
+
+HEADS = ("linear", "paper")
+_NEEDS_SRGAN = "--head=paper, --keep_residual_blocks and --remove_conv_blocks"
+
+
+def _selected(config) -> bool:
+    return config.head == "paper" or config.keep_residual_blocks is not None or config.remove_conv_blocks > 0
+
+
+def _validate(config) -> None:
+    if config.head != "linear" and config.protocol != "finetune":
+        raise FgsslError(f"--head={config.head} only applies to --protocol=finetune")
+    if config.head not in HEADS:
+        raise FgsslError(f"unknown --head={config.head!r}; choose one of {', '.join(HEADS)}")
+    if not 0.0 <= config.head_dropout < 1.0:
+        raise FgsslError(f"--head_dropout={config.head_dropout} must be in [0, 1)")
+    if _selected(config) and config.encoder is None:
+        raise FgsslError(f"{_NEEDS_SRGAN} are variants of an exported SRGAN encoder: pass --encoder")
+
+
+def _build(config, serving, num_classes: int, finetune: bool) -> tuple[keras.Model, keras.Layer | None]:
+    """(encoder, head or None) of an SRGAN export's paper variant; the paper's head only to fine-tune."""
+    part = serving.metadata.get("encoder_part")
+    if serving.metadata.get("pretext") != "srgan" or part not in ("generator", "discriminator"):
+        raise FgsslError(
+            f"{_NEEDS_SRGAN} apply to SRGAN generator or discriminator encoders; "
+            f"{config.encoder} is a {serving.metadata.get('pretext', 'unknown')} encoder"
+        )
+    return downstream_network(
+        config.encoder,
+        part,
+        num_classes,
+        config.head if finetune else "linear",
+        config.keep_residual_blocks,
+        config.remove_conv_blocks,
+        config.head_dropout,
+    )
+
+
+def _label_parts(config) -> list[str]:
+    parts = []
+    if config.keep_residual_blocks is not None:
+        parts.append(f"keep{config.keep_residual_blocks}blocks")
+    if config.remove_conv_blocks:
+        parts.append(f"minus{config.remove_conv_blocks}convs")
+    if config.head == "paper":
+        parts.append(f"paperhead-dropout{config.head_dropout:g}")
+    return parts
+
+
+VARIANT = variants.register(
+    variants.EncoderVariant(
+        name="srgan",
+        fields=("head", "head_dropout", "keep_residual_blocks", "remove_conv_blocks"),
+        selected=_selected,
+        validate=_validate,
+        build=_build,
+        label_parts=_label_parts,
+    )
+)
