@@ -353,6 +353,21 @@ def classifier_report(
     return write_report(report, per_seed, output_dir)
 
 
+def trained_classifier_report(
+    predict, name: str, version_dir: str, splits: Splits, data: DataConfig, metadata: dict, seed: int
+) -> dict:
+    """`classifier_report` of a pretext trained on the labels (PMG) whose encoder `name` was exported to
+    `version_dir`: written beside it, under evaluations/ as the evaluation tool's reports."""
+    model_root, version = os.path.split(version_dir)
+    dataset_name = data.dataset.split(":", 1)[0]
+    output_dir = os.path.join(model_root, "evaluations", f"v{version}-{dataset_name}-classifier-labels100")
+    report = classifier_report(
+        predict, splits, data.dataset, data.image_size, f"{name} (trained classifier)", metadata, seed, output_dir
+    )
+    log.info("classifier report: %s/report.json", report["output_dir"])
+    return report
+
+
 CLASSIFIER_FILE = "classifier.keras"
 
 
