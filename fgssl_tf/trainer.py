@@ -484,23 +484,8 @@ def pretrain(
                 encoder, train.export_dir, full_name, export_size, {**metadata, "encoder_part": suffix or None}, extras
             )
             log.info("exported %s to %s", full_name, exports[full_name])
-        if model.predicts_classes and exports:  # a classifier (PMG): its own test report
-            name = default_export_name(train, data, backbone)
-            from fgssl_tf.evaluation import classifier_report
-
-            model_root, version = os.path.split(exports[name])
-            dataset_name = data.dataset.split(":", 1)[0]
-            output_dir = os.path.join(model_root, "evaluations", f"v{version}-{dataset_name}-classifier-labels100")
-            report = classifier_report(
-                model.predict_classes,
-                splits,
-                data.dataset,
-                data.image_size,
-                f"{name} (trained classifier)",
-                metadata,
-                train.seed,
-                output_dir,
-            )
-            log.info("classifier report: %s/report.json", report["output_dir"])
+        name = default_export_name(train, data, backbone)
+        if name in exports:  # e.g. a classifier (PMG) writes its own test report beside its export
+            model.after_export(name, exports[name], splits, data, metadata, train.seed)
     wait_for_workers(strategy)
     return PretrainResult(model, history, exports, initial_epoch, splits)

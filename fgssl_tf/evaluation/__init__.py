@@ -21,14 +21,14 @@ from fgssl_tf import export as export_lib
 from fgssl_tf.config import BackboneConfig, DataConfig
 from fgssl_tf.data import Splits, label_fraction_subset, load_splits, preprocess
 from fgssl_tf.errors import FgsslError
-from fgssl_tf.evaluation import cache, protocols
+from fgssl_tf.evaluation import cache, protocols, variants
 from fgssl_tf.evaluation.metrics import METRIC_NAMES, classification_metrics, majority_class_rate
+from fgssl_tf.evaluation.srgan_variants import HEADS  # noqa: F401  the import registers SRGAN's variants
 from fgssl_tf.models import build_resnet
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("linear", "knn", "finetune")
-HEADS = ("linear", "paper")
 BASELINES = ("random_init", "supervised")
 
 
@@ -53,7 +53,8 @@ class EvalConfig:
     finetune_learning_rate: float = 1e-4
     trainable_from: str = "all"  # finetune: first trainable stage (all, none, stem, block1..block4)
     class_weights: str = "none"  # finetune: none | inverse (N / (K n_c))
-    # SRGAN encoders: the paper's downstream variants (docs/paper_fidelity.md, "SRGAN").
+    # SRGAN encoders: the paper's downstream variants (docs/paper_fidelity.md, "SRGAN"), owned by the variant
+    # registered in fgssl_tf/evaluation/srgan_variants.py.
     head: str = "linear"  # finetune: linear | paper (the paper's head for the generator or discriminator)
     head_dropout: float = 0.0  # the paper's head: 0.5, 0.7, 0.9
     keep_residual_blocks: int | None = None  # generator: keep the first N residual blocks (16 -> 14/12/10/8)
@@ -82,29 +83,17 @@ def _validate(config: EvalConfig) -> None:
     for name, value, default in (
         ("trainable_from", config.trainable_from, "all"),
         ("class_weights", config.class_weights, "none"),
-        ("head", config.head, "linear"),
     ):
         if value != default and config.protocol != "finetune":
             raise FgsslError(f"--{name}={value} only applies to --protocol=finetune")
     if config.class_weights not in ("none", "inverse"):
         raise FgsslError(f"unknown --class_weights={config.class_weights!r}; choose none or inverse")
-    if config.head not in HEADS:
-        raise FgsslError(f"unknown --head={config.head!r}; choose one of {', '.join(HEADS)}")
-    if not 0.0 <= config.head_dropout < 1.0:
-        raise FgsslError(f"--head_dropout={config.head_dropout} must be in [0, 1)")
-    if _is_srgan_variant(config) and config.encoder is None:
-        raise FgsslError(
-            "--head=paper, --keep_residual_blocks and --remove_conv_blocks are variants of an exported SRGAN encoder: "
-            "pass --encoder"
-        )
+    for variant in variants.registered():
+        variant.validate(config)
     if not config.seeds:
         raise FgsslError("--seeds needs at least one seed")
     if not 0.0 < config.label_fraction <= 1.0:
         raise FgsslError(f"--label_fraction={config.label_fraction} must be in (0, 1]")
-
-
-def _is_srgan_variant(config: EvalConfig) -> bool:
-    return config.head == "paper" or config.keep_residual_blocks is not None or config.remove_conv_blocks > 0
 
 
 def protocol_label(config: EvalConfig) -> str:
@@ -113,37 +102,11 @@ def protocol_label(config: EvalConfig) -> str:
     parts = [config.protocol]
     if config.trainable_from != "all":
         parts.append(f"from-{config.trainable_from}")
-    if config.keep_residual_blocks is not None:
-        parts.append(f"keep{config.keep_residual_blocks}blocks")
-    if config.remove_conv_blocks:
-        parts.append(f"minus{config.remove_conv_blocks}convs")
-    if config.head == "paper":
-        parts.append(f"paperhead-dropout{config.head_dropout:g}")
+    for variant in variants.registered():
+        parts += variant.label_parts(config)
     if config.class_weights != "none":
         parts.append(f"{config.class_weights}weights")
     return "-".join(parts)
-
-
-def _srgan_variant(config: EvalConfig, serving, num_classes: int, head: str):
-    """(encoder, head or None) of an SRGAN export's paper variant."""
-    from fgssl_tf.pretext import srgan
-
-    part = serving.metadata.get("encoder_part")
-    if serving.metadata.get("pretext") != "srgan" or part not in ("generator", "discriminator"):
-        raise FgsslError(
-            "--head=paper, --keep_residual_blocks and --remove_conv_blocks apply to SRGAN generator or "
-            "discriminator encoders; "
-            f"{config.encoder} is a {serving.metadata.get('pretext', 'unknown')} encoder"
-        )
-    return srgan.downstream_network(
-        config.encoder,
-        part,
-        num_classes,
-        head,
-        config.keep_residual_blocks,
-        config.remove_conv_blocks,
-        config.head_dropout,
-    )
 
 
 def default_output_dir(config: EvalConfig, image_size: int) -> str:
@@ -177,11 +140,12 @@ def _keras_features(encoder: keras.Model, images: np.ndarray, image_size: int, b
 
 def _frozen_features(config: EvalConfig, serving, splits: Splits, image_size: int) -> dict:
     """{split: embeddings} of the frozen encoder, computed once per encoder and split in this process."""
-    if _is_srgan_variant(config):
-        key = (*cache.export_key(config.encoder), "srgan", config.keep_residual_blocks, config.remove_conv_blocks)
+    variant = variants.selected(config)
+    if variant is not None:
+        key = (*cache.export_key(config.encoder), variant.name, *(getattr(config, f) for f in variant.fields))
 
         def build():
-            return _srgan_variant(config, serving, splits.num_classes, "linear")[0]
+            return variant.build(config, serving, splits.num_classes, False)[0]
 
     elif serving is None:
         backbone = json.dumps(dataclasses.asdict(config.backbone), sort_keys=True)
@@ -241,9 +205,10 @@ def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
         subset = label_fraction_subset(train_labels, config.label_fraction, seed)
         if config.protocol == "finetune":
             head = None
-            if _is_srgan_variant(config):
+            variant = variants.selected(config)
+            if variant is not None:
                 keras.utils.set_random_seed(seed)
-                encoder, head = _srgan_variant(config, serving, num_classes, config.head)
+                encoder, head = variant.build(config, serving, num_classes, True)
                 encoder = export_lib.fast_layers(
                     encoder
                 )  # the shipped files hold stock Conv2D; train with the fast one
@@ -332,8 +297,9 @@ def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
 
 def _linear_encoder(config: EvalConfig, serving, num_classes: int, image_size: int) -> keras.Model:
     """The Keras encoder whose features the linear probe saw."""
-    if _is_srgan_variant(config):
-        return _srgan_variant(config, serving, num_classes, "linear")[0]
+    variant = variants.selected(config)
+    if variant is not None:
+        return variant.build(config, serving, num_classes, False)[0]
     if config.encoder:
         return export_lib.load_keras_encoder(config.encoder)
     return _random_encoder(config, image_size, _init_seed(config))
@@ -385,6 +351,21 @@ def classifier_report(
         scores["macro_f1"],
     )
     return write_report(report, per_seed, output_dir)
+
+
+def trained_classifier_report(
+    predict, name: str, version_dir: str, splits: Splits, data: DataConfig, metadata: dict, seed: int
+) -> dict:
+    """`classifier_report` of a pretext trained on the labels (PMG) whose encoder `name` was exported to
+    `version_dir`: written beside it, under evaluations/ as the evaluation tool's reports."""
+    model_root, version = os.path.split(version_dir)
+    dataset_name = data.dataset.split(":", 1)[0]
+    output_dir = os.path.join(model_root, "evaluations", f"v{version}-{dataset_name}-classifier-labels100")
+    report = classifier_report(
+        predict, splits, data.dataset, data.image_size, f"{name} (trained classifier)", metadata, seed, output_dir
+    )
+    log.info("classifier report: %s/report.json", report["output_dir"])
+    return report
 
 
 CLASSIFIER_FILE = "classifier.keras"

@@ -45,7 +45,9 @@ class PretextModel(keras.Model):
     - `export_extras(suffix)`: {file name: model} saved as `.keras` beside the encoder of `suffix`.
     - `export_image_size`: the encoders' input size, when not the training image size (None).
     - `predicts_classes` and `predict_classes(images)`: a pretext trained on labels (PMG) is a
-      classifier too; the trainer then writes its test report.
+      classifier too; its `after_export` then writes its test report.
+    - `after_export(name, version_dir, splits, data, metadata, seed)`: after the encoder `name` is
+      exported; the default writes a classifier's test report beside the export, else does nothing.
     - `default_optimizer()`: what `compile()` uses when given no optimizer.
     """
 
@@ -108,6 +110,18 @@ class PretextModel(keras.Model):
     def predict_classes(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Class predictions on uint8 images, for a pretext that `predicts_classes`."""
         raise FgsslError(f"the {self.name} pretext is not a classifier: it has no class predictions")
+
+    def after_export(self, name: str, version_dir: str, splits, data, metadata: dict, seed: int) -> dict | None:
+        """After the trainer exported encoder `name` to `version_dir`: a pretext that `predicts_classes`
+        writes the test report of its own predictions beside the export, as the evaluation tool
+        would (`fgssl_tf.evaluation.trained_classifier_report`) and returns it; others do nothing."""
+        if not self.predicts_classes:
+            return None
+        from fgssl_tf import evaluation  # evaluation code, imported when a classifier is trained
+
+        return evaluation.trained_classifier_report(
+            self.predict_classes, name, version_dir, splits, data, metadata, seed
+        )
 
     # --- helpers for what every pretext does ------------------------------------------
 

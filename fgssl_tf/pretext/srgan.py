@@ -22,7 +22,7 @@ Downstream (docs/paper_fidelity.md, "SRGAN", the table of trials): the exported 
 discriminator's conv stack (average-pooled: 512). The full networks are saved
 beside them, so the evaluation tool can run the paper's variants: generator with
 residual blocks removed, the paper's heads with dropout, discriminator with conv
-blocks removed (`downstream_network`).
+blocks removed (`fgssl_tf.evaluation.srgan_variants`).
 
 Differences from the paper's and Lornatang's code, on purpose:
 - the VGG19 input is what Keras' ImageNet weights were trained on (Caffe: BGR,
@@ -49,7 +49,6 @@ from keras import layers
 from fgssl_tf.augment import step_seed
 from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.errors import FgsslError
-from fgssl_tf.export import read_metadata
 from fgssl_tf.models.layers import CaffePreprocess, Conv2D, FixedInputSize, PixelShuffle, batch_norm
 from fgssl_tf.objectives import global_batch_position, replica_info
 from fgssl_tf.optim import add_coupled_weight_decay, guard
@@ -680,96 +679,14 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
     return model
 
 
-# --- downstream (the paper's variants, docs/paper_fidelity.md, "SRGAN") -----------------------
+def __getattr__(name: str):
+    """The paper's downstream variants moved to fgssl_tf.evaluation.srgan_variants (evaluation code);
+    still importable from here. Imported lazily: the evaluation package imports this module."""
+    if name in ("downstream_network", "paper_generator_head", "paper_discriminator_head"):
+        from fgssl_tf.evaluation import srgan_variants
 
-
-def paper_generator_head(num_classes: int, dropout: float, hidden: int = 1024) -> keras.Sequential:
-    """The paper's generator classifier on the upsampled feature map: 3x3 conv to 3
-    channels with stride 2, BN, LeakyReLU, flatten, dense 1024, LeakyReLU, dropout, dense."""
-    return keras.Sequential(
-        [
-            layers.ZeroPadding2D(1, name="head_pad"),
-            Conv2D(3, 3, 2, padding="valid", name="head_conv"),
-            batch_norm("head_bn"),
-            layers.LeakyReLU(0.2, name="head_lrelu1"),
-            layers.Flatten(name="head_flatten"),
-            layers.Dense(hidden, name="head_dense1"),
-            layers.LeakyReLU(0.2, name="head_lrelu2"),
-            layers.Dropout(dropout, name="head_dropout"),
-            layers.Dense(num_classes, name="classifier"),
-        ],
-        name="paper_generator_head",
-    )
-
-
-def paper_discriminator_head(
-    discriminator: keras.Model, remove_conv_blocks: int, num_classes: int, dropout: float
-) -> keras.Sequential:
-    """The paper's discriminator classifier: the pretrained dense 1024 (frozen, as the paper)
-    when no conv block is removed, else a new dense 1024 that trains (bug S5 fixed);
-    then LeakyReLU, dropout (bug S6 fixed: it is in the trained model) and a new output layer."""
-    if remove_conv_blocks == 0:
-        dense = discriminator.get_layer("head_dense")
-        dense.trainable = False
-    else:
-        dense = layers.Dense(discriminator.get_layer("head_dense").units, name="head_dense_new")
-    return keras.Sequential(
-        [
-            layers.Flatten(name="head_flatten"),
-            dense,
-            layers.LeakyReLU(0.2, name="head_lrelu"),
-            layers.Dropout(dropout, name="head_dropout"),
-            layers.Dense(num_classes, name="classifier"),
-        ],
-        name="paper_discriminator_head",
-    )
-
-
-def downstream_network(
-    version_dir: str,
-    network: str,
-    num_classes: int,
-    head: str = "linear",
-    keep_residual_blocks: int | None = None,
-    remove_conv_blocks: int = 0,
-    dropout: float = 0.0,
-) -> tuple[keras.Model, keras.Layer | None]:
-    """(encoder, head) for one of the paper's downstream variants of an exported SRGAN encoder.
-
-    head 'linear': the encoder gives pooled features (linear probe, kNN, or a linear
-    head); 'paper': the encoder gives the feature map the paper's head takes, and
-    the head is returned. The full networks come from the files saved beside the export.
-    """
-    filename = GENERATOR_FILE if network == "generator" else DISCRIMINATOR_FILE
-    path = os.path.join(version_dir, filename)
-    if not os.path.isfile(path):
-        raise FgsslError(
-            f"{path!r} is missing: the SRGAN variants need the full {network} that training saves beside the encoder; "
-            "re-export it"
-        )
-    full = keras.saving.load_model(path, compile=False)
-    paper = head == "paper"
-    if network == "generator":
-        if remove_conv_blocks:
-            raise FgsslError(
-                "--remove_conv_blocks applies to SRGAN discriminator encoders; "
-                "for the generator use --keep_residual_blocks"
-            )
-        size = read_metadata(version_dir).get("image_size")
-        encoder = generator_features(
-            full,
-            keep_residual_blocks,
-            until="upsampled" if paper else "trunk",
-            pooled=not paper,
-            input_size=size if paper else None,
-        )
-        return encoder, paper_generator_head(num_classes, dropout) if paper else None
-    if keep_residual_blocks is not None:
-        raise FgsslError(
-            "--keep_residual_blocks applies to SRGAN generator encoders; for the discriminator use --remove_conv_blocks"
-        )
-    encoder = discriminator_features(full, remove_conv_blocks, pooled=not paper)
-    return encoder, paper_discriminator_head(full, remove_conv_blocks, num_classes, dropout) if paper else None
+        return getattr(srgan_variants, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 Config = SRGANConfig
