@@ -118,6 +118,11 @@ class TwoViewModel(PretextModel):
         self.needs_centroids = bool(set(config.extra_ops()) & set(fine_grained.NEEDS_CENTROIDS))
         self.image_tables: dict = {}  # split -> per-image tables, from prepare_data
 
+    def benchmark_inputs(self, batch: int, size: int) -> tuple:
+        """Both views are the batch itself; the loss reaches the whole forward (encoder and head)."""
+        self.views = lambda images, *args, **kwargs: (images, images)
+        return (lambda x: self(x, training=False)), [2 * batch, size, size, 3], (None,)
+
     def exportable_encoders(self) -> dict:
         """Encoders to export, by suffix of the export name ('' = the encoder)."""
         return {"": self.encoder}

@@ -146,7 +146,7 @@ def test_benchmark_prints_figures_for_each_pretext_in_one_run(tmp_path):
     result = run(
         [
             os.path.join(REPO, "tools", "benchmark.py"),
-            "--pretext=simclr,jigsaw,srgan",
+            "--pretext=simclr,jigsaw,srgan,vicreg",
             "--image_size=32",
             "--width=8",
             "--batch_size=8",
@@ -159,7 +159,7 @@ def test_benchmark_prints_figures_for_each_pretext_in_one_run(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     blocks = result.stdout.split("pretext=")[1:]
-    assert [block.split()[0] for block in blocks] == ["simclr", "jigsaw", "srgan"]
+    assert [block.split()[0] for block in blocks] == ["simclr", "jigsaw", "srgan", "vicreg"]
     for block in blocks:
         figures = dict(line.split("=", 1) for line in block.splitlines() if "=" in line and " " not in line)
         assert set(figures) == {"images_per_s", "flop_ratio", "pipeline_ratio", "peak_rss_mb"}

@@ -42,8 +42,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
+from fgssl_tf.pretext import PRETEXTS  # noqa: E402
+
 FLAGS = flags.FLAGS
-PRETEXTS = ("simclr", "jigsaw", "srgan", "pmg")
 flags.DEFINE_list(
     "pretext", ["simclr"], f"Pretexts to measure, one after the other (a comma list of {', '.join(PRETEXTS)})."
 )
@@ -178,25 +179,8 @@ def training_flops(forward, input_shape, losses_reach: tuple) -> int:
 def premade_inputs(model, pretext: str, batch: int, size: int):
     """Replace the model's on-device input making with fixed tensors; return (the forward
     the step runs, its input shape, the output each forward-backward pass's loss reaches)
-    for FLOP counting."""
-    import tensorflow as tf
-
-    if pretext == "simclr":
-        model.views = lambda images, *args, **kwargs: (images, images)
-        return (lambda x: model.projector(model.encoder(x, training=False))), [2 * batch, size, size, 3], (None,)
-    if pretext == "srgan":
-        lr_size = model.srgan_config.lr_size
-        pairs = (tf.random.uniform([batch, size, size, 3]), tf.random.uniform([batch, lr_size, lr_size, 3]))
-        model.crop_pairs = lambda images, *args, **kwargs: pairs
-        return (lambda x: model.generator(x, training=False)), [batch, lr_size, lr_size, 3], (None,)
-    if pretext == "pmg":  # four forward-backward passes per batch, pass k's loss on head k; augmentation off
-        model._augment = lambda images, *args, **kwargs: tf.image.convert_image_dtype(images, tf.float32)
-        return (lambda x: model(x, training=False)), [batch, size, size, 3], (0, 1, 2, 3)
-    crop = model.puzzle.crop
-    tiles = tf.random.uniform([batch, 9, crop, crop, 3])
-    labels = tf.zeros([batch], tf.int32)
-    model.puzzles = lambda images, *args, **kwargs: (tiles, labels)
-    return (lambda x: model(x, training=False)), [batch, 9, crop, crop, 3], (None,)
+    for FLOP counting: the pretext's own `benchmark_inputs` hook (fgssl_tf/pretext/base.py)."""
+    return model.benchmark_inputs(batch, size)
 
 
 def evaluation_runs(budget, protocols: tuple, subjects: dict, splits, dataset: str, output_dir: str) -> dict:

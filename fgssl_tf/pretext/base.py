@@ -49,6 +49,7 @@ class PretextModel(keras.Model):
     - `after_export(name, version_dir, splits, data, metadata, seed)`: after the encoder `name` is
       exported; the default writes a classifier's test report beside the export, else does nothing.
     - `default_optimizer()`: what `compile()` uses when given no optimizer.
+    - `benchmark_inputs(batch, size)`: fixed inputs in place of the on-device ones, for tools/benchmark.py.
     """
 
     predicts_classes = False
@@ -106,6 +107,13 @@ class PretextModel(keras.Model):
     def export_image_size(self) -> int | None:
         """The exported encoders' input size; None: the training image size."""
         return None
+
+    def benchmark_inputs(self, batch: int, size: int) -> tuple:
+        """For tools/benchmark.py: replace this model's on-device input making with fixed tensors and
+        return (the forward the step runs, its input shape, the output each forward-backward pass's loss
+        reaches, None for the whole forward), so the step can be timed without its input pipeline and its
+        FLOPs counted."""
+        raise FgsslError(f"the {self.name} pretext has no pre-made inputs for tools/benchmark.py")
 
     def predict_classes(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Class predictions on uint8 images, for a pretext that `predicts_classes`."""

@@ -386,6 +386,14 @@ class JigsawModel(PretextModel):
     def metrics(self):
         return [self.loss_tracker, self.accuracy_tracker, self.gradient_norm_tracker]
 
+    def benchmark_inputs(self, batch: int, size: int) -> tuple:
+        """Fixed tiles and labels in place of the puzzles made on the device."""
+        crop = self.puzzle.crop
+        tiles = tf.random.uniform([batch, 9, crop, crop, 3])
+        labels = tf.zeros([batch], tf.int32)
+        self.puzzles = lambda images, *args, **kwargs: (tiles, labels)
+        return (lambda x: self(x, training=False)), [batch, 9, crop, crop, 3], (None,)
+
     def exportable_encoders(self) -> dict:
         return {"": self.encoder}
 

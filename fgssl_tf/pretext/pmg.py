@@ -254,6 +254,11 @@ class PMGModel(PretextModel):
         pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(self.features(resized)[-1])
         return keras.Model(inputs, pooled, name="pmg_encoder")
 
+    def benchmark_inputs(self, batch: int, size: int) -> tuple:
+        """Augmentation off; four forward-backward passes per batch, pass k's loss on head k."""
+        self._augment = lambda images, *args, **kwargs: tf.image.convert_image_dtype(images, tf.float32)
+        return (lambda x: self(x, training=False)), [batch, size, size, 3], (0, 1, 2, 3)
+
     def exportable_encoders(self) -> dict:
         return {"": self.encoder()}
 

@@ -552,6 +552,13 @@ class SRGANModel(PretextModel):
         triplets = tf.concat([self.bicubic_upscale(lr), sr, hr], axis=2)
         return {f"bicubic_sr_hr{i}": img for i, img in enumerate(tf.cast(tf.round(triplets * 255.0), tf.uint8).numpy())}
 
+    def benchmark_inputs(self, batch: int, size: int) -> tuple:
+        """Fixed (HR, LR) pairs; the generator's forward is the one counted."""
+        lr_size = self.srgan_config.lr_size
+        pairs = (tf.random.uniform([batch, size, size, 3]), tf.random.uniform([batch, lr_size, lr_size, 3]))
+        self.crop_pairs = lambda images, *args, **kwargs: pairs
+        return (lambda x: self.generator(x, training=False)), [batch, lr_size, lr_size, 3], (None,)
+
     def exportable_encoders(self) -> dict:
         """The generator trunk, and the discriminator's convs once it has been trained
         (not after a psnr stage alone)."""
