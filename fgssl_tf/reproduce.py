@@ -277,7 +277,21 @@ def _cell(paths: list[str], metric: str) -> tuple[str, float | None]:
     return f"{np.mean(values):.3f} ± {np.std(values):.3f}", float(np.mean(values))
 
 
-def results_markdown(budget: Budget, dataset: str, rows: dict, output_dir: str, command: str, machine: str) -> str:
+def wall_clock_line(seconds: float, machine: str, resumed: bool) -> str:
+    """The run's total, said plainly: one run from nothing, or this invocation of a resumed one."""
+    how = "this invocation, resuming kept runs and reports" if resumed else "one run from nothing"
+    return f"Wall-clock total: {seconds / 60:.1f} minutes ({machine}; {how})"
+
+
+def results_markdown(
+    budget: Budget,
+    dataset: str,
+    rows: dict,
+    output_dir: str,
+    command: str,
+    machine: str,
+    wall_clock: str = "",
+) -> str:
     columns = sorted(
         {c for cells in rows.values() for c in cells},
         key=lambda c: (c.split("@")[0] != "linear", c.split("@")[0], -float(c.split("@")[1][:-1])),
@@ -318,6 +332,8 @@ def results_markdown(budget: Budget, dataset: str, rows: dict, output_dir: str, 
             values = [_cell(cells[c], metric)[0] if c in cells else "" for c in columns]
             lines.append(f"| {row} | " + " | ".join(values) + f" | {method.paper if metric == 'accuracy' else ''} |")
         lines.append("")
+    if wall_clock:
+        lines += [wall_clock, ""]
     if timings:
         lines += (
             ["## Time (seconds)", "", "| step | s |", "|---|---|"]

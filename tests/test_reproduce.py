@@ -47,6 +47,7 @@ def test_tiny_comparison_reads_reports_resumes_and_repeats(tmp_path):
             assert abs(json.load(f)["accuracy"] - value) < 5e-4
     assert "| simclr_original | " in markdown and "| 73 |" in markdown  # beside the paper's number
     assert "split fingerprint `3eb2fe1f77e875e3`" in markdown
+    assert re.search(r"^Wall-clock total: [0-9.]+ minutes \(.*; one run from nothing\)$", markdown, re.M)
 
     timings = json.loads((first / "timings.json").read_text())
     # Again, with one report removed: only that evaluation runs anew, from the kept export,
@@ -57,6 +58,7 @@ def test_tiny_comparison_reads_reports_resumes_and_repeats(tmp_path):
     again = json.loads((first / "timings.json").read_text())
     assert {k: v for k, v in again.items() if k != redo} == {k: v for k, v in timings.items() if k != redo}
     assert _accuracy_table((first / "RESULTS.md").read_text()) == table
+    assert "resuming kept runs and reports)" in (first / "RESULTS.md").read_text()
     assert sorted(os.listdir(first / "savedmodels" / "simclr_original-seed0")) == ["1"]
 
 

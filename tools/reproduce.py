@@ -17,6 +17,7 @@ import dataclasses
 import os
 import shutil
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,6 +55,7 @@ def main(argv):
     from fgssl_tf.data import load_splits
     from fgssl_tf.errors import FgsslError
 
+    started = time.perf_counter()
     budget = reproduce.BUDGETS[FLAGS.budget]
     dataset = FLAGS.dataset
     dataset_name = dataset.split(":", 1)[0]
@@ -72,6 +74,7 @@ def main(argv):
         budget = dataclasses.replace(budget, protocols=tuple(p for p in budget.protocols if p in FLAGS.protocols))
     command = "python tools/reproduce.py " + " ".join(a for a in sys.argv[1:])
     machine = reproduce.machine_description()
+    resumed = os.path.isfile(os.path.join(output_dir, "timings.json"))
     splits = load_splits(
         DataConfig(
             dataset=dataset,
@@ -112,7 +115,8 @@ def main(argv):
 
     rows = reproduce.run_comparison(budget, dataset, output_dir, splits, pretrain, methods)
     os.makedirs(os.path.dirname(os.path.abspath(results)), exist_ok=True)
-    markdown = reproduce.results_markdown(budget, dataset, rows, output_dir, command, machine)
+    wall_clock = reproduce.wall_clock_line(time.perf_counter() - started, machine, resumed)
+    markdown = reproduce.results_markdown(budget, dataset, rows, output_dir, command, machine, wall_clock)
     plot = reproduce.label_efficiency_png(
         rows,
         "linear",
@@ -125,6 +129,7 @@ def main(argv):
         f.write(markdown)
     print(markdown)
     print(f"results: {results}")
+    print(wall_clock)
 
 
 if __name__ == "__main__":
