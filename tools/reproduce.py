@@ -35,7 +35,7 @@ flags.DEFINE_enum(
     "budget",
     "small",
     ["tiny", "small", "medium", "paper"],
-    "tiny: a minute (tests); small: the paper's methods, under 2 hours on a 2-core CPU; "
+    "tiny: a minute (tests); small: the paper's methods, about 31 minutes on a 2-core CPU; "
     "medium: the faithful and tuned recipes, 3 pretraining seeds, under 3 hours on a 2-core CPU; "
     "paper: the paper's sizes, a GPU.",
 )
