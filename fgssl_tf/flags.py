@@ -268,6 +268,13 @@ def train_config() -> TrainConfig:
     )
 
 
+def run_config():
+    """The run the flags describe, resolved once (`fgssl_tf.run_config.resolve_run`): what the trainer runs."""
+    from fgssl_tf.run_config import resolve_run
+
+    return resolve_run(train_config(), data_config(), backbone_config(), pretext_config(), monitor_config())
+
+
 def monitor_config():
     from fgssl_tf.monitor import MonitorConfig
 

@@ -6,7 +6,8 @@ measured by the same evaluation protocols over several seeds.
 interrupted run resumes where it stopped) and writes a Markdown table whose every
 figure is read back from the evaluation reports, beside the paper's own numbers, and a
 label-efficiency plot. Method settings come from the flagfiles (`flags/*.cfg`); the
-entry point (`tools/reproduce.py`) turns them into configs, so this module needs no absl.
+entry point (`tools/reproduce.py`) turns each into a `RunConfig` once, which `budget_run`
+puts on the budget's footing, so this module needs no absl.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import numpy as np
 from fgssl_tf.config import BackboneConfig
 from fgssl_tf.data import Splits
 from fgssl_tf.evaluation import EvalConfig, evaluate
+from fgssl_tf.monitor import MonitorConfig
+from fgssl_tf.run_config import RunConfig, resolve_run
 
 log = logging.getLogger(__name__)
 
@@ -151,54 +154,65 @@ BUDGETS = {
 }
 
 
-def overrides(
-    budget: Budget, method: Method, dataset: str, output_dir: str, seed: int, stage: str = "", pool_size: int = 0
-) -> list[str]:
-    """Flags that put a method's flagfile on the budget's common footing (`pool_size`: the
-    pretraining pool's images, for budgets counted in whole epochs)."""
+def budget_run(
+    budget: Budget,
+    method: Method,
+    run: RunConfig,
+    dataset: str,
+    output_dir: str,
+    seed: int,
+    stage: str = "",
+    pool_size: int = 0,
+) -> RunConfig:
+    """`run`, the method's configuration (from its flagfile), put on the budget's common footing: its
+    image size, width, batch, images seen, seed, folders, the monitor (`pool_size`: the pretraining
+    pool's images, for budgets counted in whole epochs). SRGAN's `stage` gan starts from its psnr run."""
     steps = max(1, budget.images_seen // budget.batch_size // (2 if method.name == "srgan" else 1))
-    length = ["--epochs=1", f"--steps_per_epoch={steps}"]
+    length = {"epochs": 1, "steps_per_epoch": steps}
     monitor_every = 0
     if budget.whole_epochs:
         steps_per_epoch = max(1, pool_size // budget.batch_size)
         epochs = max(1, round(steps / steps_per_epoch))
-        length = [f"--epochs={epochs}"]
+        length = {"epochs": epochs}  # steps_per_epoch as the flagfile has it
         monitor_every = max(1, epochs // budget.monitor_readings) if budget.monitor_readings else 0
-    run = f"{method.name}{'_' + stage if stage else ''}-seed{seed}"
-    flags = [
-        f"--dataset={dataset}",
-        f"--image_size={budget.image_size}",
-        f"--width={budget.width}",
-        f"--batch_size={budget.batch_size}",
-        *length,
-        f"--seed={seed}",
-        f"--monitor_every={monitor_every}",
-        "--verbose=0",
-        "--novalidate",
-        f"--model_dir={os.path.join(output_dir, 'runs', run)}",
-        f"--export_dir={os.path.join(output_dir, 'savedmodels')}",
-        f"--export_name={run}",
-    ]
-    if budget.max_images_per_split:
-        flags.append(f"--max_images_per_split={budget.max_images_per_split}")
-    if method.name.startswith("jigsaw"):
-        flags.append("--small_stem=auto")
-    if method.name == "srgan":
-        flags += [
-            f"--srgan_hr_size={budget.image_size}",
-            f"--srgan_residual_blocks={budget.srgan_blocks}",
-            f"--srgan_width={budget.srgan_width}",
-            f"--srgan_discriminator_width={budget.srgan_width}",
-            f"--perceptual_weights={budget.perceptual_weights}",
-        ]
-        if stage == "gan":
-            flags += [
-                "--srgan_stage=gan",
-                f"--srgan_generator_init={os.path.join(output_dir, 'runs', f'srgan_psnr-seed{seed}')}",
-            ]
+    name = f"{method.name}{'_' + stage if stage else ''}-seed{seed}"
+    train = dataclasses.replace(
+        run.train,
+        **length,
+        batch_size=budget.batch_size,
+        seed=seed,
+        verbose=0,
+        validate=False,
+        model_dir=os.path.join(output_dir, "runs", name),
+        export_dir=os.path.join(output_dir, "savedmodels"),
+        export_name=name,
+    )
+    data = dataclasses.replace(
+        run.data,
+        dataset=dataset,
+        image_size=budget.image_size,
+        max_images_per_split=budget.max_images_per_split or run.data.max_images_per_split,
+    )
+    backbone = dataclasses.replace(run.backbone, width=budget.width)
+    if method.name.startswith("jigsaw"):  # the stem follows the budget's tile crops
+        backbone = dataclasses.replace(backbone, small_stem=None)
     if method.name == "pmg":
-        flags.append("--backbone=resnet18")
-    return flags
+        backbone = dataclasses.replace(backbone, name="resnet18")
+    pretext = run.pretext
+    if method.name == "srgan":
+        pretext = dataclasses.replace(
+            pretext,
+            hr_size=budget.image_size,
+            residual_blocks=budget.srgan_blocks,
+            width=budget.srgan_width,
+            discriminator_width=budget.srgan_width,
+            perceptual_weights=budget.perceptual_weights,
+        )
+        if stage == "gan":
+            init = os.path.join(output_dir, "runs", f"srgan_psnr-seed{seed}")
+            pretext = dataclasses.replace(pretext, stage="gan", generator_init=init)
+    monitor = dataclasses.replace(run.monitor or MonitorConfig(), every=monitor_every)
+    return resolve_run(train, data, backbone, pretext, monitor)
 
 
 def _report_path(output_dir: str, label: str) -> str:

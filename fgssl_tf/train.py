@@ -31,13 +31,7 @@ def main(argv):
         FLAGS.strategy
     )  # first: a multi-worker cluster must be joined before TensorFlow's first op
 
-    result = trainer.pretrain(
-        fgssl_flags.train_config(),
-        fgssl_flags.data_config(),
-        fgssl_flags.backbone_config(),
-        fgssl_flags.pretext_config(),
-        monitor=fgssl_flags.monitor_config(),
-    )
+    result = trainer.run(fgssl_flags.run_config())  # the flags resolved once into one RunConfig
     for name, path in result.exports.items():
         print(f"exported {name}: {path}")
 

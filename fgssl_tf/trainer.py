@@ -1,7 +1,8 @@
 """Pretraining a pretext task end to end: data, strategy, checkpoints, logs, export.
 
-`pretrain(...)` is what `python -m fgssl_tf.train` calls after parsing flags; it
-takes dataclass configs so tests and notebooks can call it directly.
+`run(run_config)` is what `python -m fgssl_tf.train` calls with the `RunConfig` it resolved
+once from the flags (`fgssl_tf.run_config`); it trains the run as given. `pretrain(...)` takes
+the dataclass configs, resolves them and runs them, for tests and notebooks.
 
 Resuming: the model, optimizer and epoch live in a `tf.train.Checkpoint` under
 `model_dir/checkpoints` (TensorFlow writes the files, then the index, so a crash
@@ -38,12 +39,12 @@ from fgssl_tf.distribute import check_workers_agree, is_chief, make_strategy, wa
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.monitor import Monitor, MonitorConfig
 from fgssl_tf.optim import check_schedule, set_schedule_length
-from fgssl_tf.pretext import pretext_spec, with_pretext_defaults
+from fgssl_tf.pretext import pretext_spec
+from fgssl_tf.run_config import RUN_CONFIG_FILE, SECTIONS, RunConfig, resolve_run
 from fgssl_tf.views import TwoViewModel
 
 log = logging.getLogger(__name__)
 
-RUN_CONFIG_FILE = "run_config.json"
 MONITOR_FILE = "monitor.json"  # the monitor's readings, one entry each (epoch, step, train_seconds, signals)
 MIXED_PRECISION_POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16"}
 # The settings a resumed run may change, named as in run_config.json: they change how a run
@@ -65,7 +66,6 @@ RESUMABLE_CHANGES = {
     "data.max_cache_gb": "a memory limit for the same images",
     "data.tfds_data_dir": "where the same TFDS data is kept",
 }
-_CONFIG_SECTIONS = ("train", "data", "backbone_config", "pretext_config")
 # Filled in by the trainer from the data (a supervised pretext's class count): compared once the data is loaded.
 _SET_FROM_DATA = ("pretext_config.num_classes",)
 
@@ -79,24 +79,9 @@ class PretrainResult:
     splits: Splits
 
 
-def _summary(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, pretext_config) -> dict:
-    return {
-        "pretext": train.pretext,
-        "backbone": backbone.name,
-        "image_size": data.image_size,
-        "batch_size": train.batch_size,
-        "seed": train.seed,
-        "dataset": data.dataset,
-        "train": dataclasses.asdict(train),
-        "data": dataclasses.asdict(data),
-        "backbone_config": dataclasses.asdict(backbone),
-        "pretext_config": dataclasses.asdict(pretext_config),
-    }
-
-
 def _settings(summary: dict) -> dict:
-    """The compared part of a run summary, flattened to {"section.field[.field]": value},
-    with values as JSON stores them (tuples are lists)."""
+    """The compared part of a run summary (`RunConfig.to_json()` or a saved run_config.json), flattened to
+    {"section.field[.field]": value}, with values as JSON stores them (tuples are lists)."""
     flat = {}
 
     def walk(value, prefix):
@@ -106,7 +91,7 @@ def _settings(summary: dict) -> dict:
         else:
             flat[prefix] = value
 
-    normalised = json.loads(json.dumps({k: summary.get(k) for k in _CONFIG_SECTIONS}, default=str))
+    normalised = json.loads(json.dumps({k: summary.get(k) for k in SECTIONS}, default=str))
     for section, value in normalised.items():
         walk(value, section)
     return flat
@@ -115,18 +100,20 @@ def _settings(summary: dict) -> dict:
 def _default_settings(pretext_config) -> dict:
     """What each setting was before it existed: a run saved before a field was added trained as its default."""
     try:
-        return _settings(_summary(TrainConfig(), DataConfig(), BackboneConfig(), type(pretext_config)()))
+        defaults = type(pretext_config)()
     except TypeError:  # a pretext config without defaults for every field
-        return _settings(_summary(TrainConfig(), DataConfig(), BackboneConfig(), pretext_config))
+        defaults = pretext_config
+    return _settings(RunConfig(TrainConfig(), DataConfig(), BackboneConfig(), defaults).to_json())
 
 
-def _check_resumable(model_dir: str, summary: dict, pretext_config, not_yet: tuple = ()) -> None:
+def _check_resumable(run: RunConfig, not_yet: tuple = ()) -> None:
     """Refuse to continue a model_dir's run with other settings: every saved setting must
     match, except RESUMABLE_CHANGES (and `not_yet`, settings still to be filled in)."""
+    model_dir = run.train.model_dir
     path = os.path.join(model_dir, RUN_CONFIG_FILE)
     if not os.path.isfile(path):
         return
-    try:
+    try:  # the stored file as it is: a setting it lacks is told apart from one at its default
         with open(path) as f:
             previous = json.load(f)
         stored = _settings(previous)
@@ -135,7 +122,7 @@ def _check_resumable(model_dir: str, summary: dict, pretext_config, not_yet: tup
             f"{path} cannot be read ({err}); it records the settings of the run in "
             f"--model_dir={model_dir}: restore it, or use a new --model_dir"
         ) from err
-    new, defaults = _settings(summary), _default_settings(pretext_config)
+    new, defaults = _settings(run.to_json()), _default_settings(run.pretext)
     missing = object()
     changed = []
     for key in sorted(new):  # a setting only the stored run has no longer exists: nothing to compare it with
@@ -184,23 +171,28 @@ def _check_writable_folder(path: str, flag: str) -> None:
         )
 
 
-def build_pretext_model(
-    train: TrainConfig, data: DataConfig, backbone: BackboneConfig, pretext_config=None
-) -> keras.Model:
-    """The pretext model, compiled, with optimizer variables created (so restore is exact)."""
-    spec = pretext_spec(train.pretext)
-    keras.utils.set_random_seed(train.seed)
+def build_model(run: RunConfig) -> keras.Model:
+    """The pretext model of a resolved run (`resolve_run`), compiled, with optimizer variables created
+    (so restore is exact)."""
+    keras.utils.set_random_seed(run.train.seed)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(
-        MIXED_PRECISION_POLICIES[train.mixed_precision]
+        MIXED_PRECISION_POLICIES[run.train.mixed_precision]
     )  # layers keep the policy they are made with
     try:
-        model = spec.build(with_pretext_defaults(train), data, backbone, pretext_config or spec.config_class())
+        model = run.spec.build(run.train, run.data, run.backbone, run.pretext)
     finally:
         keras.config.set_dtype_policy(previous)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     return model
+
+
+def build_pretext_model(
+    train: TrainConfig, data: DataConfig, backbone: BackboneConfig, pretext_config=None
+) -> keras.Model:
+    """The pretext model of these configs (resolved by `resolve_run`), as `build_model`."""
+    return build_model(resolve_run(train, data, backbone, pretext_config))
 
 
 def _write_data_stats(log_dir: str, stats: dict, step: int) -> None:
@@ -342,30 +334,30 @@ def pretrain(
     splits: Splits | None = None,
     monitor: MonitorConfig | None = None,
 ) -> PretrainResult:
-    """Train `train.pretext` on `data`, resume from `train.model_dir` if it holds a checkpoint, export.
-    `monitor` (every > 0) adds kNN, online linear probe and collapse signals during training."""
+    """Train `train.pretext` on `data`, resume from `train.model_dir` if it holds a checkpoint, export:
+    `run(resolve_run(...))`. `monitor` (every > 0) adds kNN, online linear probe and collapse signals
+    during training."""
+    return run(resolve_run(train, data, backbone, pretext_config, monitor), splits)
+
+
+def run(run: RunConfig, splits: Splits | None = None) -> PretrainResult:
+    """Train a resolved run (`resolve_run`) as it is given, resume from its model_dir if that holds a
+    checkpoint, export. `splits`: the data already loaded (else loaded from `run.data`)."""
     strategy = make_strategy(
-        train.strategy
+        run.train.strategy
     )  # first: a multi-worker cluster must be joined before TensorFlow's first op
-    backbone = backbone or BackboneConfig()
-    train = with_pretext_defaults(train)
-    spec = pretext_spec(train.pretext)
-    pretext_config = pretext_config or spec.config_class()
-    backbone = spec.backbone_for(backbone, data, pretext_config)
-    if train.epochs < 1 or train.batch_size < 2:
-        raise FgsslError("--epochs must be at least 1 and --batch_size at least 2")
+    spec = run.spec
     supervised = spec.supervised
     # Before any work (before the data where possible): a model_dir holding another run, unwritable folders.
-    summary = _summary(train, data, backbone, pretext_config)
-    _check_resumable(train.model_dir, summary, pretext_config, not_yet=_SET_FROM_DATA if supervised else ())
-    _check_writable_folder(train.model_dir, "--model_dir")
-    if train.export:
-        _check_writable_folder(train.export_dir, "--export_dir")
+    _check_resumable(run, not_yet=_SET_FROM_DATA if supervised else ())
+    _check_writable_folder(run.train.model_dir, "--model_dir")
+    if run.train.export:
+        _check_writable_folder(run.train.export_dir, "--export_dir")
     if supervised:  # a supervised "pretext" (PMG) sizes its heads from the labels
-        splits = splits or load_splits(data)
-        pretext_config = dataclasses.replace(pretext_config, num_classes=splits.num_classes)
-        summary = _summary(train, data, backbone, pretext_config)
-        _check_resumable(train.model_dir, summary, pretext_config)
+        splits = splits or load_splits(run.data)
+        run = dataclasses.replace(run, pretext=dataclasses.replace(run.pretext, num_classes=splits.num_classes))
+        _check_resumable(run)
+    train, data, backbone = run.train, run.data, run.backbone
 
     if train.batch_size % strategy.num_replicas_in_sync:
         raise FgsslError(
@@ -373,7 +365,7 @@ def pretrain(
         )
     chief = is_chief(strategy)
     with strategy.scope():  # before the data: a setting the model refuses fails fast
-        model = build_pretext_model(train, data, backbone, pretext_config)
+        model = build_model(run)
     check_schedule(model, train)
     if data.source_size and (data.source_size < data.image_size or not isinstance(model, TwoViewModel)):
         raise FgsslError(
@@ -411,9 +403,7 @@ def pretrain(
         strategy, initial_epoch * steps + initial_step, "the batches already trained (the checkpoint to resume from)"
     )
     if chief:
-        os.makedirs(train.model_dir, exist_ok=True)
-        with open(os.path.join(train.model_dir, RUN_CONFIG_FILE), "w") as f:
-            json.dump({**summary, "data_stats": splits.stats}, f, indent=2, default=str)
+        run.save(train.model_dir, data_stats=splits.stats)
 
     history: dict = {}
     if initial_epoch < train.epochs:
@@ -430,8 +420,8 @@ def pretrain(
         callbacks = list(model.training_callbacks("val_loss" if validation is not None else "loss"))
         callbacks.append(_NonFiniteWatch(train.nan_policy, steps, initial_step))
         callbacks.append(_Checkpointing(manager, epoch, step, steps, initial_step, chief, stop_signal))
-        if monitor is not None and monitor.every > 0 and chief:
-            callbacks.append(_monitor(model, splits, monitor, export_size, log_dir, train.seed, initial_epoch))
+        if run.monitor is not None and run.monitor.every > 0 and chief:
+            callbacks.append(_monitor(model, splits, run.monitor, export_size, log_dir, train.seed, initial_epoch))
         if chief:  # one writer per run: the other workers' logs would repeat the chief's
             callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
         if initial_epoch == 0 and initial_step == 0 and chief:
@@ -475,7 +465,7 @@ def pretrain(
             "seed": train.seed,
             "dataset": data.dataset,
             "split_fingerprint": splits.stats.get("split_fingerprint"),
-            "run_config": summary,
+            "run_config": run.to_json(),
         }
         for suffix, encoder in model.exportable_encoders().items():
             full_name = default_export_name(train, data, backbone, suffix)

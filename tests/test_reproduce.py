@@ -64,16 +64,21 @@ def test_tiny_comparison_reads_reports_resumes_and_repeats(tmp_path):
 
 def test_medium_budget_counts_whole_epochs_and_records_the_monitor():
     from fgssl_tf import reproduce
+    from fgssl_tf.config import DataConfig, TrainConfig
+    from fgssl_tf.run_config import resolve_run
 
     budget = reproduce.BUDGETS["medium"]
     assert {"simclr_original", "simclr_tuned", "random_init", "supervised"} <= set(budget.methods)
-    flags = reproduce.overrides(budget, reproduce.METHODS["simclr_tuned"], "elpv", "/out", 2, pool_size=1576)
+    method_run = resolve_run(TrainConfig(pretext="simclr", epochs=150), DataConfig())  # as a flagfile gives it
+    run = reproduce.budget_run(budget, reproduce.METHODS["simclr_tuned"], method_run, "elpv", "/out", 2, pool_size=1576)
     epochs = budget.images_seen // (1576 // budget.batch_size * budget.batch_size)
-    assert f"--epochs={epochs}" in flags and not any(f.startswith("--steps_per_epoch") for f in flags)
-    assert f"--monitor_every={epochs // budget.monitor_readings}" in flags and "--seed=2" in flags
+    assert run.train.epochs == epochs and run.train.steps_per_epoch == method_run.train.steps_per_epoch  # not set
+    assert run.monitor.every == epochs // budget.monitor_readings and run.train.seed == 2
     # The small budget keeps its one long epoch (its published table was made that way).
-    small = reproduce.overrides(reproduce.BUDGETS["small"], reproduce.METHODS["simclr_original"], "elpv", "/out", 0)
-    assert "--epochs=1" in small and "--steps_per_epoch=240" in small and "--monitor_every=0" in small
+    small = reproduce.budget_run(
+        reproduce.BUDGETS["small"], reproduce.METHODS["simclr_original"], method_run, "elpv", "/out", 0
+    )
+    assert small.train.epochs == 1 and small.train.steps_per_epoch == 240 and small.monitor.every == 0
     for name in [*budget.methods, "vicreg_tuned"]:  # every flagfile the budget names is there
         flagfile = reproduce.METHODS[name].flagfile
         assert flagfile is None or os.path.isfile(os.path.join(REPO, "flags", flagfile))

@@ -324,7 +324,8 @@ def benchmark(pretext: str, splits, peak: float) -> None:
     from fgssl_tf import trainer
     from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
     from fgssl_tf.data import pipeline
-    from fgssl_tf.pretext import get_pretext, resolve_backbone
+    from fgssl_tf.pretext import get_pretext
+    from fgssl_tf.run_config import resolve_run
 
     size, batch = FLAGS.image_size, FLAGS.batch_size
     train = TrainConfig(
@@ -351,7 +352,7 @@ def benchmark(pretext: str, splits, peak: float) -> None:
             head_channels=16 * FLAGS.width,
             backbone_weights="none",
         )
-    backbone = resolve_backbone(pretext, BackboneConfig(name=FLAGS.backbone, width=FLAGS.width), data, config)
+    run = resolve_run(train, data, BackboneConfig(name=FLAGS.backbone, width=FLAGS.width), config)
     steps = FLAGS.warmup + FLAGS.steps
 
     def measure(model, dataset) -> float:
@@ -360,11 +361,11 @@ def benchmark(pretext: str, splits, peak: float) -> None:
         return FLAGS.steps * batch / (timer.end - timer.start)
 
     # 1. The real thing: tf.data over decoded images, augmentation on device, the step.
-    model = trainer.build_pretext_model(train, data, backbone, config)
+    model = trainer.build_model(run)
     real = pipeline.epoch_batches(splits.train_images, splits.train_labels, batch, 0, 0, 1, steps)
 
     # 2. The same step fed pre-made inputs: no input pipeline, no augmentation.
-    premade_model = trainer.build_pretext_model(train, data, backbone, config)
+    premade_model = trainer.build_model(run)
     forward, input_shape, losses_reach = premade_inputs(premade_model, pretext, batch, size)
     images = tf.random.uniform([batch, size, size, 3])
     premade = tf.data.Dataset.from_tensors((images, tf.zeros([batch], tf.int64))).repeat()
@@ -385,7 +386,7 @@ def benchmark(pretext: str, splits, peak: float) -> None:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     print(
-        f"pretext={pretext} backbone={FLAGS.backbone} width={FLAGS.width} small_stem={backbone.small_stem} "
+        f"pretext={pretext} backbone={FLAGS.backbone} width={FLAGS.width} small_stem={run.backbone.small_stem} "
         f"image_size={size} batch={batch} jit={FLAGS.jit_compile} mixed_precision={FLAGS.mixed_precision} "
         f"cpus={os.cpu_count()} gpus={len(tf.config.list_physical_devices('GPU'))} tf={tf.__version__}"
     )

@@ -36,6 +36,7 @@ def _flatten(config: dict, prefix: str = "") -> dict:
 
 def load_run(model_dir: str) -> dict:
     from fgssl_tf.errors import FgsslError
+    from fgssl_tf.run_config import SECTIONS, RunConfig
 
     paths = {name: os.path.join(model_dir, name) for name in ("monitor.json", "run_config.json")}
     missing = [p for p in paths.values() if not os.path.isfile(p)]
@@ -45,11 +46,8 @@ def load_run(model_dir: str) -> dict:
         )
     with open(paths["monitor.json"]) as f:
         readings = json.load(f)
-    with open(paths["run_config.json"]) as f:
-        run_config = json.load(f)
-    settings = _flatten(
-        {key: run_config[key] for key in ("train", "data", "backbone_config", "pretext_config") if key in run_config}
-    )
+    saved = json.loads(json.dumps(RunConfig.load(model_dir).to_json(), default=str))  # tuples as lists
+    settings = _flatten({key: saved[key] for key in SECTIONS})
     return {"name": os.path.basename(os.path.normpath(model_dir)), "readings": readings, "settings": settings}
 
 

@@ -4,8 +4,9 @@
     python tools/reproduce.py --budget=tiny --output_dir=/tmp/repro          # a minute: two methods, one seed
     python tools/reproduce.py --budget=paper --dataset=cassava                 # a GPU machine with internet
 
-Every method runs from its flagfile (flags/*.cfg) with the budget's image size, width,
-batch and number of images seen put on top, on splits loaded once; then every encoder
+Every method runs from its flagfile (flags/*.cfg), read once into a run configuration, with
+the budget's image size, width, batch and number of images seen put on top
+(`fgssl_tf.reproduce.budget_run`), on splits loaded once; then every encoder
 and baseline goes through the same protocols, label fractions and seeds. Re-running the
 command resumes: finished runs and reports are kept. Writes RESULTS.md (mean ± std from
 the reports, beside the paper's numbers) and label_efficiency.png.
@@ -84,18 +85,22 @@ def main(argv):
         )
     )
 
+    method_runs = {}  # method name -> its RunConfig, parsed from its flagfile once
+
+    def method_run(method):
+        if method.name not in method_runs:
+            FLAGS.unparse_flags()
+            FLAGS(["reproduce", f"--flagfile={os.path.join(REPO, 'flags', method.flagfile)}"])
+            fgssl_flags.check_pretext_flags()
+            method_runs[method.name] = fgssl_flags.run_config()
+        return method_runs[method.name]
+
     def pretrain(method, seed, stage):
-        """Parse the method's flagfile with the budget's overrides, then train (or resume, or skip)."""
-        FLAGS.unparse_flags()
-        FLAGS(
-            [
-                "reproduce",
-                f"--flagfile={os.path.join(REPO, 'flags', method.flagfile)}",
-                *reproduce.overrides(budget, method, dataset, output_dir, seed, stage, len(splits.pretraining_pool())),
-            ]
+        """The method's run on the budget's footing: train it (or resume, or skip it when finished)."""
+        run = reproduce.budget_run(
+            budget, method, method_run(method), dataset, output_dir, seed, stage, len(splits.pretraining_pool())
         )
-        fgssl_flags.check_pretext_flags()
-        train = fgssl_flags.train_config()
+        train = run.train
         wanted = [s for s in method.encoders if stage != "psnr" or s in ("", "generator")]
         names = {suffix: f"{train.export_name}_{suffix}" if suffix else train.export_name for suffix in wanted}
         exports = {suffix: os.path.join(train.export_dir, name, "1") for suffix, name in names.items()}
@@ -103,14 +108,7 @@ def main(argv):
             return exports  # finished before: exports are written only after the last epoch
         for name in names.values():  # a half-written export of an interrupted run
             shutil.rmtree(os.path.join(train.export_dir, name), ignore_errors=True)
-        result = trainer.pretrain(
-            train,
-            fgssl_flags.data_config(),
-            fgssl_flags.backbone_config(),
-            fgssl_flags.pretext_config(),
-            splits=splits,
-            monitor=fgssl_flags.monitor_config(),
-        )
+        result = trainer.run(run, splits=splits)
         return {suffix: result.exports[name] for suffix, name in names.items()}
 
     rows = reproduce.run_comparison(budget, dataset, output_dir, splits, pretrain, methods)

@@ -52,16 +52,15 @@ def main(argv):
 
     from fgssl_tf import trainer
     from fgssl_tf.data import load_splits
-    from fgssl_tf.pretext import check_pretext, resolve_backbone
+    from fgssl_tf.pretext import check_pretext
 
     check_pretext(FLAGS.pretext)
-    data, pretext_config = fgssl_flags.data_config(), fgssl_flags.pretext_config()
+    run = fgssl_flags.run_config()
     # Nothing of the run's model_dir is touched: the model is built in a scratch folder.
-    train = dataclasses.replace(fgssl_flags.train_config(), model_dir=tempfile.mkdtemp(prefix="show_augmentations_"))
-    backbone = resolve_backbone(train.pretext, fgssl_flags.backbone_config(), data, pretext_config)
-    model = trainer.build_pretext_model(train, data, backbone, pretext_config)
-    images = load_splits(data).pretraining_pool()[: FLAGS.num_images]
-    for path in write_grids(model.summary_images(images, train.seed), FLAGS.output):
+    scratch = tempfile.mkdtemp(prefix="show_augmentations_")
+    model = trainer.build_model(dataclasses.replace(run, train=dataclasses.replace(run.train, model_dir=scratch)))
+    images = load_splits(run.data).pretraining_pool()[: FLAGS.num_images]
+    for path in write_grids(model.summary_images(images, run.train.seed), FLAGS.output):
         print(f"wrote {path}")
 
 

@@ -48,15 +48,11 @@ def pretext_spec(name: str):
 
 
 def with_pretext_defaults(train):
-    """`train` with an unset learning rate or weight decay taken from the pretext's defaults."""
+    """`train` with an unset learning rate or weight decay taken from the pretext's defaults
+    (`fgssl_tf.run_config.resolve_run` applies it, once a run)."""
     spec = pretext_spec(train.pretext)
     return dataclasses.replace(
         train,
         learning_rate=spec.default_learning_rate if train.learning_rate is None else train.learning_rate,
         weight_decay=spec.default_weight_decay if train.weight_decay is None else train.weight_decay,
     )
-
-
-def resolve_backbone(pretext: str, backbone, data, config):
-    """The backbone config the pretext will build, automatic choices settled."""
-    return pretext_spec(pretext).backbone_for(backbone, data, config)

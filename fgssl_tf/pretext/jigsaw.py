@@ -491,7 +491,8 @@ def resolve_backbone(backbone: BackboneConfig, data: DataConfig, config: JigsawC
 
 def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, config: JigsawConfig) -> JigsawModel:
     """The compiled pretext model: SGD with momentum, coupled L2, global-norm clipping (as the paper)."""
-    backbone = resolve_backbone(backbone, data, config)  # also a clear error for too small images
+    if backbone.small_stem is None:  # not resolved (`fgssl_tf.run_config.resolve_run` settles it): settle it here
+        backbone = resolve_backbone(backbone, data, config)
     if config.pool_grid < 1:
         raise FgsslError(f"--jigsaw_pool_grid={config.pool_grid} must be at least 1")
     permutations = load_or_create_permutations(
