@@ -518,4 +518,5 @@ SPEC = PretextSpec(
     build_model,
     resolve_backbone=resolve_backbone,
     flags=FLAGS,
+    optimizer="SGD",
 )
