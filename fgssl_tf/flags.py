@@ -69,9 +69,11 @@ def check_pretext_flags() -> None:
             f"{', '.join('--' + n for n in wrong)} only apply to --pretext={'/'.join(users)}, "
             f"not --pretext={FLAGS.pretext}; remove them or change --pretext"
         )
-    spec = next(spec for spec in _registered_specs() if spec.name == FLAGS.pretext)
-    if spec.check_flags is not None:
-        spec.check_flags(FLAGS.flag_values_dict())
+    from fgssl_tf.pretext import pretext_spec
+
+    check = pretext_spec(FLAGS.pretext).check_flags  # checks across the pretext's own flags
+    if check is not None:
+        check(FLAGS.flag_values_dict())
 
 
 def define_data_flags() -> None:
