@@ -69,8 +69,11 @@ def check_pretext_flags() -> None:
             f"{', '.join('--' + n for n in wrong)} only apply to --pretext={'/'.join(users)}, "
             f"not --pretext={FLAGS.pretext}; remove them or change --pretext"
         )
-    if FLAGS.pretext == "srgan" and FLAGS.srgan_generator_init and FLAGS.srgan_stage != "gan":
-        raise FgsslError("--srgan_generator_init is for --srgan_stage=gan (it starts from a psnr run's generator)")
+    from fgssl_tf.pretext import pretext_spec
+
+    check = pretext_spec(FLAGS.pretext).check_flags  # checks across the pretext's own flags
+    if check is not None:
+        check(FLAGS.flag_values_dict())
 
 
 def define_data_flags() -> None:
@@ -81,8 +84,9 @@ def define_data_flags() -> None:
     flags.DEFINE_integer(
         "source_size",
         None,
-        "simclr/vicreg: cut the random crops from images cached at this "
-        "larger size (as RandomResizedCrop cuts from the original), then resize them to --image_size.",
+        f"{'/'.join(spec.name for spec in _registered_specs() if spec.uses_source_size)}: "
+        "cut the random crops from images cached at this larger size (as RandomResizedCrop cuts from the original), "
+        "then resize them to --image_size.",
         lower_bound=8,
     )
     flags.DEFINE_string(
@@ -158,9 +162,9 @@ def backbone_config() -> BackboneConfig:
 
 
 def define_train_flags() -> None:
-    flags.DEFINE_string(
-        "pretext", "simclr", "Pretext task: simclr, vicreg, jigsaw, srgan, or pmg (the supervised baseline)."
-    )
+    specs = _registered_specs()
+    names = [spec.name + (" (the supervised baseline)" if spec.supervised else "") for spec in specs]
+    flags.DEFINE_string("pretext", "simclr", f"Pretext task: {', '.join(names[:-1])}, or {names[-1]}.")
     flags.DEFINE_string("model_dir", None, "Checkpoints and TensorBoard logs; default runs/<pretext>_<dataset>.")
     flags.DEFINE_string("export_dir", "savedmodels", "Where encoders are exported (NAME/VERSION).")
     flags.DEFINE_string("export_name", None, "Export name; default <pretext>_<backbone>_<dataset>.")
@@ -173,7 +177,7 @@ def define_train_flags() -> None:
         "learning_rate",
         None,
         "Initial learning rate; default the paper's for the pretext "
-        "(simclr: Adam 1e-3, jigsaw: SGD 1e-2, srgan: Adam 1e-4, pmg: SGD 2e-3).",
+        f"({', '.join(f'{s.name}: {s.optimizer} {_number(s.default_learning_rate)}' for s in specs)}).",
         lower_bound=0.0,
     )
     flags.DEFINE_enum(
@@ -181,13 +185,15 @@ def define_train_flags() -> None:
         "constant",
         ["constant", "cosine"],
         "constant: the paper's; cosine: linear warm-up (--warmup_epochs) to --learning_rate, then "
-        "cosine decay to 0 (simclr, vicreg; jigsaw, srgan and pmg keep the paper's schedules).",
+        f"cosine decay to 0 ({', '.join(s.name for s in specs if s.cosine_schedule)}; "
+        f"{_and(s.name for s in specs if not s.cosine_schedule)} keep the paper's schedules).",
     )
     flags.DEFINE_float("warmup_epochs", 0.0, "Epochs of linear warm-up of --lr_schedule=cosine.", lower_bound=0.0)
     flags.DEFINE_float(
         "weight_decay",
         None,
-        "Coupled L2 weight decay, as PyTorch; default the paper's (simclr 1e-5, jigsaw 5e-4, srgan 0, pmg 5e-4).",
+        "Coupled L2 weight decay, as PyTorch; default the paper's "
+        f"({', '.join(f'{s.name} {_number(s.default_weight_decay)}' for s in specs)}).",
         lower_bound=0.0,
     )
     flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and initialisation.", lower_bound=0)
@@ -202,9 +208,7 @@ def define_train_flags() -> None:
         "bfloat16: layers compute in bfloat16, weights and losses stay float32 (GPUs from Ampere on, TPUs; "
         "slower on most CPUs). float16 is not offered: it needs loss scaling, which would fight the NaN guard.",
     )
-    flags.DEFINE_boolean(
-        "jit_compile", False, "XLA-compile the train step (not yet for simclr: its augmentation has no XLA kernel)."
-    )
+    flags.DEFINE_boolean("jit_compile", False, jit_compile_help())
     flags.DEFINE_integer(
         "monitor_every",
         1,
@@ -301,6 +305,29 @@ def _registered_specs():
     return [pretext_spec(name) for name in PRETEXTS]
 
 
+def jit_compile_help() -> str:
+    """--jit_compile's help: which pretexts refuse XLA and why (`PretextSpec.jit_compile_refused`)."""
+    refused: dict = {}  # reason -> the pretexts that refuse XLA for it
+    for spec in _registered_specs():
+        if spec.jit_compile_refused:
+            refused.setdefault(spec.jit_compile_refused, []).append(spec.name)
+    notes = "; ".join(f"not yet for {'/'.join(names)}: {reason}" for reason, names in refused.items())
+    return "XLA-compile the train step" + (f" ({notes})." if notes else ".")
+
+
+def _number(value: float) -> str:
+    """1e-3 for 0.001, 2e-3, 0: the pretexts' defaults as the help texts write them."""
+    if value == 0:
+        return "0"
+    mantissa, exponent = f"{value:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _and(names) -> str:
+    names = list(names)
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
 def pretext_flag_names() -> dict:
     """{pretext: names of the flags only it reads}, from each pretext's `PretextSpec.flags`."""
     return {spec.name: tuple(flag.name for flag in spec.flags) for spec in _registered_specs()}
@@ -309,20 +336,25 @@ def pretext_flag_names() -> dict:
 def define_pretext_flags() -> None:
     """Every registered pretext's flags (`fgssl_tf.pretext.settings.FlagSpec`) as absl flags with their
     validators; a flag that several pretexts share (the two-view methods' view flags) is defined once."""
+    define_flag_specs([flag for spec in _registered_specs() for flag in spec.flags])
+
+
+def define_flag_specs(flag_specs) -> None:
+    """`FlagSpec`s as absl flags with their validators; a name declared several times (the two-view
+    methods' view flags) is defined once, and must be declared alike."""
     defined: dict = {}
-    for spec in _registered_specs():
-        for flag in spec.flags:
-            if flag.name in defined:
-                if defined[flag.name] != flag:
-                    raise ValueError(f"pretexts declare --{flag.name} differently: {defined[flag.name]} vs {flag}")
-                continue
-            defined[flag.name] = flag
-            bounds = {"lower_bound": flag.lower_bound, "upper_bound": flag.upper_bound}
-            extra = {key: value for key, value in bounds.items() if value is not None}
-            if flag.kind == "enum":
-                _DEFINE["enum"](flag.name, flag.default, list(flag.choices), flag.help)
-            else:
-                _DEFINE[flag.kind](flag.name, flag.default, flag.help, **extra)
+    for flag in flag_specs:
+        if flag.name in defined:
+            if defined[flag.name] != flag:
+                raise ValueError(f"pretexts declare --{flag.name} differently: {defined[flag.name]} vs {flag}")
+            continue
+        defined[flag.name] = flag
+        bounds = {"lower_bound": flag.lower_bound, "upper_bound": flag.upper_bound}
+        extra = {key: value for key, value in bounds.items() if value is not None}
+        if flag.kind == "enum":
+            _DEFINE["enum"](flag.name, flag.default, list(flag.choices), flag.help)
+        else:
+            _DEFINE[flag.kind](flag.name, flag.default, flag.help, **extra)
     for flag in defined.values():
         if flag.check is not None:
             validate(flag.name, flag.check)

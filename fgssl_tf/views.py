@@ -31,6 +31,7 @@ from fgssl_tf.objectives import global_batch_position
 from fgssl_tf.optim import add_coupled_weight_decay, guard, learning_rate
 from fgssl_tf.pretext.base import (
     PretextModel,
+    PretextSpec,
     config_from_dict,
     config_to_dict,
     deserialize_parts,
@@ -81,19 +82,25 @@ class ViewsConfig:
 
 
 class TwoViewModel(PretextModel):
-    """Two augmented views per image -> encoder -> the subclass's loss.
+    """Two augmented views per image -> encoder -> head -> the subclass's loss.
 
-    Subclasses define `_loss(view1, view2, training) -> (loss, metric values, replicas)`,
-    `_track(...)` and `metrics`; `train_step`, `test_step`, views and pictures are shared.
+    A method subclasses it with `head_attribute` (the attribute that holds its head), `default_head(config)`,
+    `_loss(view1, view2, training) -> (loss, metric values, replicas)` (with `embed_views` for head(encoder(.))),
+    `_track(...)` and `metrics`; construction, `call`, `get_config`/`from_config`, `train_step`, `test_step`,
+    views and pictures are shared.
 
     `encoder`: any Keras model from [0, 1] float images [B, image_size, image_size, 3] to
     features [B, D]. `augmenter` (default: `SimCLRAugmentation` of `config.augment`, seeded
     per step): the view transform T, a layer from [0, 1] images to [0, 1] views of image_size
     px; a layer other than `SimCLRAugmentation` is called as `augmenter(images, training=True)`.
+    `projection_head`: any layer from features to embeddings (default: `default_head(config)`).
     """
 
     config_class = ViewsConfig
     default_learning_rate = 1e-3
+    # The head's attribute name is the path of its variables in checkpoints and .keras files:
+    # each method keeps its own ("projector", "expander") so that saved models still restore.
+    head_attribute = "head"
 
     def __init__(
         self,
@@ -103,6 +110,7 @@ class TwoViewModel(PretextModel):
         seed: int = 0,
         weight_decay: float = 0.0,
         augmenter: keras.layers.Layer | None = None,
+        projection_head: keras.layers.Layer | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -117,6 +125,29 @@ class TwoViewModel(PretextModel):
         self.seeded_augmenter = isinstance(self.augmenter, SimCLRAugmentation)
         self.needs_centroids = bool(set(config.extra_ops()) & set(fine_grained.NEEDS_CENTROIDS))
         self.image_tables: dict = {}  # split -> per-image tables, from prepare_data
+        head = projection_head or self.default_head(config)
+        if not head.built:
+            head.build((None, encoder.output_shape[-1]))
+        setattr(self, self.head_attribute, head)
+        self.built = True  # encoder and head are built; the augmenter has no weights
+
+    def default_head(self, config) -> keras.layers.Layer:
+        """The method's head when none is given, from its config."""
+        raise NotImplementedError
+
+    @property
+    def _head(self) -> keras.layers.Layer:
+        # Private on purpose: .keras saving walks public attributes in name order, and a public
+        # alias sorting before `head_attribute` would save the head under the alias's name.
+        return getattr(self, self.head_attribute)
+
+    def embed_views(self, view1, view2, training):
+        """head(encoder(.)) of both views in one batch: [2n, d], view 1's rows first."""
+        features = self.encoder(tf.concat([view1, view2], axis=0), training=training)
+        return self._head(features, training=training)
+
+    def call(self, images, training=False):
+        return self._head(self.encoder(images, training=training), training=training)
 
     def benchmark_inputs(self, batch: int, size: int) -> tuple:
         """Both views are the batch itself; the loss reaches the whole forward (encoder and head)."""
@@ -209,6 +240,7 @@ class TwoViewModel(PretextModel):
             "seed": self.seed,
             "weight_decay": self.weight_decay,
             "augmenter": keras.saving.serialize_keras_object(self.augmenter),
+            "projection_head": keras.saving.serialize_keras_object(self._head),
         }
 
     @classmethod
@@ -259,6 +291,35 @@ def build_two_view_model(make_model, train, data, backbone, config: ViewsConfig)
     model = make_model(build_resnet(backbone, data.image_size))
     model.compile(optimizer=guard(keras.optimizers.Adam(learning_rate(train))), jit_compile=False)
     return model
+
+
+def two_view_spec(
+    name: str, model_class: type, default_learning_rate: float, default_weight_decay: float, flags: tuple = ()
+) -> PretextSpec:
+    """The registry entry of a two-view method: `flags` (its own) then the views' (`VIEW_FLAGS`);
+    the trainer builds `model_class(encoder, image_size, config, seed=, weight_decay=, name=name)`
+    on a ResNet encoder with Adam (`build_two_view_model`)."""
+
+    def build_model(train, data, backbone, config: ViewsConfig) -> TwoViewModel:
+        def make(encoder):
+            return model_class(
+                encoder, data.image_size, config, seed=train.seed, weight_decay=train.weight_decay, name=name
+            )
+
+        return build_two_view_model(make, train, data, backbone, config)
+
+    return PretextSpec(
+        name,
+        model_class.config_class,
+        default_learning_rate,
+        default_weight_decay,
+        build_model,
+        flags=(*flags, *VIEW_FLAGS),
+        finish=finish_view_flags,
+        cosine_schedule=True,
+        jit_compile_refused="its augmentation has no XLA kernel",
+        uses_source_size=True,
+    )
 
 
 def _ops_error(names):

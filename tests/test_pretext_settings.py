@@ -60,3 +60,43 @@ def test_a_malformed_declaration_is_refused():
         FlagSpec("x", "x", "number", 0, "help")
     with pytest.raises(ValueError, match="choices"):
         FlagSpec("x", "x", "string", "a", "help", choices=("a",))
+
+
+def test_shared_flags_help_texts_list_every_registered_pretext_from_its_spec():
+    import re
+
+    from absl import flags
+
+    from fgssl_tf import train  # noqa: F401 (defines the training flags here, once)
+
+    def text(name):
+        return " ".join(flags.FLAGS[name].help.split())
+
+    specs = {name: pretext_spec(name) for name in PRETEXTS}
+    rates = re.findall(r"(\w+): (\w+) ([0-9.e-]+)", text("learning_rate").split("(", 1)[1])
+    assert {name: (optimizer, float(rate)) for name, optimizer, rate in rates} == {
+        name: (spec.optimizer, spec.default_learning_rate) for name, spec in specs.items()
+    }
+    decays = re.findall(r"(\w+) ([0-9.e-]+)", text("weight_decay").split("(", 1)[1])
+    assert {name: float(decay) for name, decay in decays} == {n: s.default_weight_decay for n, s in specs.items()}
+    cosine, own = text("lr_schedule").split("cosine decay to 0 (", 1)[1].split(";", 1)
+    assert set(re.findall(r"\w+", cosine)) == {n for n, s in specs.items() if s.cosine_schedule}
+    assert {n for n in specs if n in own} == {n for n, s in specs.items() if not s.cosine_schedule}
+    assert all(name in text("pretext") for name in specs)
+    refusing = text("jit_compile").split("not yet for ", 1)[1].split(":", 1)[0].split("/")
+    assert set(refusing) == {n for n, s in specs.items() if s.jit_compile_refused}
+    assert set(text("source_size").split(":", 1)[0].split("/")) == {n for n, s in specs.items() if s.uses_source_size}
+
+
+def test_benchmark_sizes_come_from_the_pretexts_spec():
+    """tools/benchmark.py sizes what it times with the pretext's hook: SRGAN's HR crop is the whole
+    image and --width its generator's channels; PMG's heads follow --width, with random weights."""
+    srgan = pretext_spec("srgan")
+    config = srgan.benchmark_config(srgan.config_class(), 48, 16, 5, {"srgan_residual_blocks": 2})
+    assert (config.hr_size, config.width, config.residual_blocks) == (48, 16, 2)
+    assert [flag.name for flag in srgan.benchmark_flags] == ["srgan_residual_blocks"]
+    pmg = pretext_spec("pmg")
+    config = pmg.benchmark_config(pmg.config_class(), 48, 16, 5, {})
+    assert (config.num_classes, config.feature_size, config.head_channels) == (5, 128, 256)
+    assert config.backbone_weights == "none"
+    assert all(pretext_spec(name).benchmark_config is None for name in ("simclr", "vicreg", "jigsaw"))

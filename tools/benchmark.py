@@ -42,7 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
-from fgssl_tf.pretext import PRETEXTS  # noqa: E402
+from fgssl_tf import flags as fgssl_flags  # noqa: E402
+from fgssl_tf.pretext import PRETEXTS, pretext_spec  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
@@ -59,9 +60,7 @@ flags.DEFINE_integer("image_size", 64, "Image size.", lower_bound=8)
 flags.DEFINE_integer("batch_size", 64, "Global batch size.", lower_bound=2)
 flags.DEFINE_integer("steps", 12, "Timed steps per measurement (after warm-up).", lower_bound=2)
 flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocation).", lower_bound=1)
-flags.DEFINE_boolean(
-    "jit_compile", False, "XLA-compile the train step (Jigsaw; SimCLR refuses it, SRGAN and PMG ignore it)."
-)
+flags.DEFINE_boolean("jit_compile", False, fgssl_flags.jit_compile_help())
 flags.DEFINE_enum(
     "mixed_precision", "none", ["none", "bfloat16"], "Compute dtype of the layers (weights stay float32)."
 )
@@ -69,7 +68,11 @@ flags.DEFINE_string("dataset", "elpv", "Images for the real-pipeline measurement
 flags.DEFINE_integer(
     "peak_matrix", 2048, "Side of the matrices whose product measures the float32 peak.", lower_bound=64
 )
-flags.DEFINE_integer("srgan_residual_blocks", 16, "SRGAN: generator residual blocks.", lower_bound=1)
+# Each pretext's own sizes (PretextSpec.benchmark_flags), listed in this tool's --help.
+BENCHMARK_FLAGS = [flag for name in PRETEXTS for flag in pretext_spec(name).benchmark_flags]
+fgssl_flags.define_flag_specs(BENCHMARK_FLAGS)
+for flag in BENCHMARK_FLAGS:
+    flags.declare_key_flag(flag.name)
 flags.DEFINE_boolean(
     "evaluation",
     False,
@@ -316,7 +319,6 @@ def main(argv):
 
 def benchmark(pretext: str, splits, peak: float) -> None:
     """Prints one block of figures for `pretext` on the loaded `splits`."""
-    import dataclasses
     import tempfile
 
     import tensorflow as tf
@@ -338,20 +340,9 @@ def benchmark(pretext: str, splits, peak: float) -> None:
     )
     data = DataConfig(dataset=FLAGS.dataset, image_size=size)
     config = get_pretext(pretext).Config()
-    if pretext == "srgan":
-        config = dataclasses.replace(
-            config, hr_size=size, width=FLAGS.width, residual_blocks=FLAGS.srgan_residual_blocks
-        )
-    if pretext == "pmg":
-        # Heads sized with the backbone: the paper's 512 and 1024 at the standard width 64.
-        # Random weights: the step costs the same, and ImageNet's cannot be fetched offline.
-        config = dataclasses.replace(
-            config,
-            num_classes=splits.num_classes,
-            feature_size=8 * FLAGS.width,
-            head_channels=16 * FLAGS.width,
-            backbone_weights="none",
-        )
+    spec = pretext_spec(pretext)
+    if spec.benchmark_config is not None:  # sized with --image_size and --width (PretextSpec.benchmark_config)
+        config = spec.benchmark_config(config, size, FLAGS.width, splits.num_classes, FLAGS.flag_values_dict())
     run = resolve_run(train, data, BackboneConfig(name=FLAGS.backbone, width=FLAGS.width), config)
     steps = FLAGS.warmup + FLAGS.steps
 

@@ -5,8 +5,9 @@ The contract is `fgssl_tf.pretext.base`: a pretext module defines a `PretextMode
 (name, config dataclass, default learning rate and weight decay, `build(train, data, backbone,
 config)`, whether it uses the --backbone, whether it trains on labels, how it settles automatic
 backbone choices, and its command-line flags as `fgssl_tf.pretext.settings.FlagSpec`s, which
-the entry points turn into absl flags). Adding a pretext is its module, a flagfile, its tests
-and one line below.
+the entry points turn into absl flags; optional hooks: `PretextSpec`). Adding a pretext is its
+module, a flagfile, its tests and one line below; a two-view method's module writes only its loss,
+its head's default and its flags (`fgssl_tf.views.two_view_spec`).
 """
 
 from __future__ import annotations

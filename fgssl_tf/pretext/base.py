@@ -184,6 +184,20 @@ class PretextSpec:
     # (config, flag values by name) -> the config: what a flag cannot set alone (defaults computed
     # from other flags, checks across flags); raises FgsslError naming the flags.
     finish: Callable | None = None
+    # (flag values by name) -> None, raising FgsslError: a check across its flags that the entry
+    # points run before any work (`fgssl_tf.flags.check_pretext_flags`).
+    check_flags: Callable | None = None
+    # For the shared flags' help texts (`fgssl_tf.flags`): the optimizer its default learning rate is
+    # for, whether --lr_schedule=cosine applies (else it keeps the paper's schedule), why it refuses
+    # --jit_compile ("": it does not), whether --source_size applies (it cuts random crops from the images).
+    optimizer: str = "Adam"
+    cosine_schedule: bool = False
+    jit_compile_refused: str = ""
+    uses_source_size: bool = False
+    # tools/benchmark.py: (config, image_size, width, num_classes, flag values) -> the config it times,
+    # sized with the tool's --image_size and --width; and the flags of its own the tool defines for it.
+    benchmark_config: Callable | None = None
+    benchmark_flags: tuple = ()
 
     def backbone_for(self, backbone, data, config):
         """The backbone config this pretext will build, automatic choices settled."""

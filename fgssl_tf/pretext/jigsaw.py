@@ -519,4 +519,5 @@ SPEC = PretextSpec(
     build_model,
     resolve_backbone=resolve_backbone,
     flags=FLAGS,
+    optimizer="SGD",
 )

@@ -421,8 +421,28 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
     )
 
 
+def benchmark_config(config: PMGConfig, image_size: int, width: int, num_classes: int, values) -> PMGConfig:
+    """`PretextSpec.benchmark_config`: heads sized with the backbone (the paper's 512 and 1024 at the
+    standard width 64); random weights: the step costs the same, and ImageNet's cannot be fetched offline."""
+    return dataclasses.replace(
+        config,
+        num_classes=num_classes,
+        feature_size=8 * width,
+        head_channels=16 * width,
+        backbone_weights="none",
+    )
+
+
 Config = PMGConfig
 
 SPEC = PretextSpec(
-    "pmg", PMGConfig, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, build_model, supervised=True, flags=FLAGS
+    "pmg",
+    PMGConfig,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_WEIGHT_DECAY,
+    build_model,
+    supervised=True,
+    flags=FLAGS,
+    optimizer="SGD",
+    benchmark_config=benchmark_config,
 )

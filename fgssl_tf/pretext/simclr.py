@@ -23,10 +23,8 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.objectives import nt_xent, replica_info
 from fgssl_tf.optim import FiniteMean
-from fgssl_tf.pretext.base import PretextSpec
 from fgssl_tf.pretext.settings import FlagSpec
 from fgssl_tf.views import (  # noqa: F401 (API)
     EXTRA_MODES,
@@ -35,6 +33,7 @@ from fgssl_tf.views import (  # noqa: F401 (API)
     ViewsConfig,
     build_two_view_model,
     finish_view_flags,
+    two_view_spec,
 )
 
 DEFAULT_LEARNING_RATE = 1e-3  # Adam, constant (the paper's schedule was never stepped)
@@ -54,7 +53,6 @@ FLAGS = (
     FlagSpec(
         "projection_hidden_dim", "hidden_dim", "integer", 512, "Hidden size of the projection head.", lower_bound=1
     ),
-    *VIEW_FLAGS,
 )
 
 
@@ -72,21 +70,16 @@ class SimCLRModel(TwoViewModel):
 
     config_class = SimCLRConfig
     default_learning_rate = DEFAULT_LEARNING_RATE
+    head_attribute = "projector"
 
-    def __init__(
-        self,
-        encoder: keras.Model,
-        image_size: int | None = None,
-        config: SimCLRConfig | None = None,
-        seed: int = 0,
-        weight_decay: float = 0.0,
-        projection_head: keras.layers.Layer | None = None,
-        **kwargs,
-    ):
-        super().__init__(encoder, image_size, config, seed=seed, weight_decay=weight_decay, **kwargs)
-        config = self.views_config
-        self.simclr_config = config
-        self.projector = projection_head or keras.Sequential(
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.simclr_config = self.views_config
+        self.loss_tracker = FiniteMean(name="loss")
+        self.accuracy_tracker = FiniteMean(name="contrastive_accuracy")
+
+    def default_head(self, config: SimCLRConfig) -> keras.layers.Layer:
+        return keras.Sequential(
             [
                 keras.layers.Dense(config.hidden_dim, name="projection_hidden"),
                 keras.layers.ReLU(),
@@ -94,11 +87,6 @@ class SimCLRModel(TwoViewModel):
             ],
             name="projector",
         )
-        if not self.projector.built:
-            self.projector.build((None, encoder.output_shape[-1]))
-        self.built = True  # encoder and projector are built; the augmenter has no weights
-        self.loss_tracker = FiniteMean(name="loss")
-        self.accuracy_tracker = FiniteMean(name="contrastive_accuracy")
 
     @property
     def metrics(self):
@@ -106,8 +94,7 @@ class SimCLRModel(TwoViewModel):
 
     def _loss(self, view1, view2, training):
         local = tf.shape(view1)[0]
-        features = self.encoder(tf.concat([view1, view2], axis=0), training=training)
-        projections = self.projector(features, training=training)
+        projections = self.embed_views(view1, view2, training)
         losses, hits = nt_xent(projections[:local], projections[local:], self.simclr_config.temperature)
         _, replicas, _ = replica_info()
         # Each replica holds 2n of the 2N anchors; gradients are summed over replicas.
@@ -119,35 +106,14 @@ class SimCLRModel(TwoViewModel):
         self.accuracy_tracker.update_state(hits)
         return self.results(self.metrics)
 
-    def call(self, images, training=False):
-        return self.projector(self.encoder(images, training=training), training=training)
-
-    def get_config(self):
-        return {**super().get_config(), "projection_head": keras.saving.serialize_keras_object(self.projector)}
-
 
 def build(encoder: keras.Model, image_size: int, config: SimCLRConfig, seed: int, weight_decay: float) -> SimCLRModel:
     return SimCLRModel(encoder, image_size, config, seed=seed, weight_decay=weight_decay, name="simclr")
 
 
-def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, config: SimCLRConfig) -> SimCLRModel:
-    """The compiled pretext model (Adam; a constant learning rate, as the paper trained, unless
-    `train.lr_schedule` asks for warm-up and cosine decay)."""
-
-    def make(encoder):
-        return build(encoder, data.image_size, config, train.seed, train.weight_decay)
-
-    return build_two_view_model(make, train, data, backbone, config)
-
-
 Config = SimCLRConfig
 
-SPEC = PretextSpec(
-    "simclr",
-    SimCLRConfig,
-    DEFAULT_LEARNING_RATE,
-    DEFAULT_WEIGHT_DECAY,
-    build_model,
-    flags=FLAGS,
-    finish=finish_view_flags,
-)
+# The trainer's build_model: a ResNet encoder, Adam at a constant learning rate (as the paper
+# trained) unless `train.lr_schedule` asks for warm-up and cosine decay.
+SPEC = two_view_spec("simclr", SimCLRModel, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, FLAGS)
+build_model = SPEC.build

@@ -223,6 +223,25 @@ def finish_flags(config: SRGANConfig, values) -> SRGANConfig:
     return dataclasses.replace(config, hr_size=min(96, values["image_size"]) // config.scale * config.scale)
 
 
+def check_flags(values) -> None:
+    """`PretextSpec.check_flags`: a generator to start from is for the gan stage only."""
+    if values["srgan_generator_init"] and values["srgan_stage"] != "gan":
+        raise FgsslError("--srgan_generator_init is for --srgan_stage=gan (it starts from a psnr run's generator)")
+
+
+# tools/benchmark.py's own flag for SRGAN (its other sizes follow the tool's --image_size and --width).
+BENCHMARK_FLAGS = (
+    FlagSpec(
+        "srgan_residual_blocks", "residual_blocks", "integer", 16, "SRGAN: generator residual blocks.", lower_bound=1
+    ),
+)
+
+
+def benchmark_config(config: SRGANConfig, image_size: int, width: int, num_classes: int, values) -> SRGANConfig:
+    """`PretextSpec.benchmark_config`: the HR crop is the whole image, --width the generator's channels."""
+    return dataclasses.replace(config, hr_size=image_size, width=width, residual_blocks=values["srgan_residual_blocks"])
+
+
 # --- networks ---------------------------------------------------------------------
 
 
@@ -707,4 +726,7 @@ SPEC = PretextSpec(
     uses_backbone=False,
     flags=FLAGS,
     finish=finish_flags,
+    check_flags=check_flags,
+    benchmark_config=benchmark_config,
+    benchmark_flags=BENCHMARK_FLAGS,
 )

@@ -22,12 +22,10 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.models.layers import batch_norm
 from fgssl_tf.objectives import cross_replica_concat, replica_info
-from fgssl_tf.pretext.base import PretextSpec
 from fgssl_tf.pretext.settings import FlagSpec
-from fgssl_tf.views import VIEW_FLAGS, TwoViewModel, ViewsConfig, build_two_view_model, finish_view_flags
+from fgssl_tf.views import TwoViewModel, ViewsConfig, two_view_spec
 
 DEFAULT_LEARNING_RATE = 1e-3  # Adam (the paper: LARS at batch 2048; Adam suits the small batches of a CPU)
 DEFAULT_WEIGHT_DECAY = 1e-5
@@ -83,7 +81,6 @@ FLAGS = (
         "VICReg: weight of the off-diagonal covariance.",
         lower_bound=0.0,
     ),
-    *VIEW_FLAGS,
 )
 
 
@@ -125,35 +122,23 @@ class VICRegModel(TwoViewModel):
 
     config_class = VICRegConfig
     default_learning_rate = DEFAULT_LEARNING_RATE
+    head_attribute = "expander"
 
-    def __init__(
-        self,
-        encoder: keras.Model,
-        image_size: int | None = None,
-        config: VICRegConfig | None = None,
-        seed: int = 0,
-        weight_decay: float = 0.0,
-        projection_head: keras.layers.Layer | None = None,
-        **kwargs,
-    ):
-        super().__init__(encoder, image_size, config, seed=seed, weight_decay=weight_decay, **kwargs)
-        config = self.views_config
-        self.vicreg_config = config
-        if projection_head is None:
-            layers = []
-            for k in range(config.expander_layers - 1):
-                layers += [
-                    keras.layers.Dense(config.expander_dim, name=f"expander_{k}"),
-                    batch_norm(f"expander_bn_{k}"),
-                    keras.layers.ReLU(),
-                ]
-            layers.append(keras.layers.Dense(config.expander_dim, name="expander_out"))
-            projection_head = keras.Sequential(layers, name="expander")
-        self.expander = projection_head
-        if not self.expander.built:
-            self.expander.build((None, encoder.output_shape[-1]))
-        self.built = True
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.vicreg_config = self.views_config
         self.trackers = self.make_trackers("loss", "invariance", "variance", "covariance")
+
+    def default_head(self, config: VICRegConfig) -> keras.layers.Layer:
+        layers = []
+        for k in range(config.expander_layers - 1):
+            layers += [
+                keras.layers.Dense(config.expander_dim, name=f"expander_{k}"),
+                batch_norm(f"expander_bn_{k}"),
+                keras.layers.ReLU(),
+            ]
+        layers.append(keras.layers.Dense(config.expander_dim, name="expander_out"))
+        return keras.Sequential(layers, name="expander")
 
     @property
     def metrics(self):
@@ -161,8 +146,7 @@ class VICRegModel(TwoViewModel):
 
     def _loss(self, view1, view2, training):
         local = tf.shape(view1)[0]
-        features = self.encoder(tf.concat([view1, view2], axis=0), training=training)
-        embeddings = self.expander(features, training=training)
+        embeddings = self.embed_views(view1, view2, training)
         terms = vicreg_terms(embeddings[:local], embeddings[local:])
         _, replicas, _ = replica_info()
         # Every replica computes the global batch's loss; its gradient reaches each replica's own
@@ -175,34 +159,8 @@ class VICRegModel(TwoViewModel):
             self.trackers[name].update_state(value)
         return self.results(self.metrics)
 
-    def call(self, images, training=False):
-        return self.expander(self.encoder(images, training=training), training=training)
-
-    def get_config(self):
-        return {**super().get_config(), "projection_head": keras.saving.serialize_keras_object(self.expander)}
-
-
-def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, config: VICRegConfig) -> VICRegModel:
-    """The compiled pretext model: Adam with the run's learning rate (schedule)."""
-    return build_two_view_model(
-        lambda encoder: VICRegModel(
-            encoder, data.image_size, config, seed=train.seed, weight_decay=train.weight_decay, name="vicreg"
-        ),
-        train,
-        data,
-        backbone,
-        config,
-    )
-
 
 Config = VICRegConfig
 
-SPEC = PretextSpec(
-    "vicreg",
-    VICRegConfig,
-    DEFAULT_LEARNING_RATE,
-    DEFAULT_WEIGHT_DECAY,
-    build_model,
-    flags=FLAGS,
-    finish=finish_view_flags,
-)
+# The trainer's build_model: a ResNet encoder, Adam with the run's learning rate (schedule).
+SPEC = two_view_spec("vicreg", VICRegModel, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY, FLAGS)
