@@ -9,5 +9,6 @@ if ! .venv/bin/ruff check -q . || ! .venv/bin/ruff format --check -q .; then
     exit 1
 fi
 # Two workers, one test file each at a time: much of a TensorFlow test is single-threaded
-# tracing, so two files overlap well on two cores (module fixtures stay in one worker).
-exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
+# tracing, so two files overlap well on two cores (module fixtures stay in one worker). Files go
+# out longest first (tests/conftest.py, LONGEST_FIRST), not by how many tests they hold.
+exec .venv/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder "$@"

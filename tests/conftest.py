@@ -110,7 +110,33 @@ def replicated_loss_and_grads(strategy, replica_loss, z1, z2):
 SLOW_FIXTURES = {"trained_encoder", "elpv_small", "elpv_48px", "psnr_run"}
 
 
+# Under ./test.sh (two xdist workers, one file at a time, `--no-loadscope-reorder`) the files that take
+# longest start first and the short ones fill in at the end, so the two workers finish together
+# (longest-processing-time first; xdist's own order, by test count, handed out test_distribute.py,
+# 2 tests and minutes of work, last). Order: seconds per file of a whole run (`--durations=0`,
+# summed per file, 2026-11-27); files not listed follow in collection order.
+LONGEST_FIRST = (
+    "test_reliability.py",
+    "test_cli.py",
+    "test_pmg.py",
+    "test_python_api.py",
+    "test_fine_grained.py",
+    "test_distribute.py",
+    "test_srgan.py",
+    "test_evaluation_speed.py",
+    "test_simclr_training.py",
+    "test_ship.py",
+    "test_jigsaw.py",
+    "test_evaluate.py",
+    "test_vicreg.py",
+    "test_reproduce.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller hands out files in this order
+        rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: tests keep their order

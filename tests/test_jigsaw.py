@@ -190,7 +190,8 @@ def test_short_run_on_elpv_beats_chance_resumes_and_exports(tmp_path, elpv_48px)
     data = DataConfig(image_size=48)
     backbone = BackboneConfig(width=8)  # small stem: automatic for 12 px tiles
     assert jigsaw.resolve_backbone(backbone, data, config).small_stem
-    train = tiny_train_config(tmp_path, pretext="jigsaw", epochs=1, steps_per_epoch=100, validate=True)
+    # Exported once, by the resumed run (--export is one of the settings a resume may change).
+    train = tiny_train_config(tmp_path, pretext="jigsaw", epochs=1, steps_per_epoch=100, validate=True, export=False)
     first = trainer.pretrain(train, data, backbone, config, splits=elpv_48px)
     assert first.history["val_accuracy"][-1] > 0.3, first.history  # chance: 0.10
     tags = set()
@@ -207,7 +208,9 @@ def test_short_run_on_elpv_beats_chance_resumes_and_exports(tmp_path, elpv_48px)
     with open(os.path.join(train.model_dir, jigsaw.PERMUTATION_FILE), "w") as f:
         json.dump({**saved, "permutations": saved["permutations"][::-1]}, f)
     # (The run's own settings: a resume that changes --steps_per_epoch or --validate is refused, docs/reliability.md.)
-    resumed = trainer.pretrain(dataclasses.replace(train, epochs=2), data, backbone, config, splits=elpv_48px)
+    resumed = trainer.pretrain(
+        dataclasses.replace(train, epochs=2, export=True), data, backbone, config, splits=elpv_48px
+    )
     assert resumed.initial_epoch == 1
     np.testing.assert_array_equal(resumed.model.puzzle.permutations, saved["permutations"][::-1])
     with pytest.raises(FgsslError, match="use a new --model_dir"):

@@ -14,6 +14,7 @@ from fgssl_tf.config import BackboneConfig, DataConfig
 from fgssl_tf.data import pipeline
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.evaluation import EvalConfig, evaluate
+from fgssl_tf.models.layers import Conv2D, batch_norm
 from fgssl_tf.pretext import pmg
 
 DATA = DataConfig(image_size=IMAGE_SIZE)
@@ -24,6 +25,24 @@ def _model(tmp_path, config=SMALL, **train):
     return trainer.build_pretext_model(
         tiny_train_config(tmp_path, pretext="pmg", batch_size=16, **train), DATA, TINY_BACKBONE, config
     )
+
+
+def _small_stages():
+    """Three stages of the ResNet's own layers (its Conv2D; batch norm, synchronized with several
+    replicas): what 2 replicas = 1 rests on, with a fraction of ResNet-18's ops to trace four times."""
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="images")
+    x, stages = inputs, []
+    for stage, filters in enumerate((8, 16, 32), start=1):
+        x = Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"stage{stage}_conv")(x)
+        x = keras.layers.ReLU(name=f"stage{stage}_relu")(batch_norm(f"stage{stage}_bn")(x))
+        stages.append(x)
+    return keras.Model(inputs, stages, name="small_stages")
+
+
+def _small_model(config=SMALL):
+    """PMG on `_small_stages`, built as `pmg.build_model` builds it (two guarded SGDs, PMG's defaults)."""
+    keras.utils.set_random_seed(0)
+    return pmg.build(_small_stages(), IMAGE_SIZE, config, 0, pmg.DEFAULT_WEIGHT_DECAY, pmg.DEFAULT_LEARNING_RATE)
 
 
 def _head_losses(model, images, labels):
@@ -43,14 +62,14 @@ def _head_losses(model, images, labels):
     return np.array(losses)
 
 
-def test_four_updates_per_batch_and_every_head_learns(tmp_path, elpv_small, monkeypatch):
+def test_four_updates_per_batch_and_every_head_learns(elpv_small, monkeypatch):
     grids = []
     original = pmg.random_jigsaw
     assert original is fine_grained.random_jigsaw  # the SimCLR random-jigsaw op, PMG's jigsaw_generator
     monkeypatch.setattr(
         pmg, "random_jigsaw", lambda images, seed, grid, **kw: grids.append(grid) or original(images, seed, grid, **kw)
     )
-    model = _model(tmp_path)
+    model = _small_model()
     images, labels = elpv_small.train_images[:16], elpv_small.train_labels[:16]
     before = _head_losses(model, images, labels)
     model.fit(pipeline.epoch_batches(images, labels, 16, 0, 0, 1, 30), epochs=1, steps_per_epoch=30, verbose=0)
@@ -133,24 +152,24 @@ def test_backbone_weights_imagenet_path_and_none(tmp_path, monkeypatch):
     )
 
 
-def _one_batch(strategy, tmp_path, images, labels):
+def _one_batch(strategy, images, labels):
     """One batch (four updates) from the same initial weights; the logs and each weight's change."""
     with strategy.scope():
-        model = _model(tmp_path)
+        model = _small_model()
     initial = [v.numpy() for v in model.trainable_weights]
     dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64))).batch(len(images))
     logs = model.fit(dataset, epochs=1, verbose=0).history
     return logs, [v.numpy() - w for v, w in zip(model.trainable_weights, initial)]
 
 
-def test_two_replicas_train_like_one(tmp_path, elpv_small):
+def test_two_replicas_train_like_one(elpv_small):
     """Batch norm synchronized (the default with several replicas), the same jigsaw for
     the whole global batch, crops drawn for the global batch: 2 replicas = 1 replica."""
     from fgssl_tf.distribute import make_strategy
 
     images, labels = elpv_small.train_images[:16], elpv_small.train_labels[:16]
-    one, updates_one = _one_batch(make_strategy("one_device"), tmp_path / "one", images, labels)
-    two, updates_two = _one_batch(make_strategy("mirrored"), tmp_path / "two", images, labels)
+    one, updates_one = _one_batch(make_strategy("one_device"), images, labels)
+    two, updates_two = _one_batch(make_strategy("mirrored"), images, labels)
     for name in ("loss_granularity_8", "loss_granularity_4", "loss_granularity_2", "loss_whole", "loss"):
         # Four updates in sequence: the later heads see weights that differ by float rounding.
         assert two[name][0] == pytest.approx(one[name][0], rel=1e-4), name
