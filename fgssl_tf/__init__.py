@@ -4,27 +4,21 @@ Library code takes explicit dataclass configs (see `fgssl_tf.config`); absl flag
 are parsed only by the entry points (`python -m fgssl_tf.train`, `tools/*.py`).
 
 The pretexts as Keras models (docs/python_api.md): `from fgssl_tf import SimCLR, VICReg,
-Jigsaw, SRGAN, PMG`; each is imported (with TensorFlow) when first named.
+Jigsaw, SRGAN, PMG`; each is imported (with TensorFlow) when first named. Their public names
+are the registry's (fgssl_tf/pretext/__init__.py).
 """
 
 from fgssl_tf.errors import FgsslError
+from fgssl_tf.pretext import PUBLIC_MODELS
 
 __version__ = "0.1.0"
-# Public name -> (module, class): the pretext models of fgssl_tf/pretext/.
-_MODELS = {
-    "SimCLR": ("fgssl_tf.pretext.simclr", "SimCLRModel"),
-    "VICReg": ("fgssl_tf.pretext.vicreg", "VICRegModel"),
-    "Jigsaw": ("fgssl_tf.pretext.jigsaw", "JigsawModel"),
-    "SRGAN": ("fgssl_tf.pretext.srgan", "SRGANModel"),
-    "PMG": ("fgssl_tf.pretext.pmg", "PMGModel"),
-}
-__all__ = ["FgsslError", "__version__", *_MODELS]
+__all__ = ["FgsslError", "__version__", *PUBLIC_MODELS]
 
 
 def __getattr__(name: str):
-    if name not in _MODELS:
+    """A pretext's model class by its public name (the registry, fgssl_tf/pretext/__init__.py)."""
+    if name not in PUBLIC_MODELS:
         raise AttributeError(f"module 'fgssl_tf' has no attribute {name!r}")
-    import importlib
+    from fgssl_tf.pretext import pretext_spec
 
-    module, cls = _MODELS[name]
-    return vars(importlib.import_module(module))[cls]
+    return pretext_spec(PUBLIC_MODELS[name]).model_class

@@ -319,6 +319,7 @@ def two_view_spec(
         cosine_schedule=True,
         jit_compile_refused="its augmentation has no XLA kernel",
         uses_source_size=True,
+        model_class=model_class,
     )
 
 

@@ -74,6 +74,17 @@ PUBLIC = {
 
 def test_every_registered_pretext_has_a_public_class():
     assert set(PUBLIC) == set(PRETEXTS)
+    from fgssl_tf.pretext import PUBLIC_MODELS, pretext_spec
+    from fgssl_tf.pretext.base import PretextModel
+
+    # The public names come from the registry alone: one line there makes `from fgssl_tf import X` work.
+    assert sorted(PUBLIC_MODELS.values()) == sorted(PRETEXTS)
+    assert set(PUBLIC_MODELS) <= set(fgssl_tf.__all__)
+    for public, name in PUBLIC_MODELS.items():
+        model_class = getattr(fgssl_tf, public)
+        assert model_class is pretext_spec(name).model_class and issubclass(model_class, PretextModel)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        fgssl_tf.Nope  # noqa: B018
 
 
 @pytest.mark.parametrize("name", PRETEXTS)

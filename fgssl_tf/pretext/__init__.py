@@ -17,15 +17,17 @@ import importlib
 
 from fgssl_tf.errors import FgsslError
 
-# name -> the module that defines its SPEC (imported when the pretext is first used)
+# name -> (the module that defines its SPEC, imported when the pretext is first used; the public
+# name of its model class: `from fgssl_tf import SimCLR` is `SPEC.model_class`)
 _MODULES = {
-    "simclr": "fgssl_tf.pretext.simclr",
-    "jigsaw": "fgssl_tf.pretext.jigsaw",
-    "srgan": "fgssl_tf.pretext.srgan",
-    "pmg": "fgssl_tf.pretext.pmg",
-    "vicreg": "fgssl_tf.pretext.vicreg",
+    "simclr": ("fgssl_tf.pretext.simclr", "SimCLR"),
+    "jigsaw": ("fgssl_tf.pretext.jigsaw", "Jigsaw"),
+    "srgan": ("fgssl_tf.pretext.srgan", "SRGAN"),
+    "pmg": ("fgssl_tf.pretext.pmg", "PMG"),
+    "vicreg": ("fgssl_tf.pretext.vicreg", "VICReg"),
 }
 PRETEXTS = tuple(_MODULES)
+PUBLIC_MODELS = {public: name for name, (_, public) in _MODULES.items()}  # public class name -> pretext
 PLANNED: tuple = ()
 
 
@@ -40,7 +42,7 @@ def check_pretext(name: str) -> None:
 def get_pretext(name: str):
     """The module of pretext `name`."""
     check_pretext(name)
-    return importlib.import_module(_MODULES[name])
+    return importlib.import_module(_MODULES[name][0])
 
 
 def pretext_spec(name: str):

@@ -198,6 +198,8 @@ class PretextSpec:
     # sized with the tool's --image_size and --width; and the flags of its own the tool defines for it.
     benchmark_config: Callable | None = None
     benchmark_flags: tuple = ()
+    # Its PretextModel subclass, public as `fgssl_tf.<the registry's public name>` (docs/python_api.md).
+    model_class: type | None = None
 
     def backbone_for(self, backbone, data, config):
         """The backbone config this pretext will build, automatic choices settled."""

@@ -520,4 +520,5 @@ SPEC = PretextSpec(
     resolve_backbone=resolve_backbone,
     flags=FLAGS,
     optimizer="SGD",
+    model_class=JigsawModel,
 )

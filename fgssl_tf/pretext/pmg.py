@@ -445,4 +445,5 @@ SPEC = PretextSpec(
     flags=FLAGS,
     optimizer="SGD",
     benchmark_config=benchmark_config,
+    model_class=PMGModel,
 )

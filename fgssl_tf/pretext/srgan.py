@@ -729,4 +729,5 @@ SPEC = PretextSpec(
     check_flags=check_flags,
     benchmark_config=benchmark_config,
     benchmark_flags=BENCHMARK_FLAGS,
+    model_class=SRGANModel,
 )
