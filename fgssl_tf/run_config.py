@@ -15,7 +15,7 @@ import typing
 
 from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.errors import FgsslError
-from fgssl_tf.pretext import pretext_spec, with_pretext_defaults
+from fgssl_tf.pretext import PRETEXTS, pretext_spec, with_pretext_defaults
 
 if typing.TYPE_CHECKING:
     from fgssl_tf.monitor import MonitorConfig
@@ -111,4 +111,10 @@ def resolve_run(
     backbone = spec.backbone_for(backbone or BackboneConfig(), data, pretext)  # also too small images' error
     if train.epochs < 1 or train.batch_size < 2:
         raise FgsslError("--epochs must be at least 1 and --batch_size at least 2")
+    if data.source_size and (data.source_size < data.image_size or not spec.uses_source_size):
+        cutting = ", ".join(name for name in PRETEXTS if pretext_spec(name).uses_source_size)
+        raise FgsslError(
+            f"--source_size={data.source_size} is for the two-view methods ({cutting}), and at least "
+            f"--image_size={data.image_size}; leave it unset otherwise"
+        )
     return RunConfig(train, data, backbone, pretext, monitor)

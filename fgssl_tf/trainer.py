@@ -41,7 +41,6 @@ from fgssl_tf.monitor import Monitor, MonitorConfig
 from fgssl_tf.optim import check_schedule, set_schedule_length
 from fgssl_tf.pretext import pretext_spec
 from fgssl_tf.run_config import RUN_CONFIG_FILE, SECTIONS, RunConfig, resolve_run
-from fgssl_tf.views import TwoViewModel
 
 log = logging.getLogger(__name__)
 
@@ -367,11 +366,6 @@ def run(run: RunConfig, splits: Splits | None = None) -> PretrainResult:
     with strategy.scope():  # before the data: a setting the model refuses fails fast
         model = build_model(run)
     check_schedule(model, train)
-    if data.source_size and (data.source_size < data.image_size or not isinstance(model, TwoViewModel)):
-        raise FgsslError(
-            f"--source_size={data.source_size} is for the two-view methods (simclr, vicreg), and at least "
-            f"--image_size={data.image_size}; leave it unset otherwise"
-        )
     export_size = model.export_image_size or data.image_size  # the encoders' input size (SRGAN: its HR crop)
     splits = splits or load_splits(data)
     _check_same_data(train.model_dir, splits.stats)
