@@ -4,6 +4,10 @@ so tests can run two replicas of MirroredStrategy on one CPU."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Decoded images are kept between test processes (and runs) here, not in the user's ~/.cache;
+# subprocess tests inherit it. See fgssl_tf/data/disk_cache.py.
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("FGSSL_CACHE_DIR", os.path.join(_REPO_ROOT, ".pytest_cache", "fgssl_tf"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -15,7 +19,7 @@ tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceCon
 from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig  # noqa: E402
 from fgssl_tf.data import load_splits  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = _REPO_ROOT
 IMAGE_SIZE = 32
 TINY_BACKBONE = BackboneConfig(name="resnet18", width=8, small_stem=False)
 

@@ -7,12 +7,14 @@ one image size. Nothing here shuffles per epoch; see `pipeline.py` for that.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import logging
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from fgssl_tf.data import disk_cache
 from fgssl_tf.data import images as image_io
 from fgssl_tf.data.splits import stratified_split
 from fgssl_tf.errors import FgsslError
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 # Fixed forever: changing it changes every published elpv number.
 ELPV_SPLIT_SEED = 2107
 ELPV_FRACTIONS = (0.6, 0.2, 0.2)
+ELPV_IMAGE_COUNT = 2624
 ELPV_CLASS_NAMES = ("functional", "possibly_defective", "likely_defective", "defective")
 FOLDER_SPLIT_SEED = 0
 SPLIT_NAMES = ("train", "val", "test")
@@ -56,17 +59,25 @@ def check_fits_in_memory(count: int, image_size: int, max_cache_gb: float | None
         )
 
 
+@disk_cache.cached
+def _decoded_elpv(image_size: int, package_version: str) -> tuple[np.ndarray, np.ndarray]:
+    """All elpv images resized to image_size, and their classes; kept on disk per size and version."""
+    from elpv_dataset.utils import load_dataset
+
+    images, probabilities, _ = load_dataset()
+    labels = np.rint(np.asarray(probabilities) * 3).astype(np.int64)
+    return image_io.resize_array(images, image_size), labels
+
+
 def load_elpv(image_size: int, max_cache_gb: float | None = None) -> RawSplits:
     """2,624 solar-cell images; the defect probability {0, 1/3, 2/3, 1} is the class."""
     try:
-        from elpv_dataset.utils import load_dataset
+        import elpv_dataset  # noqa: F401
     except ImportError as err:
         raise FgsslError("the elpv dataset needs the `elpv-dataset` package: pip install 'fgssl_tf[elpv]'") from err
-    images, probabilities, _ = load_dataset()
-    check_fits_in_memory(len(images), image_size, max_cache_gb)
-    labels = np.rint(np.asarray(probabilities) * 3).astype(np.int64)
+    check_fits_in_memory(ELPV_IMAGE_COUNT, image_size, max_cache_gb)
+    resized, labels = _decoded_elpv(image_size, importlib.metadata.version("elpv-dataset"))
     parts = stratified_split(labels, ELPV_FRACTIONS, ELPV_SPLIT_SEED)
-    resized = image_io.resize_array(images, image_size)
     return RawSplits(
         images={name: resized[idx] for name, idx in zip(SPLIT_NAMES, parts)},
         labels={name: labels[idx] for name, idx in zip(SPLIT_NAMES, parts)},
