@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from fgssl_tf.data import disk_cache
+
 TF_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # tf.io.decode_image reads these
 PIL_EXTENSIONS = (".tif", ".tiff")  # TensorFlow has no TIFF decoder: Pillow reads them
 IMAGE_EXTENSIONS = TF_EXTENSIONS + PIL_EXTENSIONS
@@ -84,10 +86,31 @@ def _decode_with_pil(paths: Sequence[str], image_size: int) -> dict:
 
 
 def decode_files(paths: Sequence[str], image_size: int) -> DecodedFiles:
-    """Decode files in parallel; unreadable or corrupt ones are skipped and logged."""
+    """Decode files in parallel; unreadable or corrupt ones are skipped and logged. The result is
+    kept in the disk cache under each file's identity (size, times, inode): an edited, replaced or
+    renamed file is decoded again, an unchanged folder is not."""
     paths = [os.fspath(p) for p in paths]
     if not paths:
         return DecodedFiles(np.zeros([0, image_size, image_size, 3], np.uint8), np.zeros([0], np.int64), [])
+    decoded = _decode_files(paths, [_file_identity(p) for p in paths], image_size)
+    for path in decoded.skipped[:20]:
+        log.warning("skipped unreadable or corrupt image: %s", path)
+    if len(decoded.skipped) > 20:
+        log.warning("... and %d more unreadable images", len(decoded.skipped) - 20)
+    return decoded
+
+
+def _file_identity(path: str) -> tuple | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None  # missing or a broken link: decoding skips it
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev)
+
+
+@disk_cache.cached
+def _decode_files(paths: list[str], file_identities: list, image_size: int) -> DecodedFiles:
+    """`decode_files` without the cache and the log; `file_identities` key the cache entry."""
     by_pil = [i for i, p in enumerate(paths) if p.lower().endswith(PIL_EXTENSIONS)]
     by_tf = [i for i, p in enumerate(paths) if not p.lower().endswith(PIL_EXTENSIONS)]
     kept, images = [], []
@@ -113,10 +136,6 @@ def decode_files(paths: Sequence[str], image_size: int) -> DecodedFiles:
     kept_idx, stacked = kept_idx[order], stacked[order]
     good = set(kept_idx.tolist())
     skipped = [p for i, p in enumerate(paths) if i not in good]
-    for path in skipped[:20]:
-        log.warning("skipped unreadable or corrupt image: %s", path)
-    if len(skipped) > 20:
-        log.warning("... and %d more unreadable images", len(skipped) - 20)
     return DecodedFiles(stacked, kept_idx, skipped)
 
 
