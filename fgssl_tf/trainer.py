@@ -339,24 +339,26 @@ def pretrain(
     return run(resolve_run(train, data, backbone, pretext_config, monitor), splits)
 
 
-def run(run: RunConfig, splits: Splits | None = None) -> PretrainResult:
+def run(run_config: RunConfig, splits: Splits | None = None) -> PretrainResult:
     """Train a resolved run (`resolve_run`) as it is given, resume from its model_dir if that holds a
-    checkpoint, export. `splits`: the data already loaded (else loaded from `run.data`)."""
+    checkpoint, export. `splits`: the data already loaded (else loaded from `run_config.data`)."""
     strategy = make_strategy(
-        run.train.strategy
+        run_config.train.strategy
     )  # first: a multi-worker cluster must be joined before TensorFlow's first op
-    spec = run.spec
+    spec = run_config.spec
     supervised = spec.supervised
     # Before any work (before the data where possible): a model_dir holding another run, unwritable folders.
-    _check_resumable(run, not_yet=_SET_FROM_DATA if supervised else ())
-    _check_writable_folder(run.train.model_dir, "--model_dir")
-    if run.train.export:
-        _check_writable_folder(run.train.export_dir, "--export_dir")
+    _check_resumable(run_config, not_yet=_SET_FROM_DATA if supervised else ())
+    _check_writable_folder(run_config.train.model_dir, "--model_dir")
+    if run_config.train.export:
+        _check_writable_folder(run_config.train.export_dir, "--export_dir")
     if supervised:  # a supervised "pretext" (PMG) sizes its heads from the labels
-        splits = splits or load_splits(run.data)
-        run = dataclasses.replace(run, pretext=dataclasses.replace(run.pretext, num_classes=splits.num_classes))
-        _check_resumable(run)
-    train, data, backbone = run.train, run.data, run.backbone
+        splits = splits or load_splits(run_config.data)
+        run_config = dataclasses.replace(
+            run_config, pretext=dataclasses.replace(run_config.pretext, num_classes=splits.num_classes)
+        )
+        _check_resumable(run_config)
+    train, data, backbone = run_config.train, run_config.data, run_config.backbone
 
     if train.batch_size % strategy.num_replicas_in_sync:
         raise FgsslError(
@@ -364,7 +366,7 @@ def run(run: RunConfig, splits: Splits | None = None) -> PretrainResult:
         )
     chief = is_chief(strategy)
     with strategy.scope():  # before the data: a setting the model refuses fails fast
-        model = build_model(run)
+        model = build_model(run_config)
     check_schedule(model, train)
     export_size = model.export_image_size or data.image_size  # the encoders' input size (SRGAN: its HR crop)
     splits = splits or load_splits(data)
@@ -397,7 +399,7 @@ def run(run: RunConfig, splits: Splits | None = None) -> PretrainResult:
         strategy, initial_epoch * steps + initial_step, "the batches already trained (the checkpoint to resume from)"
     )
     if chief:
-        run.save(train.model_dir, data_stats=splits.stats)
+        run_config.save(train.model_dir, data_stats=splits.stats)
 
     history: dict = {}
     if initial_epoch < train.epochs:
@@ -414,8 +416,10 @@ def run(run: RunConfig, splits: Splits | None = None) -> PretrainResult:
         callbacks = list(model.training_callbacks("val_loss" if validation is not None else "loss"))
         callbacks.append(_NonFiniteWatch(train.nan_policy, steps, initial_step))
         callbacks.append(_Checkpointing(manager, epoch, step, steps, initial_step, chief, stop_signal))
-        if run.monitor is not None and run.monitor.every > 0 and chief:
-            callbacks.append(_monitor(model, splits, run.monitor, export_size, log_dir, train.seed, initial_epoch))
+        if run_config.monitor is not None and run_config.monitor.every > 0 and chief:
+            callbacks.append(
+                _monitor(model, splits, run_config.monitor, export_size, log_dir, train.seed, initial_epoch)
+            )
         if chief:  # one writer per run: the other workers' logs would repeat the chief's
             callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
         if initial_epoch == 0 and initial_step == 0 and chief:
@@ -459,7 +463,7 @@ def run(run: RunConfig, splits: Splits | None = None) -> PretrainResult:
             "seed": train.seed,
             "dataset": data.dataset,
             "split_fingerprint": splits.stats.get("split_fingerprint"),
-            "run_config": run.to_json(),
+            "run_config": run_config.to_json(),
         }
         for suffix, encoder in model.exportable_encoders().items():
             full_name = default_export_name(train, data, backbone, suffix)
