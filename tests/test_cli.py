@@ -137,6 +137,22 @@ def test_evaluate_negative_seeds_are_one_clear_line(tmp_path):
     assert "--seeds must be comma-separated integers of 0 or more, got '0,-1'" in result.stderr
 
 
+def test_a_bad_evaluate_flag_is_refused_before_tensorflow_loads(tmp_path):
+    """tools/evaluate.py defines and checks its flags without importing TensorFlow (fgssl_tf.flags takes the
+    backbone and strategy names from fgssl_tf/config.py), so a typo costs a fraction of a second, not its import."""
+    script = (
+        "import runpy, sys\n"
+        "sys.argv = [sys.argv[1], '--seeds=0,-1']\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code, 'tensorflow' in sys.modules)\n"
+    )
+    result = run(["-c", script, os.path.join(REPO, "tools", "evaluate.py")], cwd=str(tmp_path))
+    assert "--seeds must be comma-separated integers" in result.stderr
+    assert result.stdout.split() == ["exit", "2", "False"]
+
+
 def test_evaluate_bad_encoder_is_one_clear_line(tmp_path):
     result = run([os.path.join(REPO, "tools", "evaluate.py"), f"--encoder={tmp_path}"], cwd=str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
