@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 
+# The names the entry points offer as flag choices, kept here (no TensorFlow import) so that a bad flag is refused
+# before TensorFlow loads, in a fraction of a second: fgssl_tf/models/resnet.py builds these backbones,
+# fgssl_tf/distribute.py makes these strategies.
+BACKBONES = ("resnet18", "resnet50")
+STRATEGIES = ("auto", "one_device", "mirrored", "multiworker")
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:

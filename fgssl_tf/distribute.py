@@ -7,9 +7,8 @@ import os
 
 import tensorflow as tf
 
+from fgssl_tf.config import STRATEGIES
 from fgssl_tf.errors import FgsslError
-
-STRATEGIES = ("auto", "one_device", "mirrored", "multiworker")
 
 # One instance per kind and process: two MirroredStrategy objects in one process
 # hand out the same collective keys, and their all-reduces then collide.

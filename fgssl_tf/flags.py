@@ -9,10 +9,8 @@ import os
 
 from absl import flags
 
-from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
-from fgssl_tf.distribute import STRATEGIES
+from fgssl_tf.config import BACKBONES, STRATEGIES, BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.errors import FgsslError
-from fgssl_tf.models import BACKBONES
 from fgssl_tf.pretext.settings import config_from_values, not_a_file_error, weights_choice_error  # noqa: F401 (tools)
 
 FLAGS = flags.FLAGS

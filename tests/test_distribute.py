@@ -1,5 +1,6 @@
 """tf.distribute across processes: two workers on localhost train like one process."""
 
+import dataclasses
 import json
 import os
 import re
@@ -59,6 +60,7 @@ def test_two_workers_train_resume_and_match_one_process(tmp_path, capsys, monkey
     from absl import flags
 
     from fgssl_tf import cli, train
+    from fgssl_tf import flags as fgssl_flags
 
     common = [f"--flagfile={SMOKE}", "--model_dir=run", "--export_name=mw"]
     workdir = tmp_path / "workers"
@@ -72,6 +74,9 @@ def test_two_workers_train_resume_and_match_one_process(tmp_path, capsys, monkey
         assert "resumed from run/checkpoints/ckpt-6, saved after epoch 2" in output
 
     monkeypatch.chdir(tmp_path)
+    # No export in this process: nothing below reads its encoder (the workers' exports are checked).
+    train_config = fgssl_flags.train_config
+    monkeypatch.setattr(fgssl_flags, "train_config", lambda: dataclasses.replace(train_config(), export=False))
     flags.FLAGS.unparse_flags()
     cli.run_main(train.main, cli.parse_flags(["train", *common, "--epochs=3", "--strategy=mirrored"]))
     one_process = capsys.readouterr().out

@@ -1,8 +1,11 @@
 """Reliability: NaN losses, unreadable checkpoints, pre-emption (SIGTERM) and kills (SIGKILL)."""
 
+import concurrent.futures
+import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +50,15 @@ def _checkpoint_numbers(run_dir):
     return [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths] if state else []
 
 
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory, elpv_small):
+    """`tiny_train_config(epochs=2)` trained once (ckpt-3 and ckpt-6): the tests that start from such a run copy
+    it into their own tmp_path/run (a moved model_dir resumes: docs/reliability.md) instead of training it again."""
+    tmp_path = tmp_path_factory.mktemp("two_epochs")
+    trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
+    return tmp_path / "run"
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_finite_checkpoints(tmp_path, elpv_small, nan_at_call):
     nan_at_call(5)  # 3 steps per epoch: epoch 2, batch 2
     config = tiny_train_config(tmp_path, export=False, epochs=3)
@@ -75,8 +87,8 @@ def test_nan_policy_skip_batch_goes_on_without_that_step(tmp_path, elpv_small, n
             assert np.all(np.isfinite(variable.numpy())), variable.path
 
 
-def test_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path, elpv_small, caplog):
-    trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
+def test_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path, elpv_small, two_epoch_run, caplog):
+    shutil.copytree(two_epoch_run, tmp_path / "run")  # trained: tiny_train_config(tmp_path, export=False, epochs=2)
     checkpoints = os.path.join(tmp_path, "run", "checkpoints")
     data_file = next(f for f in os.listdir(checkpoints) if f.startswith("ckpt-6.data"))
     with open(os.path.join(checkpoints, data_file), "r+b") as f:  # a torn write: half the file
@@ -130,19 +142,8 @@ def _wait_for_checkpoint(process, run_dir, newer_than, timeout=240):
     raise AssertionError("no checkpoint appeared")
 
 
-@pytest.mark.slow
-def test_sigterm_saves_mid_epoch_and_sigkill_loses_only_the_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
-    env = {**os.environ, "PYTHONPATH": REPO, "CUDA_VISIBLE_DEVICES": ""}
-    straight_dir, broken_dir = str(tmp_path / "straight"), str(tmp_path / "broken")
-    straight = subprocess.Popen(
-        _train_command(straight_dir, 3),
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
+def _interrupted_then_resumed(tmp_path, env, broken_dir):
+    """The broken run: SIGTERM after its first checkpoint, SIGKILL after the next, then the same command to the end."""
     # Pre-emption: SIGTERM somewhere after epoch 1 -> the batch in flight ends, a checkpoint is saved, exit 143.
     run = subprocess.Popen(
         _train_command(broken_dir, 3), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -176,8 +177,29 @@ def test_sigterm_saves_mid_epoch_and_sigkill_loses_only_the_epoch_then_resume_eq
         _train_command(broken_dir, 3), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr
-    straight.communicate(timeout=300)
-    assert straight.returncode == 0
+
+
+@pytest.mark.slow
+def test_sigterm_saves_mid_epoch_and_sigkill_loses_only_the_epoch_then_resume_equals_an_uninterrupted_run(
+    tmp_path, monkeypatch
+):
+    from absl import flags
+
+    from fgssl_tf import cli, train
+    from fgssl_tf import flags as fgssl_flags
+
+    env = {**os.environ, "PYTHONPATH": REPO, "CUDA_VISIBLE_DEVICES": ""}
+    straight_dir, broken_dir = str(tmp_path / "straight"), str(tmp_path / "broken")
+    # The broken run's processes in the background (a thread waits on them; .result() raises what failed there) ...
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
+        broken = background.submit(_interrupted_then_resumed, tmp_path, env, broken_dir)
+        # ... and meanwhile the uninterrupted run: the same command in this process, without the export nothing reads.
+        monkeypatch.chdir(tmp_path)
+        train_config = fgssl_flags.train_config
+        monkeypatch.setattr(fgssl_flags, "train_config", lambda: dataclasses.replace(train_config(), export=False))
+        flags.FLAGS.unparse_flags()
+        cli.run_main(train.main, cli.parse_flags(["train", *_train_command(straight_dir, 3)[3:]]))  # no error exit
+        broken.result()
 
     final = {}
     for name, run_dir in (("straight", straight_dir), ("broken", broken_dir)):
@@ -261,9 +283,8 @@ def test_awkward_image_files_are_converted_or_skipped_and_counted_in_tensorboard
     assert listing.startswith("3 unreadable image files skipped") and "truncated.jpg" in listing
 
 
-def test_a_full_disk_at_checkpoint_time_keeps_the_last_good_one(tmp_path, elpv_small, monkeypatch):
-    config = tiny_train_config(tmp_path, export=False, epochs=1)
-    trainer.pretrain(config, DATA, TINY_BACKBONE, splits=elpv_small)
+def test_a_full_disk_at_checkpoint_time_keeps_the_last_good_one(tmp_path, elpv_small, two_epoch_run, monkeypatch):
+    shutil.copytree(two_epoch_run, tmp_path / "run")  # trained: tiny_train_config(tmp_path, export=False, epochs=2)
 
     def disk_full(self, *args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -271,33 +292,33 @@ def test_a_full_disk_at_checkpoint_time_keeps_the_last_good_one(tmp_path, elpv_s
     monkeypatch.setattr(tf.train.CheckpointManager, "save", disk_full)
     with pytest.raises(
         FgsslError,
-        match=r"could not write a checkpoint after epoch 2 .*No space left.*ckpt-3 is kept; free space and re-run",
+        match=r"could not write a checkpoint after epoch 3 .*No space left.*ckpt-6 is kept; free space and re-run",
     ):
-        trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small)
+        trainer.pretrain(tiny_train_config(tmp_path, export=False, epochs=3), DATA, TINY_BACKBONE, splits=elpv_small)
     monkeypatch.undo()
-    assert _checkpoint_numbers(config.model_dir) == [3]
+    assert _checkpoint_numbers(tmp_path / "run") == [3, 6]
     resumed = trainer.pretrain(
-        tiny_train_config(tmp_path, export=False, epochs=2), DATA, TINY_BACKBONE, splits=elpv_small
+        tiny_train_config(tmp_path, export=False, epochs=3), DATA, TINY_BACKBONE, splits=elpv_small
     )
-    assert resumed.initial_epoch == 1 and int(resumed.model.optimizer.iterations.numpy()) == 6
+    assert resumed.initial_epoch == 2 and int(resumed.model.optimizer.iterations.numpy()) == 9
 
 
-def test_resume_refuses_every_changed_setting_naming_it_and_allows_the_listed_ones(tmp_path, elpv_small):
+def test_resume_refuses_every_changed_setting_naming_it_and_allows_the_listed_ones(tmp_path, elpv_small, two_epoch_run):
     """Each kind of setting (train, data, backbone, pretext, the pretext's nested augmentation, a
     field a config gains later) is compared with the saved run before any work; the allow-list resumes."""
     import dataclasses
 
     from fgssl_tf.config import AugmentConfig
 
-    config = tiny_train_config(tmp_path, export=False, epochs=1, steps_per_epoch=2)
-    trainer.pretrain(config, DATA, TINY_BACKBONE, splits=elpv_small)
+    config = tiny_train_config(tmp_path, export=False, epochs=2)
+    shutil.copytree(two_epoch_run, tmp_path / "run")  # trained: this config
     saved = (tmp_path / "run" / "run_config.json").read_bytes()
     with_knob = dataclasses.make_dataclass(
         "KnobConfig", [("new_knob", int, dataclasses.field(default=0))], bases=(simclr.SimCLRConfig,), frozen=True
     )
     changes = [
         ({"train": dataclasses.replace(config, learning_rate=0.01)}, "train.learning_rate: 0.001 -> 0.01"),
-        ({"train": dataclasses.replace(config, steps_per_epoch=4)}, "train.steps_per_epoch: 2 -> 4"),
+        ({"train": dataclasses.replace(config, steps_per_epoch=4)}, "train.steps_per_epoch: 3 -> 4"),
         ({"data": DataConfig(image_size=IMAGE_SIZE, val_fraction=0.3)}, "data.val_fraction: 0.2 -> 0.3"),
         ({"backbone": dataclasses.replace(TINY_BACKBONE, width=16)}, "backbone_config.width: 8 -> 16"),
         ({"pretext_config": simclr.SimCLRConfig(temperature=0.2)}, "pretext_config.temperature: 0.5 -> 0.2"),
@@ -323,7 +344,7 @@ def test_resume_refuses_every_changed_setting_naming_it_and_allows_the_listed_on
     # The allow-list: more epochs, another export place, verbosity, NaN policy, strategy; a new field at its default.
     allowed = dataclasses.replace(
         config,
-        epochs=2,
+        epochs=3,
         export_dir=str(tmp_path / "elsewhere"),
         verbose=2,
         nan_policy="skip_batch",
@@ -331,9 +352,9 @@ def test_resume_refuses_every_changed_setting_naming_it_and_allows_the_listed_on
         checkpoints_to_keep=5,
     )
     resumed = trainer.pretrain(allowed, DATA, TINY_BACKBONE, with_knob(), splits=elpv_small)
-    assert resumed.initial_epoch == 1 and int(resumed.model.optimizer.iterations.numpy()) == 4
+    assert resumed.initial_epoch == 2 and int(resumed.model.optimizer.iterations.numpy()) == 9
     with open(tmp_path / "run" / "run_config.json") as f:
-        assert json.load(f)["train"]["epochs"] == 2
+        assert json.load(f)["train"]["epochs"] == 3
 
 
 def test_the_allow_list_in_the_code_is_the_one_in_the_docs():
@@ -343,20 +364,22 @@ def test_the_allow_list_in_the_code_is_the_one_in_the_docs():
     assert documented == set(trainer.RESUMABLE_CHANGES)
 
 
-def test_a_deleted_or_emptied_checkpoint_state_file_resumes_from_the_checkpoint_files(tmp_path, elpv_small, caplog):
+def test_a_deleted_or_emptied_checkpoint_state_file_resumes_from_the_checkpoint_files(
+    tmp_path, elpv_small, two_epoch_run, caplog
+):
     def config(epochs):
-        return tiny_train_config(tmp_path, export=False, epochs=epochs, steps_per_epoch=1)
+        return tiny_train_config(tmp_path, export=False, epochs=epochs)
 
-    trainer.pretrain(config(2), DATA, TINY_BACKBONE, splits=elpv_small)
+    shutil.copytree(two_epoch_run, tmp_path / "run")  # trained: config(2), ckpt-3 and ckpt-6
     state_file = tmp_path / "run" / "checkpoints" / "checkpoint"
     state_file.unlink()
     resumed = trainer.pretrain(config(3), DATA, TINY_BACKBONE, splits=elpv_small)
-    assert resumed.initial_epoch == 2 and int(resumed.model.optimizer.iterations.numpy()) == 3  # not epoch 1 again
-    assert "rebuilt it from the 2 checkpoint files there (newest ckpt-2)" in caplog.text
+    assert resumed.initial_epoch == 2 and int(resumed.model.optimizer.iterations.numpy()) == 9  # not epoch 1 again
+    assert "rebuilt it from the 2 checkpoint files there (newest ckpt-6)" in caplog.text
     state_file.write_text("")  # emptied: TensorFlow's own reader raises ValueError on it
     resumed = trainer.pretrain(config(4), DATA, TINY_BACKBONE, splits=elpv_small)
-    assert resumed.initial_epoch == 3 and int(resumed.model.optimizer.iterations.numpy()) == 4
-    assert _checkpoint_numbers(tmp_path / "run") == [2, 3, 4]  # kept: the ones found again, and the new ones
+    assert resumed.initial_epoch == 3 and int(resumed.model.optimizer.iterations.numpy()) == 12
+    assert _checkpoint_numbers(tmp_path / "run") == [6, 9, 12]  # kept (3): the ones found again, and the new ones
 
 
 def test_sigterm_and_resume_name_the_same_epoch_and_batch(tmp_path, elpv_small, monkeypatch, caplog):

@@ -12,12 +12,12 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from fgssl_tf.config import BackboneConfig
+from fgssl_tf.config import BACKBONES, BackboneConfig
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.models.layers import Conv2D, GridAveragePooling, batch_norm
 
 STAGES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
-BACKBONES = tuple(STAGES)
+assert tuple(STAGES) == BACKBONES  # the flags' choices (fgssl_tf/config.py, named there without TensorFlow)
 
 
 def _conv_init() -> keras.initializers.Initializer:
