@@ -1,6 +1,5 @@
 """The paper's fine-grained augmentations and the SimCLR variants built from them."""
 
-import os
 import random
 import subprocess
 import sys
@@ -259,27 +258,45 @@ def test_each_variant_trains_with_a_falling_loss(variant, tmp_path, elpv_small):
     assert after < before - 0.05, (before, after)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", ["gamma", "cropped_regions", "dcl_jigsaw"])
-def test_show_augmentations_writes_the_flagfile_grid(variant, tmp_path):
-    from PIL import Image
+SHOWN = ["gamma", "cropped_regions", "dcl_jigsaw"]
+# tools/show_augmentations.py's main with each variant's flagfile, in one process (one TensorFlow start for the three):
+# absl's flags are parsed afresh for each, as `python tools/show_augmentations.py --flagfile=...` parses them.
+_SHOW_ALL = """
+import os, runpy, sys
+repo, out = sys.argv[1], sys.argv[2]
+sys.path.insert(0, repo)
+from absl import flags
+from fgssl_tf import cli
+tool = runpy.run_path(os.path.join(repo, "tools", "show_augmentations.py"), run_name="show_augmentations")
+for variant in sys.argv[3:]:
+    flags.FLAGS.unparse_flags()
+    flagfile = os.path.join(repo, "flags", f"simclr_{variant}.cfg")
+    grid = os.path.join(out, variant, "grid.png")
+    args = [f"--flagfile={flagfile}", f"--output={grid}", "--num_images=3", "--max_images_per_split=40"]
+    cli.run_main(tool["main"], cli.parse_flags(["show_augmentations.py", *args, "--image_size=48"]))
+"""
 
-    output = tmp_path / "grid.png"
+
+@pytest.fixture(scope="module")
+def shown_grids(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("show_augmentations")
     result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "show_augmentations.py"),
-            f"--flagfile={os.path.join(REPO, 'flags', f'simclr_{variant}.cfg')}",
-            f"--output={output}",
-            "--num_images=3",
-            "--max_images_per_split=40",
-            "--image_size=48",
-        ],
+        [sys.executable, "-c", _SHOW_ALL, REPO, str(tmp_path), *SHOWN],
         cwd=str(tmp_path),
         capture_output=True,
         text=True,
         timeout=300,
     )
+    return result, tmp_path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", SHOWN)
+def test_show_augmentations_writes_the_flagfile_grid(variant, shown_grids):
+    from PIL import Image
+
+    result, tmp_path = shown_grids
+    output = tmp_path / variant / "grid.png"
     assert result.returncode == 0, result.stderr[-2000:]
     with Image.open(output) as grid:
         assert grid.size == (3 * 48, 3 * 48)  # rows: images; columns: original | view 1 | view 2

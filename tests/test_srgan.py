@@ -310,6 +310,9 @@ def _one_gan_step(strategy, images):
         model.compile(optimizer=keras.optimizers.SGD(0.05))
         model.optimizer.build(model.generator.trainable_variables)
         model.discriminator_optimizer.build(model.discriminator.trainable_variables)
+    # One batch: tracing the step (twice, on 2 replicas) costs more than running it; eagerly, each replica
+    # still runs in MirroredStrategy's replica context (synchronized batch norm, global batch).
+    model.run_eagerly = True
     weights = model.generator.trainable_weights + model.discriminator.trainable_weights
     initial = [v.numpy() for v in weights]
     dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(len(images), np.int64))).batch(len(images))
