@@ -162,3 +162,11 @@ def test_conv_layer_skips_the_slow_cpu_kernel_and_keeps_it_where_a_gpu_is_visibl
     )  # 3x3 output: col2im
     monkeypatch.setattr(layers.tf.config, "list_logical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
     assert "Conv2DBackpropInput" in _gradient_op_types(layers.Conv2D(4, 3, padding="same"), x)
+
+
+def test_the_backbones_the_flags_offer_are_the_ones_built():
+    """fgssl_tf/config.py names them without TensorFlow (for fast flag errors); resnet.py builds them."""
+    from fgssl_tf.config import BACKBONES
+    from fgssl_tf.models import resnet
+
+    assert tuple(resnet.STAGES) == BACKBONES

@@ -17,7 +17,6 @@ from fgssl_tf.errors import FgsslError
 from fgssl_tf.models.layers import Conv2D, GridAveragePooling, batch_norm
 
 STAGES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
-assert tuple(STAGES) == BACKBONES  # the flags' choices (fgssl_tf/config.py, named there without TensorFlow)
 
 
 def _conv_init() -> keras.initializers.Initializer:
