@@ -103,20 +103,24 @@ def export_encoder(
     """Write a new version of `name` and return its directory; `extras` ({file name: model})
     are saved beside it as more `.keras` files (SRGAN's full networks)."""
 
+    # Served and saved with stock Keras layers (outputs checked equal): the serving graph then has no
+    # custom gradients, which SavedModel would otherwise trace and store (seconds, for nobody's use).
+    shipped_encoder = stock_layers(encoder, probe_size=image_size)
+
     def serve(images):
         x = preprocess(_check_and_convert(images), image_size)
         return {
-            OUTPUT_NAME: tf.cast(encoder(x, training=False), tf.float32)
+            OUTPUT_NAME: tf.cast(shipped_encoder(x, training=False), tf.float32)
         }  # float32 also from a mixed-precision encoder
 
     def write(staging, version):
         archive = keras.export.ExportArchive()
-        archive.track(encoder)
+        archive.track(shipped_encoder)
         archive.add_endpoint(SIGNATURE, serve, input_signature=[tf.TensorSpec(None, tf.uint8, name=INPUT_NAME)])
         archive.write_out(staging, verbose=False)
         custom = {}
-        for filename, model in {KERAS_FILE: encoder, **(extras or {})}.items():
-            shipped = stock_layers(model, probe_size=image_size if filename == KERAS_FILE else None)
+        for filename, model in {KERAS_FILE: shipped_encoder, **(extras or {})}.items():
+            shipped = model if filename == KERAS_FILE else stock_layers(model)
             shipped.save(os.path.join(staging, filename))
             custom.update({f"{filename}: {k}": v for k, v in custom_layers(shipped).items()})
         extra = {"keras_files_need_fgssl_tf": custom} if custom else {}
