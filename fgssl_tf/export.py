@@ -119,8 +119,8 @@ def export_encoder(
         archive.add_endpoint(SIGNATURE, serve, input_signature=[tf.TensorSpec(None, tf.uint8, name=INPUT_NAME)])
         archive.write_out(staging, verbose=False)
         custom = {}
-        for filename, model in {KERAS_FILE: shipped_encoder, **(extras or {})}.items():
-            shipped = model if filename == KERAS_FILE else stock_layers(model)
+        keras_files = {KERAS_FILE: shipped_encoder, **{f: stock_layers(m) for f, m in (extras or {}).items()}}
+        for filename, shipped in keras_files.items():
             shipped.save(os.path.join(staging, filename))
             custom.update({f"{filename}: {k}": v for k, v in custom_layers(shipped).items()})
         extra = {"keras_files_need_fgssl_tf": custom} if custom else {}

@@ -1,6 +1,5 @@
 """tf.distribute across processes: two workers on localhost train like one process."""
 
-import dataclasses
 import json
 import os
 import re
@@ -9,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, skip_export_of_train_main
 
 SMOKE = os.path.join(REPO, "flags", "smoke.cfg")
 
@@ -60,7 +59,6 @@ def test_two_workers_train_resume_and_match_one_process(tmp_path, capsys, monkey
     from absl import flags
 
     from fgssl_tf import cli, train
-    from fgssl_tf import flags as fgssl_flags
 
     common = [f"--flagfile={SMOKE}", "--model_dir=run", "--export_name=mw"]
     workdir = tmp_path / "workers"
@@ -75,8 +73,7 @@ def test_two_workers_train_resume_and_match_one_process(tmp_path, capsys, monkey
 
     monkeypatch.chdir(tmp_path)
     # No export in this process: nothing below reads its encoder (the workers' exports are checked).
-    train_config = fgssl_flags.train_config
-    monkeypatch.setattr(fgssl_flags, "train_config", lambda: dataclasses.replace(train_config(), export=False))
+    skip_export_of_train_main(monkeypatch)
     flags.FLAGS.unparse_flags()
     cli.run_main(train.main, cli.parse_flags(["train", *common, "--epochs=3", "--strategy=mirrored"]))
     one_process = capsys.readouterr().out

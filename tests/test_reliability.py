@@ -1,7 +1,6 @@
 """Reliability: NaN losses, unreadable checkpoints, pre-emption (SIGTERM) and kills (SIGKILL)."""
 
 import concurrent.futures
-import dataclasses
 import json
 import logging
 import os
@@ -14,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import IMAGE_SIZE, REPO, TINY_BACKBONE, tiny_train_config
+from conftest import IMAGE_SIZE, REPO, TINY_BACKBONE, skip_export_of_train_main, tiny_train_config
 
 from fgssl_tf import trainer
 from fgssl_tf.config import DataConfig
@@ -186,7 +185,6 @@ def test_sigterm_saves_mid_epoch_and_sigkill_loses_only_the_epoch_then_resume_eq
     from absl import flags
 
     from fgssl_tf import cli, train
-    from fgssl_tf import flags as fgssl_flags
 
     env = {**os.environ, "PYTHONPATH": REPO, "CUDA_VISIBLE_DEVICES": ""}
     straight_dir, broken_dir = str(tmp_path / "straight"), str(tmp_path / "broken")
@@ -195,8 +193,7 @@ def test_sigterm_saves_mid_epoch_and_sigkill_loses_only_the_epoch_then_resume_eq
         broken = background.submit(_interrupted_then_resumed, tmp_path, env, broken_dir)
         # ... and meanwhile the uninterrupted run: the same command in this process, without the export nothing reads.
         monkeypatch.chdir(tmp_path)
-        train_config = fgssl_flags.train_config
-        monkeypatch.setattr(fgssl_flags, "train_config", lambda: dataclasses.replace(train_config(), export=False))
+        skip_export_of_train_main(monkeypatch)
         flags.FLAGS.unparse_flags()
         cli.run_main(train.main, cli.parse_flags(["train", *_train_command(straight_dir, 3)[3:]]))  # no error exit
         broken.result()
