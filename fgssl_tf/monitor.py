@@ -34,6 +34,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from fgssl_tf.data import preprocess
+from fgssl_tf.optim import FusedAdam
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class LinearProbe:
         self.config, self.seed = config, seed
         self.model = keras.Sequential([keras.layers.Dense(num_classes)])
         self.model.compile(
-            keras.optimizers.Adam(config.probe_learning_rate),
+            FusedAdam(config.probe_learning_rate),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
 

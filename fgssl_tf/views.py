@@ -28,7 +28,7 @@ from fgssl_tf.data import preprocess
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.models import build_resnet
 from fgssl_tf.objectives import global_batch_position
-from fgssl_tf.optim import add_coupled_weight_decay, guard, learning_rate
+from fgssl_tf.optim import FusedAdam, add_coupled_weight_decay, guard, learning_rate
 from fgssl_tf.pretext.base import (
     PretextModel,
     PretextSpec,
@@ -229,7 +229,7 @@ class TwoViewModel(PretextModel):
         raise NotImplementedError
 
     def default_optimizer(self):
-        return guard(keras.optimizers.Adam(self.default_learning_rate))
+        return guard(FusedAdam(self.default_learning_rate))
 
     def get_config(self):
         return {
@@ -289,7 +289,7 @@ def build_two_view_model(make_model, train, data, backbone, config: ViewsConfig)
         )
     config.check(data.image_size)
     model = make_model(build_resnet(backbone, data.image_size))
-    model.compile(optimizer=guard(keras.optimizers.Adam(learning_rate(train))), jit_compile=False)
+    model.compile(optimizer=guard(FusedAdam(learning_rate(train))), jit_compile=False)
     return model
 
 

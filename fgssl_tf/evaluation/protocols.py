@@ -22,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.evaluation.metrics import classification_metrics
+from fgssl_tf.optim import FusedAdam
 
 LINEAR_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 KNN_K_GRID = (1, 5, 10, 20, 50)
@@ -152,7 +153,7 @@ def _compiled_twin(model: keras.Model, learning_rate: float, compiled: dict | No
             variable.assign(value)
         return twin
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=FusedAdam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     model.optimizer.build(model.trainable_variables)  # what fit would build: zero moments, step 0

@@ -22,7 +22,7 @@ import tensorflow as tf
 from fgssl_tf.augment import SimCLRAugmentation
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.objectives import replica_info
-from fgssl_tf.optim import FiniteMean
+from fgssl_tf.optim import FiniteMean, FusedAdam
 
 
 class PretextModel(keras.Model):
@@ -61,7 +61,7 @@ class PretextModel(keras.Model):
         super().compile(optimizer=self.default_optimizer() if optimizer is None else optimizer, **kwargs)
 
     def default_optimizer(self) -> keras.optimizers.Optimizer:
-        return keras.optimizers.Adam()
+        return FusedAdam()
 
     def compiled_optimizers(self) -> dict:
         """{compile() argument: optimizer}: what a saved `.keras` file keeps (a pretext with two networks has two)."""

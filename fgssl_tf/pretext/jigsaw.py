@@ -41,7 +41,7 @@ from fgssl_tf.errors import FgsslError
 from fgssl_tf.grid import join_grid, split_grid
 from fgssl_tf.models import build_resnet
 from fgssl_tf.objectives import global_batch_position
-from fgssl_tf.optim import FiniteMean, add_coupled_weight_decay, clip_by_global_norm_across_replicas, guard
+from fgssl_tf.optim import FiniteMean, FusedSGD, add_coupled_weight_decay, clip_by_global_norm_across_replicas, guard
 from fgssl_tf.pretext.base import PretextModel, PretextSpec, config_from_dict, config_to_dict, deserialize_parts
 from fgssl_tf.pretext.settings import FlagSpec
 
@@ -398,7 +398,7 @@ class JigsawModel(PretextModel):
         return {"": self.encoder}
 
     def default_optimizer(self):
-        return guard(keras.optimizers.SGD(DEFAULT_LEARNING_RATE, momentum=self.jigsaw_config.momentum))
+        return guard(FusedSGD(DEFAULT_LEARNING_RATE, momentum=self.jigsaw_config.momentum))
 
     def get_config(self):
         return {
@@ -504,7 +504,7 @@ def build_model(train: TrainConfig, data: DataConfig, backbone: BackboneConfig, 
     )
     encoder = build_resnet(backbone, data.image_size, pool_grid=config.pool_grid)
     model = build(encoder, data.image_size, permutations, config, train.seed, train.weight_decay)
-    optimizer = guard(keras.optimizers.SGD(train.learning_rate, momentum=config.momentum))
+    optimizer = guard(FusedSGD(train.learning_rate, momentum=config.momentum))
     model.compile(optimizer=optimizer, jit_compile=train.jit_compile)
     return model
 

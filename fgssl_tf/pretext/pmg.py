@@ -38,7 +38,7 @@ from fgssl_tf.fine_grained import random_jigsaw
 from fgssl_tf.models import build_resnet
 from fgssl_tf.models.layers import CaffePreprocess, Conv2D, batch_norm
 from fgssl_tf.objectives import global_batch_position
-from fgssl_tf.optim import add_coupled_weight_decay, guard
+from fgssl_tf.optim import FusedSGD, add_coupled_weight_decay, guard
 from fgssl_tf.pretext.base import (
     PretextModel,
     PretextSpec,
@@ -339,7 +339,7 @@ class PMGModel(PretextModel):
         return [_CosinePerEpoch(self)]
 
     def _sgd(self, rate: float, name: str):
-        return guard(keras.optimizers.SGD(rate, momentum=self.pmg_config.momentum, name=name))
+        return guard(FusedSGD(rate, momentum=self.pmg_config.momentum, name=name))
 
     def default_optimizer(self):
         return self._sgd(self.base_learning_rate, "heads_sgd")
@@ -401,9 +401,9 @@ def build(
         features, image_size, config, seed=seed, weight_decay=weight_decay, learning_rate=learning_rate, name="pmg"
     )
     model.compile(
-        optimizer=guard(keras.optimizers.SGD(learning_rate, momentum=momentum, name="heads_sgd")),
+        optimizer=guard(FusedSGD(learning_rate, momentum=momentum, name="heads_sgd")),
         backbone_optimizer=guard(
-            keras.optimizers.SGD(learning_rate * config.backbone_lr_ratio, momentum=momentum, name="backbone_sgd")
+            FusedSGD(learning_rate * config.backbone_lr_ratio, momentum=momentum, name="backbone_sgd")
         ),
         jit_compile=False,
     )

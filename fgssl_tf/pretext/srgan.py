@@ -51,7 +51,7 @@ from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.models.layers import CaffePreprocess, Conv2D, FixedInputSize, PixelShuffle, batch_norm
 from fgssl_tf.objectives import global_batch_position, replica_info
-from fgssl_tf.optim import add_coupled_weight_decay, guard
+from fgssl_tf.optim import FusedAdam, add_coupled_weight_decay, guard
 from fgssl_tf.pretext.base import PretextModel, PretextSpec, config_from_dict, config_to_dict, deserialize_parts
 from fgssl_tf.pretext.settings import FlagSpec, not_a_file_error, weights_choice_error
 
@@ -602,7 +602,7 @@ class SRGANModel(PretextModel):
 
     def _adam(self, name: str):
         config = self.srgan_config
-        return guard(keras.optimizers.Adam(self.base_learning_rate, config.beta_1, config.beta_2, name=name))
+        return guard(FusedAdam(self.base_learning_rate, config.beta_1, config.beta_2, name=name))
 
     def default_optimizer(self):
         return self._adam("generator_adam")
