@@ -51,10 +51,9 @@ class FusedAdam(keras.optimizers.Adam):
     runs fewer ops. Same formula and variables (a checkpoint of `keras.optimizers.Adam` restores into it);
     the kernel rounds 1 - beta in float32, so weights differ from Keras' Adam at float rounding."""
 
-    @tracking.no_automatic_dependency_tracking  # graph tensors, kept only while update_step runs
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         step = tf.cast(self.iterations + 1, tf.float32)
-        self._fused_scalars = {  # once per step, not once per variable
+        scalars = {  # once per step, not once per variable
             "beta1_power": tf.pow(tf.constant(self.beta_1, tf.float32), step),
             "beta2_power": tf.pow(tf.constant(self.beta_2, tf.float32), step),
             "lr": tf.cast(learning_rate, tf.float32),
@@ -62,10 +61,8 @@ class FusedAdam(keras.optimizers.Adam):
             "beta2": tf.constant(self.beta_2, tf.float32),
             "epsilon": tf.constant(self.epsilon, tf.float32),
         }
-        try:
-            super()._backend_update_step(grads, trainable_variables, learning_rate)
-        finally:
-            del self._fused_scalars
+        object.__setattr__(self, "_fused_scalars", scalars)  # graph tensors of this trace: not state to track
+        super()._backend_update_step(grads, trainable_variables, learning_rate)
 
     def update_step(self, gradient, variable, learning_rate):
         if not _fusable(variable, self.amsgrad):
