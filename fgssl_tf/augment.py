@@ -126,10 +126,12 @@ def _color_jitter(x, params):
         shifted = tf.math.floormod(hsv[..., :1] + hue, 1.0)
         return tf.image.hsv_to_rgb(tf.concat([shifted, hsv[..., 1:]], axis=-1))
 
-    y = x
-    for position in range(4):
-        branches = [lambda op=op, y=y: tf.clip_by_value(apply(op, y), 0.0, 1.0) for op in range(4)]
-        y = tf.switch_case(params["jitter_order"][position], branches)
+    def step(position, y):
+        branches = [lambda op=op: tf.clip_by_value(apply(op, y), 0.0, 1.0) for op in range(4)]
+        return position + 1, tf.switch_case(params["jitter_order"][position], branches)
+
+    # A loop over the 4 positions traces each op once, not once per position (a faster start, the same kernels).
+    _, y = tf.while_loop(lambda position, _: position < 4, step, (tf.constant(0), x))
     return tf.where(_per_image(params["jitter"]), y, x)
 
 
