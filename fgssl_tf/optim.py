@@ -40,7 +40,8 @@ def clip_by_global_norm_across_replicas(gradients, clip_norm: float):
 
 
 def _fusable(variable, *options) -> bool:
-    """TensorFlow's fused kernels take float32 variables in graph or eager TF, without the extras Keras adds."""
+    """Whether TensorFlow's fused kernel can update `variable`: a float32 TF variable and none of the options the
+    kernels lack (AMSGrad, Nesterov, momentum 0)."""
     return keras.backend.backend() == "tensorflow" and variable.dtype == "float32" and not any(options)
 
 
