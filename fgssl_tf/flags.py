@@ -166,6 +166,9 @@ def define_train_flags() -> None:
     flags.DEFINE_string("model_dir", None, "Checkpoints and TensorBoard logs; default runs/<pretext>_<dataset>.")
     flags.DEFINE_string("export_dir", "savedmodels", "Where encoders are exported (NAME/VERSION).")
     flags.DEFINE_string("export_name", None, "Export name; default <pretext>_<backbone>_<dataset>.")
+    flags.DEFINE_boolean(
+        "export", True, "Export the encoder after training (--noexport: checkpoints only, e.g. runs of a sweep)."
+    )
     flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
     flags.DEFINE_integer("batch_size", 64, "Global batch size (split over replicas).", lower_bound=2)
     flags.DEFINE_integer(
@@ -253,6 +256,7 @@ def train_config() -> TrainConfig:
         model_dir=FLAGS.model_dir or f"runs/{FLAGS.pretext}_{dataset}",
         export_dir=FLAGS.export_dir,
         export_name=FLAGS.export_name,
+        export=FLAGS.export,
         epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size,
         steps_per_epoch=FLAGS.steps_per_epoch,

@@ -83,17 +83,6 @@ def trained_encoder(tmp_path_factory, elpv_small):
     return result, result.exports["tiny"]
 
 
-def skip_export_of_train_main(monkeypatch) -> None:
-    """`fgssl_tf.train.main` in this process then trains as its flags say but exports nothing (the CLI has no flag
-    for that): for reference runs whose encoder no test reads."""
-    import dataclasses
-
-    from fgssl_tf import flags as fgssl_flags
-
-    train_config = fgssl_flags.train_config
-    monkeypatch.setattr(fgssl_flags, "train_config", lambda: dataclasses.replace(train_config(), export=False))
-
-
 def write_image(path, array, fmt=None, **save_options):
     from PIL import Image
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, skip_export_of_train_main
+from conftest import REPO
 
 SMOKE = os.path.join(REPO, "flags", "smoke.cfg")
 
@@ -72,11 +72,11 @@ def test_two_workers_train_resume_and_match_one_process(tmp_path, capsys, monkey
         assert "resumed from run/checkpoints/ckpt-6, saved after epoch 2" in output
 
     monkeypatch.chdir(tmp_path)
-    # No export in this process: nothing below reads its encoder (the workers' exports are checked).
-    skip_export_of_train_main(monkeypatch)
     flags.FLAGS.unparse_flags()
-    cli.run_main(train.main, cli.parse_flags(["train", *common, "--epochs=3", "--strategy=mirrored"]))
+    # --noexport: nothing below reads this process's encoder (the workers' exports are checked).
+    cli.run_main(train.main, cli.parse_flags(["train", *common, "--epochs=3", "--strategy=mirrored", "--noexport"]))
     one_process = capsys.readouterr().out
+    assert "exported" not in one_process and not (tmp_path / "savedmodels").exists()  # --noexport
 
     # Epoch 1 (and the validation after it): losses equal to the 4 decimals Keras prints.
     # Epochs 2-3: float rounding in the input gradient of fgssl_tf's Conv2D differs between

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import IMAGE_SIZE, REPO, TINY_BACKBONE, skip_export_of_train_main, tiny_train_config
+from conftest import IMAGE_SIZE, REPO, TINY_BACKBONE, tiny_train_config
 
 from fgssl_tf import trainer
 from fgssl_tf.config import DataConfig
@@ -193,9 +193,8 @@ def test_sigterm_saves_mid_epoch_and_sigkill_loses_only_the_epoch_then_resume_eq
         broken = background.submit(_interrupted_then_resumed, tmp_path, env, broken_dir)
         # ... and meanwhile the uninterrupted run: the same command in this process, without the export nothing reads.
         monkeypatch.chdir(tmp_path)
-        skip_export_of_train_main(monkeypatch)
         flags.FLAGS.unparse_flags()
-        cli.run_main(train.main, cli.parse_flags(["train", *_train_command(straight_dir, 3)[3:]]))  # no error exit
+        cli.run_main(train.main, cli.parse_flags(["train", *_train_command(straight_dir, 3)[3:], "--noexport"]))
         broken.result()
 
     final = {}
