@@ -131,11 +131,37 @@ def test_finetune_from_block4_trains_only_block4_and_the_head(elpv_small):
 
 
 def test_finetune_report(trained_encoder, elpv_small, tmp_path):
+    """With the strong fine-tuning augmentation (the default flip: the other fine-tuning tests): named in the report."""
     _, path = trained_encoder
-    report = evaluate(
-        EvalConfig(encoder=path, protocol="finetune", finetune_epochs=1, output_dir=str(tmp_path)), splits=elpv_small
+    config = EvalConfig(
+        encoder=path, protocol="finetune", finetune_epochs=1, finetune_augment="strong", output_dir=str(tmp_path)
     )
-    assert REPORT_KEYS <= set(report) and report["protocol"] == "finetune"
+    report = evaluate(config, splits=elpv_small)
+    assert REPORT_KEYS <= set(report) and report["protocol"] == "finetune-strongaug"
+    assert report["config"]["finetune_augment"] == "strong"
+
+
+def test_strong_finetune_augmentation_changes_training_images_only_and_stays_in_range():
+    import tensorflow as tf
+
+    from fgssl_tf.evaluation import protocols
+
+    images = tf.random.stateless_uniform([8, 32, 32, 3], seed=[0, 1])
+
+    def augmented(seed, training):
+        x = images
+        for layer in protocols.finetune_augmentation("strong", seed):
+            x = layer(x, training=training)
+        return x.numpy()
+
+    assert np.array_equal(augmented(0, training=False), images.numpy())
+    train = augmented(0, training=True)
+    assert np.abs(train - images.numpy()).mean() > 0.05 and 0.0 <= train.min() and train.max() <= 1.0
+    assert len(protocols.finetune_augmentation("flip", 0)) == 1
+    with pytest.raises(FgsslError, match="unknown --finetune_augment='autoaugment'"):
+        protocols.finetune_augmentation("autoaugment", 0)
+    with pytest.raises(FgsslError, match="--finetune_augment=strong only applies to --protocol=finetune"):
+        evaluate(EvalConfig(encoder="x", protocol="linear", finetune_augment="strong"))
 
 
 def test_baselines(elpv_small, tmp_path):

@@ -59,6 +59,13 @@ flags.DEFINE_enum(
     "Fine-tuning loss weights per class: none, or inverse to the class frequency (N / (K n_c)).",
 )
 flags.DEFINE_enum(
+    "finetune_augment",
+    "flip",
+    ["flip", "strong"],
+    "Fine-tuning augmentation: a horizontal flip, or strong: flips both ways, small rotation, zoom, shift, "
+    "brightness and contrast (for labels that do not depend on orientation).",
+)
+flags.DEFINE_enum(
     "head",
     "linear",
     ["linear", "paper"],
@@ -170,6 +177,7 @@ def main(argv):
             finetune_learning_rate=FLAGS.finetune_learning_rate,
             trainable_from=FLAGS.trainable_from,
             class_weights=FLAGS.class_weights,
+            finetune_augment=FLAGS.finetune_augment,
             head=FLAGS.head,
             head_dropout=FLAGS.head_dropout,
             keep_residual_blocks=FLAGS.keep_residual_blocks,

@@ -53,6 +53,7 @@ class EvalConfig:
     finetune_learning_rate: float = 1e-4
     trainable_from: str = "all"  # finetune: first trainable stage (all, none, stem, block1..block4)
     class_weights: str = "none"  # finetune: none | inverse (N / (K n_c))
+    finetune_augment: str = "flip"  # finetune: flip | strong (protocols.finetune_augmentation)
     # SRGAN encoders: the paper's downstream variants (docs/paper_fidelity.md, "SRGAN"), owned by the variant
     # registered in fgssl_tf/evaluation/srgan_variants.py.
     head: str = "linear"  # finetune: linear | paper (the paper's head for the generator or discriminator)
@@ -83,11 +84,15 @@ def _validate(config: EvalConfig) -> None:
     for name, value, default in (
         ("trainable_from", config.trainable_from, "all"),
         ("class_weights", config.class_weights, "none"),
+        ("finetune_augment", config.finetune_augment, "flip"),
     ):
         if value != default and config.protocol != "finetune":
             raise FgsslError(f"--{name}={value} only applies to --protocol=finetune")
     if config.class_weights not in ("none", "inverse"):
         raise FgsslError(f"unknown --class_weights={config.class_weights!r}; choose none or inverse")
+    if config.finetune_augment not in protocols.FINETUNE_AUGMENTATIONS:
+        choices = ", ".join(protocols.FINETUNE_AUGMENTATIONS)
+        raise FgsslError(f"unknown --finetune_augment={config.finetune_augment!r}; choose one of {choices}")
     for variant in variants.registered():
         variant.validate(config)
     if not config.seeds:
@@ -106,6 +111,8 @@ def protocol_label(config: EvalConfig) -> str:
         parts += variant.label_parts(config)
     if config.class_weights != "none":
         parts.append(f"{config.class_weights}weights")
+    if config.finetune_augment != "flip":
+        parts.append(f"{config.finetune_augment}aug")
     return "-".join(parts)
 
 
@@ -233,6 +240,7 @@ def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
                 head,
                 config.class_weights,
                 compiled,
+                config.finetune_augment,
             )
         elif cache.enabled() and subset.tobytes() in fits:  # the same labels as an earlier seed: the same fit
             result = fits[subset.tobytes()]

@@ -166,6 +166,28 @@ def _compiled_twin(model: keras.Model, learning_rate: float, compiled: dict | No
     return model
 
 
+FINETUNE_AUGMENTATIONS = ("flip", "strong")
+
+
+def finetune_augmentation(name: str, seed: int) -> list[keras.layers.Layer]:
+    """Layers that change [0, 1] training images while fine-tuning (they pass images through at inference).
+    flip: a horizontal flip, the protocol's default. strong: flips both ways, a small rotation, zoom and
+    shift with reflected borders, brightness and contrast; for data whose labels do not depend on
+    orientation (cells, leaves, tissue), what fine-tuning small labelled sets usually needs."""
+    if name == "flip":
+        return [keras.layers.RandomFlip("horizontal", seed=seed, name="flip")]
+    if name == "strong":
+        return [
+            keras.layers.RandomFlip("horizontal_and_vertical", seed=seed, name="flip"),
+            keras.layers.RandomRotation(0.05, seed=seed + 1, name="rotate"),  # +-18 degrees
+            keras.layers.RandomZoom((-0.2, 0.0), seed=seed + 2, name="zoom"),  # up to 20% closer
+            keras.layers.RandomTranslation(0.1, 0.1, seed=seed + 3, name="shift"),
+            keras.layers.RandomBrightness(0.2, value_range=(0.0, 1.0), seed=seed + 4, name="brightness"),
+            keras.layers.RandomContrast(0.2, value_range=(0.0, 1.0), seed=seed + 5, name="contrast"),
+        ]
+    raise FgsslError(f"unknown --finetune_augment={name!r}; choose one of {', '.join(FINETUNE_AUGMENTATIONS)}")
+
+
 def finetune(
     encoder: keras.Model,
     preprocess,
@@ -182,18 +204,21 @@ def finetune(
     head: keras.layers.Layer | None = None,
     class_weights: str = "none",
     compiled: dict | None = None,
+    augment: str = "flip",
 ) -> ProtocolResult:
     """train/val/test: (uint8 images, labels). `preprocess` maps uint8 batches to encoder input.
     `head` maps encoder output to logits (default: one dense layer); `class_weights`
     'inverse' weighs each class by N / (K n_c) in the loss (the paper's SRGAN
     weights were proportional to n_c by mistake, bug S3 of docs/paper_fidelity.md,
-    "SRGAN"). `compiled`: a dict the caller keeps across the seeds of one evaluation, so the
-    train and predict steps are traced once, not once per seed (see `_compiled_twin`)."""
+    "SRGAN"). `augment`: see `finetune_augmentation`. `compiled`: a dict the caller keeps across the
+    seeds of one evaluation, so the train and predict steps are traced once, not once per seed
+    (see `_compiled_twin`)."""
     keras.utils.set_random_seed(seed)
     freeze_before(encoder, trainable_from)
     inputs = keras.Input(shape=train[0].shape[1:], dtype="uint8", name="images")
     x = keras.layers.Lambda(preprocess, name="preprocess")(inputs)
-    x = keras.layers.RandomFlip("horizontal", seed=seed, name="flip")(x)
+    for layer in finetune_augmentation(augment, seed):
+        x = layer(x)
     head = head or keras.layers.Dense(num_classes, name="classifier")
     logits = head(encoder(x))
     model = keras.Model(inputs, logits)
