@@ -10,7 +10,8 @@ from fgssl_tf.optim import FusedAdam, FusedSGD, guard
 
 
 def _train(make_optimizer, strategy=None, steps=5):
-    """Weights of a small conv net after `steps` guarded updates on fixed data, and the optimizer."""
+    """Weights of a small conv net after `steps` guarded updates on fixed data, the optimizer, and the op types
+    of the traced step (its branches included)."""
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         keras.utils.set_random_seed(0)
@@ -39,21 +40,29 @@ def _train(make_optimizer, strategy=None, steps=5):
     batch = next(iter(dataset))
     for _ in range(steps):
         step(batch)
-    return [v.numpy() for v in model.trainable_variables], optimizer
+    graph = step.get_concrete_function(batch).graph.as_graph_def()
+    op_types = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    return [v.numpy() for v in model.trainable_variables], optimizer, op_types
 
 
 @pytest.mark.parametrize(
-    "fused, stock, tolerance",
+    "fused, stock, kernel, tolerance",
     [
-        (lambda: FusedSGD(0.01, momentum=0.9), lambda: keras.optimizers.SGD(0.01, momentum=0.9), 0.0),
+        (
+            lambda: FusedSGD(0.01, momentum=0.9),
+            lambda: keras.optimizers.SGD(0.01, momentum=0.9),
+            "ResourceApplyKerasMomentum",
+            0.0,
+        ),
         # Adam's kernel rounds 1 - beta in float32 where Keras rounds it from a double: float rounding apart.
-        (lambda: FusedAdam(0.01), lambda: keras.optimizers.Adam(0.01), 1e-5),
+        (lambda: FusedAdam(0.01), lambda: keras.optimizers.Adam(0.01), "ResourceApplyAdam", 1e-5),
     ],
     ids=["sgd", "adam"],
 )
-def test_fused_optimizers_update_like_keras(fused, stock, tolerance):
-    expected, _ = _train(stock)
-    got, optimizer = _train(fused)
+def test_fused_optimizers_update_like_keras(fused, stock, kernel, tolerance):
+    expected, _, stock_ops = _train(stock)
+    got, optimizer, fused_ops = _train(fused)
+    assert kernel in fused_ops and kernel not in stock_ops  # the fused kernel runs, not Keras' ops
     moved = [np.abs(e - w).max() for e, w in zip(expected, _train(stock, steps=0)[0])]
     assert min(moved) > 1e-3  # every variable moved, so equality below means something
     for e, g in zip(expected, got):
@@ -64,16 +73,16 @@ def test_fused_optimizers_update_like_keras(fused, stock, tolerance):
 @pytest.mark.parametrize("make", [lambda: FusedAdam(0.01), lambda: FusedSGD(0.01, momentum=0.9)], ids=["adam", "sgd"])
 def test_fused_optimizers_on_two_replicas_update_like_one(make):
     strategy = make_strategy("mirrored")  # the two logical CPUs of tests/conftest.py, one strategy per process
-    one, _ = _train(make)
-    two, _ = _train(make, strategy)
+    one, _, _ = _train(make)
+    two, _, _ = _train(make, strategy)
     for a, b in zip(one, two):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
 
 
 def test_a_keras_adam_checkpoint_restores_into_fused_adam(tmp_path):
-    weights, stock = _train(lambda: keras.optimizers.Adam(0.01))
+    _, stock, _ = _train(lambda: keras.optimizers.Adam(0.01))
     tf.train.Checkpoint(optimizer=stock).write(str(tmp_path / "ckpt"))
-    _, fused = _train(lambda: FusedAdam(0.01), steps=0)
+    _, fused, _ = _train(lambda: FusedAdam(0.01), steps=0)
     tf.train.Checkpoint(optimizer=fused).read(str(tmp_path / "ckpt")).assert_existing_objects_matched()
     assert int(fused.iterations.numpy()) == 5
     for a, b in zip(stock.variables, fused.variables):
