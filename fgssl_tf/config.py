@@ -11,7 +11,7 @@ import dataclasses
 # The names the entry points offer as flag choices, kept here (no TensorFlow import) so that a bad flag is refused
 # before TensorFlow loads, in a fraction of a second: fgssl_tf/models/resnet.py builds these backbones,
 # fgssl_tf/distribute.py makes these strategies.
-BACKBONES = ("resnet18", "resnet50")
+BACKBONES = ("resnet10", "resnet18", "resnet50")
 STRATEGIES = ("auto", "one_device", "mirrored", "multiworker")
 
 
@@ -37,7 +37,7 @@ class DataConfig:
 class BackboneConfig:
     """A ResNet encoder."""
 
-    name: str = "resnet18"  # "resnet18" or "resnet50"
+    name: str = "resnet18"  # one of BACKBONES
     small_stem: bool | None = None  # None: on for images of 32 px and less
     synchronized_bn: bool | None = None  # BN statistics over the global batch; None: when there are several replicas
     width: int = 64  # channels of the first stage; 64 is the standard ResNet

@@ -64,7 +64,7 @@ METHODS = {
 class Budget:
     name: str
     image_size: int
-    width: int  # ResNet-18 first-stage channels, for every method that has a ResNet
+    width: int  # the ResNet's first-stage channels, for every method that has a ResNet
     batch_size: int
     images_seen: int  # per pretext (SRGAN: half in each stage)
     seeds: tuple  # evaluation seeds (label subsets, heads)
@@ -82,6 +82,7 @@ class Budget:
     # measured in epochs mean what they say; off: one long epoch of images_seen (tiny, small).
     whole_epochs: bool = False
     monitor_readings: int = 0  # monitor readings per run (monitor.json: the ablation curve); 0: off
+    backbone: str = "resnet18"  # every method that has a ResNet (PMG's paper ResNet-50 too)
 
 
 ALL = tuple(m for m in METHODS if not m.endswith("_tuned"))  # the paper's comparison
@@ -103,6 +104,7 @@ BUDGETS = {
         srgan_blocks=2,
         srgan_width=8,
         max_images_per_split=96,
+        backbone="resnet10",  # a plumbing check: half the layers to trace
     ),
     "small": Budget(
         "small",
@@ -193,11 +195,9 @@ def budget_run(
         image_size=budget.image_size,
         max_images_per_split=budget.max_images_per_split or run.data.max_images_per_split,
     )
-    backbone = dataclasses.replace(run.backbone, width=budget.width)
+    backbone = dataclasses.replace(run.backbone, name=budget.backbone, width=budget.width)
     if method.name.startswith("jigsaw"):  # the stem follows the budget's tile crops
         backbone = dataclasses.replace(backbone, small_stem=None)
-    if method.name == "pmg":
-        backbone = dataclasses.replace(backbone, name="resnet18")
     pretext = run.pretext
     if method.name == "srgan":
         pretext = dataclasses.replace(
@@ -269,7 +269,7 @@ def run_comparison(
                             seeds=budget.seeds,
                             output_dir=os.path.dirname(path),
                             image_size=budget.image_size if method.flagfile is None else None,
-                            backbone=BackboneConfig(width=budget.width),
+                            backbone=BackboneConfig(name=budget.backbone, width=budget.width),
                             finetune_epochs=budget.finetune_epochs,
                             batch_size=budget.batch_size,
                         )
@@ -324,7 +324,7 @@ def results_markdown(
         f"- data: `{dataset}`, split fingerprint `{sample['split_fingerprint']}`, sizes {sample['split_sizes']}, "
         f"{budget.image_size} px; majority class on test {sample['majority_class_rate']:.3f}",
         f"- every pretext: {budget.images_seen} images seen (batch {budget.batch_size}; SRGAN half per stage), "
-        f"ResNet-18 of width {budget.width} where the method has a ResNet "
+        f"{budget.backbone.replace('resnet', 'ResNet-')} of width {budget.width} where the method has a ResNet "
         f"(SRGAN: {budget.srgan_blocks} blocks of {budget.srgan_width}; "
         f"perceptual weights: {budget.perceptual_weights}), pretraining seeds {list(budget.pretrain_seeds)}",
         f"- evaluation: protocols {list(budget.protocols)}, label fractions {list(budget.label_fractions)}, "

@@ -21,7 +21,9 @@ from fgssl_tf.data import load_splits  # noqa: E402
 
 REPO = _REPO_ROOT
 IMAGE_SIZE = 32
-TINY_BACKBONE = BackboneConfig(name="resnet18", width=8, small_stem=False)
+# Tests of plumbing train a narrow ResNet-10 (one block per stage): what they check does not depend on
+# depth, and half the layers take half as long to trace. tests/test_models.py covers ResNet-18 itself.
+TINY_BACKBONE = BackboneConfig(name="resnet10", width=8, small_stem=False)
 
 
 @pytest.fixture(scope="session")

@@ -174,6 +174,7 @@ def test_benchmark_prints_figures_for_each_pretext_in_one_run(tmp_path):
             os.path.join(REPO, "tools", "benchmark.py"),
             "--pretext=simclr,jigsaw,srgan,vicreg",
             "--image_size=32",
+            "--backbone=resnet10",
             "--width=8",
             "--batch_size=8",
             "--steps=2",
@@ -210,7 +211,7 @@ def test_benchmark_counts_pmg_flops_per_pass(tmp_path):
         "backbone_weights='none')\n"
         "train = TrainConfig(pretext='pmg', model_dir=tempfile.mkdtemp(), batch_size=4, verbose=0)\n"
         "model = trainer.build_pretext_model(train, DataConfig(dataset='elpv', image_size=32), "
-        "BackboneConfig(name='resnet18', width=8), config)\n"
+        "BackboneConfig(name='resnet10', width=8), config)\n"
         "forward, shape, reach = benchmark.premade_inputs(model, 'pmg', 4, 32)\n"
         "print(*[benchmark.forward_flops(forward, shape, output) for output in (None, *reach)], "
         "benchmark.training_flops(forward, shape, reach))\n"

@@ -196,7 +196,7 @@ def test_val_or_test_classes_that_train_lacks_are_an_error_or_with_the_flag_coun
             protocol="knn",
             dataset=f"folder:{root}",
             image_size=8,
-            backbone=BackboneConfig(width=4),
+            backbone=BackboneConfig(name="resnet10", width=4),
             output_dir=str(tmp_path / "report"),
             allow_unseen_classes=True,
         )

@@ -28,7 +28,11 @@ def _run_workers(cwd, args, timeout=480):
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
     workers = []
     for index in range(2):
-        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        env = {
+            **os.environ,
+            "PYTHONPATH": REPO,
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        }
         workers.append(
             subprocess.Popen(
                 [sys.executable, "-m", "fgssl_tf.train", *args, "--strategy=multiworker"],

@@ -188,7 +188,7 @@ def elpv_48px():
 def test_short_run_on_elpv_beats_chance_resumes_and_exports(tmp_path, elpv_48px):
     config = jigsaw.JigsawConfig(num_permutations=10)
     data = DataConfig(image_size=48)
-    backbone = BackboneConfig(width=8)  # small stem: automatic for 12 px tiles
+    backbone = BackboneConfig(name="resnet10", width=8)  # small stem: automatic for 12 px tiles
     assert jigsaw.resolve_backbone(backbone, data, config).small_stem
     # Exported once, by the resumed run (--export is one of the settings a resume may change).
     train = tiny_train_config(tmp_path, pretext="jigsaw", epochs=1, steps_per_epoch=100, validate=True, export=False)
@@ -227,7 +227,9 @@ def test_short_run_on_elpv_beats_chance_resumes_and_exports(tmp_path, elpv_48px)
 def _one_step(strategy, images):
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        encoder = build_resnet(BackboneConfig(width=8, small_stem=False, synchronized_bn=True), IMAGE_SIZE, pool_grid=2)
+        encoder = build_resnet(
+            BackboneConfig(name="resnet10", width=8, small_stem=False, synchronized_bn=True), IMAGE_SIZE, pool_grid=2
+        )
         permutations = jigsaw.make_permutations("maxhamming", 10, seed=0)
         # No dropout (its masks are drawn per replica); a clip norm low enough to act.
         model = jigsaw.build(

@@ -12,7 +12,12 @@ def trainable_count(model):
     return sum(int(np.prod(v.shape)) for v in model.trainable_weights)
 
 
-@pytest.mark.parametrize("name,params,features", [("resnet18", 11_176_512, 512), ("resnet50", 23_508_032, 2048)])
+# ResNet-10 (no torchvision model): ResNet-18 less the second basic block of each stage, two 3x3 convolutions
+# of c channels and two batch norms each: 11,176,512 - sum over c in 64..512 of (18 c^2 + 4 c) = 4,905,792.
+@pytest.mark.parametrize(
+    "name,params,features",
+    [("resnet10", 4_905_792, 512), ("resnet18", 11_176_512, 512), ("resnet50", 23_508_032, 2048)],
+)
 def test_parameter_counts_match_torchvision_without_fc(name, params, features):
     model = build_resnet(BackboneConfig(name=name), 224)
     assert trainable_count(model) == params  # torchvision resnet minus its fc layer
@@ -170,3 +175,18 @@ def test_the_backbones_the_flags_offer_are_the_ones_built():
     from fgssl_tf.models import resnet
 
     assert tuple(resnet.STAGES) == BACKBONES
+
+
+@pytest.mark.parametrize("name", ["resnet10", "resnet18"])
+def test_stage_outputs_are_named_where_each_stage_ends(name):
+    """PMG reads stages 2-4 by these names: each must exist and halve the map of the stage before."""
+    import keras
+
+    from fgssl_tf.models import resnet
+
+    model = build_resnet(BackboneConfig(name=name, width=4, small_stem=True), 32)
+    names = resnet.stage_output_names(name)
+    stages = keras.Model(model.input, [model.get_layer(n).output for n in names])
+    shapes = [tuple(x.shape) for x in stages(np.zeros((1, 32, 32, 3), np.float32))]
+    assert shapes == [(1, 32, 32, 4), (1, 16, 16, 8), (1, 8, 8, 16), (1, 4, 4, 32)]
+    assert model.layers[-2].name == names[-1]  # the last stage's named end feeds the pooling: no unit after it

@@ -128,6 +128,8 @@ def test_backbone_weights_imagenet_path_and_none(tmp_path, monkeypatch):
         pmg.build_stage_features(resnet50, 32, str(tmp_path / "missing.weights.h5"))
     with pytest.raises(FgsslError, match="no ImageNet ResNet-18"):
         pmg.build_stage_features(BackboneConfig(name="resnet18"), 32, "imagenet")
+    with pytest.raises(FgsslError, match="no ImageNet ResNet-10"):
+        pmg.build_stage_features(BackboneConfig(name="resnet10"), 32, "imagenet")
 
     def offline(*args, **kwargs):
         raise OSError("URL fetch failure: no internet")

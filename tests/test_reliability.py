@@ -114,6 +114,7 @@ def _train_command(run_dir, epochs):
         "--pretext=simclr",
         "--dataset=elpv",
         "--image_size=32",
+        "--backbone=resnet10",
         "--width=8",
         "--small_stem=false",
         "--batch_size=16",

@@ -95,7 +95,7 @@ def test_random_init_baseline_draws_its_weights_from_the_init_seed(elpv_small):
             image_size=32,
             seeds=(0,),
             init_seed=init_seed,
-            backbone=BackboneConfig(width=8, small_stem=False),
+            backbone=BackboneConfig(name="resnet10", width=8, small_stem=False),
             output_dir=str(tmp),
         )
         return evaluate(config, splits=elpv_small)["per_seed"][0]["confusion_matrix"]

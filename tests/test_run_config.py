@@ -142,8 +142,7 @@ def _old_overrides(budget, method, dataset, output_dir, seed, stage="", pool_siz
                 "--srgan_stage=gan",
                 f"--srgan_generator_init={os.path.join(output_dir, 'runs', f'srgan_psnr-seed{seed}')}",
             ]
-    if method.name == "pmg":
-        flags.append("--backbone=resnet18")
+    flags.append(f"--backbone={budget.backbone}")  # the budget's ResNet for every method (PMG's ResNet-50 too)
     return flags
 
 

@@ -73,7 +73,9 @@ def test_pretrain_under_mirrored_strategy(tmp_path, elpv_small):
 def _one_step(strategy, images, optimizer):
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        encoder = build_resnet(BackboneConfig(width=8, small_stem=False, synchronized_bn=True), IMAGE_SIZE)
+        encoder = build_resnet(
+            BackboneConfig(name="resnet10", width=8, small_stem=False, synchronized_bn=True), IMAGE_SIZE
+        )
         model = simclr.build(
             encoder, IMAGE_SIZE, simclr.SimCLRConfig(projection_dim=32, hidden_dim=32), seed=0, weight_decay=1e-3
         )

@@ -111,7 +111,7 @@ def test_schedule_and_source_size_are_refused_where_they_do_not_apply(tmp_path, 
         trainer.pretrain(
             tiny_train_config(tmp_path, pretext="jigsaw", lr_schedule="cosine"),
             DataConfig(image_size=64),
-            BackboneConfig(width=8),
+            BackboneConfig(name="resnet10", width=8),
             splits=elpv_small,
         )
     with pytest.raises(FgsslError, match="source_size=16 is for the two-view methods"):
@@ -157,6 +157,6 @@ def test_encoder_of_any_keras_architecture_pretrains(elpv_small):
 
 
 def test_resnet_encoder_builds_for_vicreg_at_small_stem():
-    encoder = build_resnet(BackboneConfig(width=8, small_stem=True), 16)
+    encoder = build_resnet(BackboneConfig(name="resnet10", width=8, small_stem=True), 16)
     model = vicreg.VICRegModel(encoder, 16, SMALL)
     assert model(tf.zeros([2, 16, 16, 3])).shape == (2, 64)

@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from fgssl_tf import flags as fgssl_flags  # noqa: E402
+from fgssl_tf.config import BACKBONES  # noqa: E402
 from fgssl_tf.pretext import PRETEXTS, pretext_spec  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -55,7 +56,7 @@ flags.register_validator(
     f"choose a comma list of {', '.join(PRETEXTS)}",
 )
 flags.DEFINE_integer("width", 64, "Channels of the first ResNet stage.", lower_bound=4)
-flags.DEFINE_enum("backbone", "resnet18", ["resnet18", "resnet50"], "Encoder.")
+flags.DEFINE_enum("backbone", "resnet18", list(BACKBONES), "Encoder.")
 flags.DEFINE_integer("image_size", 64, "Image size.", lower_bound=8)
 flags.DEFINE_integer("batch_size", 64, "Global batch size.", lower_bound=2)
 flags.DEFINE_integer("steps", 12, "Timed steps per measurement (after warm-up).", lower_bound=2)

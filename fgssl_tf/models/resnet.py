@@ -1,4 +1,4 @@
-"""ResNet-18 and ResNet-50 encoders (torchvision layout), as Keras functional models.
+"""ResNet-10, ResNet-18 and ResNet-50 encoders (torchvision layout), as Keras functional models.
 
 Written here rather than taken from `keras.applications` because the paper's
 encoders need what that module lacks: ResNet-18, a small-image stem (3x3 conv,
@@ -16,7 +16,18 @@ from fgssl_tf.config import BACKBONES, BackboneConfig
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.models.layers import Conv2D, GridAveragePooling, batch_norm
 
-STAGES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
+# ResNet-10 is ResNet-18 with one basic block per stage: half the depth, for phones and quick runs.
+STAGES = {
+    "resnet10": ("basic", (1, 1, 1, 1)),
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+}
+
+
+def stage_output_names(name: str) -> tuple[str, ...]:
+    """The layer that ends each stage of backbone `name` (`block{stage}_unit{last}_out`)."""
+    _, repeats = STAGES[name]
+    return tuple(f"block{stage + 1}_unit{count}_out" for stage, count in enumerate(repeats))
 
 
 def _conv_init() -> keras.initializers.Initializer:

@@ -37,6 +37,7 @@ from fgssl_tf.errors import FgsslError
 from fgssl_tf.fine_grained import random_jigsaw
 from fgssl_tf.models import build_resnet
 from fgssl_tf.models.layers import CaffePreprocess, Conv2D, batch_norm
+from fgssl_tf.models.resnet import stage_output_names
 from fgssl_tf.objectives import global_batch_position
 from fgssl_tf.optim import FusedSGD, add_coupled_weight_decay, guard
 from fgssl_tf.pretext.base import (
@@ -54,10 +55,11 @@ DEFAULT_WEIGHT_DECAY = 5e-4
 WEIGHTS_HELP = (
     "--backbone_weights=imagenet (Keras' ImageNet ResNet-50, downloaded once), a path to a weights file, or none"
 )
-# The last unit of stages 2, 3 and 4 of each backbone (PMG's layer2, layer3, layer4).
+# The last unit of stages 2, 3 and 4 of each backbone (PMG's layer2, layer3, layer4); Keras' ResNet-50 names
+# its own, the package's basic-block ResNets follow `stage_output_names`.
 _STAGE_OUTPUTS = {
     "resnet50": ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
-    "resnet18": ("block2_unit2_out", "block3_unit2_out", "block4_unit2_out"),
+    **{name: stage_output_names(name)[1:] for name in ("resnet10", "resnet18")},
 }
 
 
@@ -129,7 +131,7 @@ def _load_resnet50(weights: str, image_size: int) -> keras.Model:
 def build_stage_features(backbone: BackboneConfig, image_size: int, weights: str) -> keras.Model:
     """[0, 1] images -> the feature maps of the last three stages."""
     if backbone.name not in _STAGE_OUTPUTS:
-        raise FgsslError(f"--pretext=pmg supports --backbone=resnet50 or resnet18, not {backbone.name!r}")
+        raise FgsslError(f"--pretext=pmg supports --backbone={' or '.join(_STAGE_OUTPUTS)}, not {backbone.name!r}")
     if weights == "auto":
         weights = "imagenet" if backbone.name == "resnet50" else "none"
     inputs = keras.Input((image_size, image_size, 3), name="images")
@@ -139,13 +141,14 @@ def build_stage_features(backbone: BackboneConfig, image_size: int, weights: str
         outputs = stages(CaffePreprocess(name="caffe_preprocess")(inputs))
     else:
         if weights != "none":
+            pretty = backbone.name.replace("resnet", "ResNet-")
             raise FgsslError(
-                "Keras has no ImageNet ResNet-18: use --backbone=resnet50 for ImageNet weights, "
+                f"Keras has no ImageNet {pretty}: use --backbone=resnet50 for ImageNet weights, "
                 "or --backbone_weights=none"
             )
         net = build_resnet(backbone, image_size)
         outputs = keras.Model(
-            net.input, [net.get_layer(n).output for n in _STAGE_OUTPUTS["resnet18"]], name="resnet18"
+            net.input, [net.get_layer(n).output for n in _STAGE_OUTPUTS[backbone.name]], name=backbone.name
         )(inputs)
     return keras.Model(inputs, outputs, name="stage_features")
 
