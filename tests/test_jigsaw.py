@@ -191,7 +191,8 @@ def test_short_run_on_elpv_beats_chance_resumes_and_exports(tmp_path, elpv_48px)
     backbone = BackboneConfig(name="resnet10", width=8)  # small stem: automatic for 12 px tiles
     assert jigsaw.resolve_backbone(backbone, data, config).small_stem
     # Exported once, by the resumed run (--export is one of the settings a resume may change).
-    train = tiny_train_config(tmp_path, pretext="jigsaw", epochs=1, steps_per_epoch=100, validate=True, export=False)
+    # 100 steps (2 x 50) before the check; the resume then trains 50 more, not another 100.
+    train = tiny_train_config(tmp_path, pretext="jigsaw", epochs=2, steps_per_epoch=50, validate=True, export=False)
     first = trainer.pretrain(train, data, backbone, config, splits=elpv_48px)
     assert first.history["val_accuracy"][-1] > 0.3, first.history  # chance: 0.10
     tags = set()
@@ -209,9 +210,9 @@ def test_short_run_on_elpv_beats_chance_resumes_and_exports(tmp_path, elpv_48px)
         json.dump({**saved, "permutations": saved["permutations"][::-1]}, f)
     # (The run's own settings: a resume that changes --steps_per_epoch or --validate is refused, docs/reliability.md.)
     resumed = trainer.pretrain(
-        dataclasses.replace(train, epochs=2, export=True), data, backbone, config, splits=elpv_48px
+        dataclasses.replace(train, epochs=3, export=True), data, backbone, config, splits=elpv_48px
     )
-    assert resumed.initial_epoch == 1
+    assert resumed.initial_epoch == 2
     np.testing.assert_array_equal(resumed.model.puzzle.permutations, saved["permutations"][::-1])
     with pytest.raises(FgsslError, match="use a new --model_dir"):
         trainer.pretrain(train, data, backbone, jigsaw.JigsawConfig(num_permutations=20), splits=elpv_48px)
