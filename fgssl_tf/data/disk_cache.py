@@ -31,8 +31,9 @@ def cache_dir() -> str | None:
 
 
 @functools.cache
-def _memory(location: str) -> joblib.Memory:
-    return joblib.Memory(os.path.join(location, f"decoded-v{FORMAT_VERSION}"), verbose=0)
+def _memorized(location: str, function):
+    """joblib's cached form of `function` under `location`, made once per process, not per call."""
+    return joblib.Memory(os.path.join(location, f"decoded-v{FORMAT_VERSION}"), verbose=0).cache(function)
 
 
 def cached(function):
@@ -51,6 +52,6 @@ def cached(function):
                 location = None
         if location is None:
             return function(*args)
-        return _memory(location).cache(function)(*args)
+        return _memorized(location, function)(*args)
 
     return wrapper
