@@ -46,29 +46,64 @@ def _non_finite_float_flags(flag_values) -> list[str]:
     return bad
 
 
-def parse_flags(argv):
+def parse_flags(argv, flag_values=None):
     """absl's parsing, with a bad flag (unknown, invalid value, failed validator, NaN or Inf
     in a number, a missing flagfile) reported as one `error:` line and exit code 2, like every
-    other user error."""
+    other user error. A tool passes its own `flag_values` (`tool_flags()`), so that tools can run
+    in one process beside the training flags."""
     from absl import flags
 
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    if flag_values is not flags.FLAGS:
+        if any(arg in ("-h", "-?", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
+            doc = getattr(sys.modules["__main__"], "__doc__", None) or f"usage: {argv[0]} [flags]\n"
+            print(f"{doc}\n{flag_values}")  # the tool's own flags (absl's --help would list only its own)
+            sys.exit(0)
+        flags.FLAGS.mark_as_parsed()  # absl's own flags keep their defaults; absl.app expects them parsed
     try:
-        remaining = flags.FLAGS(argv)
+        remaining = flag_values(argv)
     except flags.CantOpenFlagFileError as err:  # absl's own text starts "ERROR:: "
         print(f"error: {str(err).replace('ERROR:: ', '', 1)}", file=sys.stderr)
         sys.exit(2)
     except flags.Error as err:  # several failed validators give one line each: keep them on one
         print("error: " + "; ".join(line for line in str(err).splitlines() if line.strip()), file=sys.stderr)
         sys.exit(2)
-    bad = _non_finite_float_flags(flags.FLAGS)
+    bad = _non_finite_float_flags(flag_values)
     if bad:
         print("error: " + "; ".join(bad), file=sys.stderr)
         sys.exit(2)
     return remaining
 
 
-def run(main) -> None:
-    """What an entry point's `if __name__ == "__main__"` calls."""
+def tool_flags():
+    """A tool's own flag set (absl `FlagValues`): its flags may share names with the training ones
+    (--dataset, --image_size) and with other tools', and tests run it in their own process (`invoke`)."""
+    from absl import flags
+
+    return flags.FlagValues()
+
+
+def run(main, flag_values=None) -> None:
+    """What an entry point's `if __name__ == "__main__"` calls; a tool passes its `tool_flags()`."""
     from absl import app
 
-    app.run(lambda argv: run_main(main, argv), flags_parser=parse_flags)
+    app.run(lambda argv: run_main(main, argv), flags_parser=lambda argv: parse_flags(argv, flag_values))
+
+
+def invoke(main, flag_values, argv) -> int:
+    """Run an entry point as `python TOOL ARGV[1:]` would, in this process: its exit code (0 when
+    main returns). Flags are parsed afresh, as a new process would parse them."""
+    from absl import app
+
+    flag_values.unparse_flags()
+    saved_argv, sys.argv = sys.argv, list(argv)  # what the tool's own process would see
+    try:
+        run_main(main, parse_flags(list(argv), flag_values))
+    except app.UsageError as err:  # absl.app prints the usage and exits 1
+        print(f"{os.path.basename(argv[0])}: {err}", file=sys.stderr)
+        return 1
+    except SystemExit as stopped:
+        return stopped.code if isinstance(stopped.code, int) else (0 if stopped.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+    return 0

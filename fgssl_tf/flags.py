@@ -16,7 +16,7 @@ from fgssl_tf.pretext.settings import config_from_values, not_a_file_error, weig
 FLAGS = flags.FLAGS
 
 
-def validate(name: str, check) -> None:
+def validate(name: str, check, flag_values=FLAGS) -> None:
     """Register `check(value)` as the validator of flag `name`: it returns an error message
     or None, or raises FgsslError (the library's checks) with the message."""
 
@@ -29,7 +29,7 @@ def validate(name: str, check) -> None:
             raise flags.ValidationError(error)
         return True
 
-    flags.register_validator(name, checker)
+    flags.register_validator(name, checker, flag_values=flag_values)
 
 
 def dataset_error(value: str):
@@ -53,32 +53,43 @@ def name_error(value):
     return None
 
 
-def check_pretext_flags() -> None:
+def check_pretext_flags(flag_values=FLAGS) -> None:
     """Refuse, before any work, a flag set explicitly (command line or flagfile) that
     only another pretext reads: it would be silently ignored."""
     readers: dict[str, list[str]] = {}
     for pretext, names in pretext_flag_names().items():
         for name in names:
             readers.setdefault(name, []).append(pretext)
-    wrong = [name for name, pretexts in readers.items() if FLAGS.pretext not in pretexts and FLAGS[name].present]
+    wrong = [
+        name for name, pretexts in readers.items() if flag_values.pretext not in pretexts and flag_values[name].present
+    ]
     if wrong:
         users = sorted({p for name in wrong for p in readers[name]})
         raise FgsslError(
             f"{', '.join('--' + n for n in wrong)} only apply to --pretext={'/'.join(users)}, "
-            f"not --pretext={FLAGS.pretext}; remove them or change --pretext"
+            f"not --pretext={flag_values.pretext}; remove them or change --pretext"
         )
     from fgssl_tf.pretext import pretext_spec
 
-    check = pretext_spec(FLAGS.pretext).check_flags  # checks across the pretext's own flags
+    check = pretext_spec(flag_values.pretext).check_flags  # checks across the pretext's own flags
     if check is not None:
-        check(FLAGS.flag_values_dict())
+        check(flag_values.flag_values_dict())
 
 
-def define_data_flags() -> None:
+def define_data_flags(flag_values=FLAGS) -> None:
     flags.DEFINE_string(
-        "dataset", "elpv", "elpv (offline default), cassava (TFDS) or folder:PATH (PATH/<label>/*.jpg)."
+        "dataset",
+        "elpv",
+        "elpv (offline default), cassava (TFDS) or folder:PATH (PATH/<label>/*.jpg).",
+        flag_values=flag_values,
     )
-    flags.DEFINE_integer("image_size", 64, "Images are squash-resized to this many pixels a side.", lower_bound=8)
+    flags.DEFINE_integer(
+        "image_size",
+        64,
+        "Images are squash-resized to this many pixels a side.",
+        lower_bound=8,
+        flag_values=flag_values,
+    )
     flags.DEFINE_integer(
         "source_size",
         None,
@@ -86,93 +97,128 @@ def define_data_flags() -> None:
         "cut the random crops from images cached at this larger size (as RandomResizedCrop cuts from the original), "
         "then resize them to --image_size.",
         lower_bound=8,
+        flag_values=flag_values,
     )
     flags.DEFINE_string(
-        "unlabeled_dir", None, "Folder of extra unlabelled images for pretraining (val/test duplicates dropped)."
+        "unlabeled_dir",
+        None,
+        "Folder of extra unlabelled images for pretraining (val/test duplicates dropped).",
+        flag_values=flag_values,
     )
-    flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).")
+    flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).", flag_values=flag_values)
     flags.DEFINE_float(
         "val_fraction",
         0.2,
         "Share carved out of train for validation when a folder has no val split.",
         lower_bound=0.01,
         upper_bound=0.45,
+        flag_values=flag_values,
     )
     flags.DEFINE_integer(
         "max_images_per_split",
         None,
         "Use a stratified subset of at most this many images per split (smoke runs).",
         lower_bound=2,
+        flag_values=flag_values,
     )
     flags.DEFINE_float(
-        "max_cache_gb", None, "Memory allowed for decoded images; default half the RAM.", lower_bound=0.01
+        "max_cache_gb",
+        None,
+        "Memory allowed for decoded images; default half the RAM.",
+        lower_bound=0.01,
+        flag_values=flag_values,
     )
     flags.DEFINE_boolean(
         "allow_unseen_classes",
         False,
         "Folder datasets: leave out (and count) val/test images "
         "of classes that train lacks, instead of stopping with an error naming them.",
+        flag_values=flag_values,
     )
-    validate("dataset", dataset_error)
-    validate("unlabeled_dir", existing_dir_error)
-    validate("tfds_data_dir", not_a_file_error)
+    validate("dataset", dataset_error, flag_values)
+    validate("unlabeled_dir", existing_dir_error, flag_values)
+    validate("tfds_data_dir", not_a_file_error, flag_values)
 
 
-def define_backbone_flags() -> None:
-    flags.DEFINE_enum("backbone", "resnet18", list(BACKBONES), "Encoder architecture.")
+def define_backbone_flags(flag_values=FLAGS) -> None:
+    flags.DEFINE_enum("backbone", "resnet18", list(BACKBONES), "Encoder architecture.", flag_values=flag_values)
     flags.DEFINE_enum(
         "small_stem",
         "auto",
         ["auto", "true", "false"],
         "3x3 stem without max-pool; auto: on for encoder inputs of 32 px and less (images; jigsaw: tile crops).",
+        flag_values=flag_values,
     )
-    flags.DEFINE_integer("width", 64, "Channels of the first ResNet stage (64 = standard).", lower_bound=4)
+    flags.DEFINE_integer(
+        "width", 64, "Channels of the first ResNet stage (64 = standard).", lower_bound=4, flag_values=flag_values
+    )
     flags.DEFINE_enum(
         "sync_bn",
         "auto",
         ["auto", "true", "false"],
         "Batch-norm statistics over the global batch across replicas; auto: whenever there are several.",
+        flag_values=flag_values,
     )
 
 
-def data_config() -> DataConfig:
+def data_config(flag_values=FLAGS) -> DataConfig:
     return DataConfig(
-        dataset=FLAGS.dataset,
-        image_size=FLAGS.image_size,
-        source_size=FLAGS.source_size,
-        unlabeled_dir=FLAGS.unlabeled_dir,
-        tfds_data_dir=FLAGS.tfds_data_dir,
-        val_fraction=FLAGS.val_fraction,
-        max_images_per_split=FLAGS.max_images_per_split,
-        max_cache_gb=FLAGS.max_cache_gb,
-        allow_unseen_classes=FLAGS.allow_unseen_classes,
+        dataset=flag_values.dataset,
+        image_size=flag_values.image_size,
+        source_size=flag_values.source_size,
+        unlabeled_dir=flag_values.unlabeled_dir,
+        tfds_data_dir=flag_values.tfds_data_dir,
+        val_fraction=flag_values.val_fraction,
+        max_images_per_split=flag_values.max_images_per_split,
+        max_cache_gb=flag_values.max_cache_gb,
+        allow_unseen_classes=flag_values.allow_unseen_classes,
     )
 
 
-def backbone_config() -> BackboneConfig:
-    small_stem = {"auto": None, "true": True, "false": False}[FLAGS.small_stem]
+def backbone_config(flag_values=FLAGS) -> BackboneConfig:
+    choice = {"auto": None, "true": True, "false": False}
     return BackboneConfig(
-        name=FLAGS.backbone,
-        small_stem=small_stem,
-        synchronized_bn={"auto": None, "true": True, "false": False}[FLAGS.sync_bn],
-        width=FLAGS.width,
+        name=flag_values.backbone,
+        small_stem=choice[flag_values.small_stem],
+        synchronized_bn=choice[flag_values.sync_bn],
+        width=flag_values.width,
     )
 
 
-def define_train_flags() -> None:
+def define_train_flags(flag_values=FLAGS) -> None:
     specs = _registered_specs()
     names = [spec.name + (" (the supervised baseline)" if spec.supervised else "") for spec in specs]
-    flags.DEFINE_string("pretext", "simclr", f"Pretext task: {', '.join(names[:-1])}, or {names[-1]}.")
-    flags.DEFINE_string("model_dir", None, "Checkpoints and TensorBoard logs; default runs/<pretext>_<dataset>.")
-    flags.DEFINE_string("export_dir", "savedmodels", "Where encoders are exported (NAME/VERSION).")
-    flags.DEFINE_string("export_name", None, "Export name; default <pretext>_<backbone>_<dataset>.")
-    flags.DEFINE_boolean(
-        "export", True, "Export the encoder after training (--noexport: checkpoints only, e.g. runs of a sweep)."
+    flags.DEFINE_string(
+        "pretext", "simclr", f"Pretext task: {', '.join(names[:-1])}, or {names[-1]}.", flag_values=flag_values
     )
-    flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
-    flags.DEFINE_integer("batch_size", 64, "Global batch size (split over replicas).", lower_bound=2)
+    flags.DEFINE_string(
+        "model_dir",
+        None,
+        "Checkpoints and TensorBoard logs; default runs/<pretext>_<dataset>.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "export_dir", "savedmodels", "Where encoders are exported (NAME/VERSION).", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "export_name", None, "Export name; default <pretext>_<backbone>_<dataset>.", flag_values=flag_values
+    )
+    flags.DEFINE_boolean(
+        "export",
+        True,
+        "Export the encoder after training (--noexport: checkpoints only, e.g. runs of a sweep).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1, flag_values=flag_values)
     flags.DEFINE_integer(
-        "steps_per_epoch", None, "Steps per epoch; default one pass over the pretraining pool.", lower_bound=1
+        "batch_size", 64, "Global batch size (split over replicas).", lower_bound=2, flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "steps_per_epoch",
+        None,
+        "Steps per epoch; default one pass over the pretraining pool.",
+        lower_bound=1,
+        flag_values=flag_values,
     )
     flags.DEFINE_float(
         "learning_rate",
@@ -180,6 +226,7 @@ def define_train_flags() -> None:
         "Initial learning rate; default the paper's for the pretext "
         f"({', '.join(f'{s.name}: {s.optimizer} {_number(s.default_learning_rate)}' for s in specs)}).",
         lower_bound=0.0,
+        flag_values=flag_values,
     )
     flags.DEFINE_enum(
         "lr_schedule",
@@ -188,39 +235,58 @@ def define_train_flags() -> None:
         "constant: the paper's; cosine: linear warm-up (--warmup_epochs) to --learning_rate, then "
         f"cosine decay to 0 ({', '.join(s.name for s in specs if s.cosine_schedule)}; "
         f"{_and(s.name for s in specs if not s.cosine_schedule)} keep the paper's schedules).",
+        flag_values=flag_values,
     )
-    flags.DEFINE_float("warmup_epochs", 0.0, "Epochs of linear warm-up of --lr_schedule=cosine.", lower_bound=0.0)
+    flags.DEFINE_float(
+        "warmup_epochs",
+        0.0,
+        "Epochs of linear warm-up of --lr_schedule=cosine.",
+        lower_bound=0.0,
+        flag_values=flag_values,
+    )
     flags.DEFINE_float(
         "weight_decay",
         None,
         "Coupled L2 weight decay, as PyTorch; default the paper's "
         f"({', '.join(f'{s.name} {_number(s.default_weight_decay)}' for s in specs)}).",
         lower_bound=0.0,
+        flag_values=flag_values,
     )
-    flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and initialisation.", lower_bound=0)
+    flags.DEFINE_integer(
+        "seed", 0, "Seed of data order, augmentation and initialisation.", lower_bound=0, flag_values=flag_values
+    )
     flags.DEFINE_enum(
-        "strategy", "auto", list(STRATEGIES), "tf.distribute strategy; auto = mirrored over several GPUs."
+        "strategy",
+        "auto",
+        list(STRATEGIES),
+        "tf.distribute strategy; auto = mirrored over several GPUs.",
+        flag_values=flag_values,
     )
-    flags.DEFINE_boolean("validate", True, "Compute the pretext loss on the validation split after each epoch.")
+    flags.DEFINE_boolean(
+        "validate", True, "Compute the pretext loss on the validation split after each epoch.", flag_values=flag_values
+    )
     flags.DEFINE_enum(
         "mixed_precision",
         "none",
         ["none", "bfloat16"],
         "bfloat16: layers compute in bfloat16, weights and losses stay float32 (GPUs from Ampere on, TPUs; "
         "slower on most CPUs). float16 is not offered: it needs loss scaling, which would fight the NaN guard.",
+        flag_values=flag_values,
     )
-    flags.DEFINE_boolean("jit_compile", False, jit_compile_help())
+    flags.DEFINE_boolean("jit_compile", False, jit_compile_help(), flag_values=flag_values)
     flags.DEFINE_integer(
         "monitor_every",
         1,
         "Every this many epochs: kNN accuracy, online linear probe and collapse signals on held-out labels (0: off).",
         lower_bound=0,
+        flag_values=flag_values,
     )
     flags.DEFINE_integer(
         "monitor_images",
         1000,
         "Labelled training images the monitor uses (validation queries: half as many).",
         lower_bound=10,
+        flag_values=flag_values,
     )
     flags.DEFINE_enum(
         "nan_policy",
@@ -228,6 +294,7 @@ def define_train_flags() -> None:
         ["stop", "skip_batch"],
         "A NaN or Inf loss: stop naming the step (weights and checkpoints keep their last finite values), "
         "or skip that batch and go on.",
+        flag_values=flag_values,
     )
     flags.DEFINE_integer(
         "verbose",
@@ -235,6 +302,7 @@ def define_train_flags() -> None:
         "Keras progress output: 0 silent, 1 progress bar, 2 a line per epoch.",
         lower_bound=0,
         upper_bound=2,
+        flag_values=flag_values,
     )
 
     def pretext_error(value):
@@ -242,52 +310,58 @@ def define_train_flags() -> None:
 
         check_pretext(value)
 
-    validate("pretext", pretext_error)
-    validate("model_dir", not_a_file_error)
-    validate("export_dir", not_a_file_error)
-    validate("export_name", name_error)
-    define_pretext_flags()  # each pretext's own, declared in its module
+    validate("pretext", pretext_error, flag_values)
+    validate("model_dir", not_a_file_error, flag_values)
+    validate("export_dir", not_a_file_error, flag_values)
+    validate("export_name", name_error, flag_values)
+    define_pretext_flags(flag_values)  # each pretext's own, declared in its module
 
 
-def train_config() -> TrainConfig:
-    dataset = FLAGS.dataset.split(":", 1)[0]
+def train_config(flag_values=FLAGS) -> TrainConfig:
+    dataset = flag_values.dataset.split(":", 1)[0]
     return TrainConfig(
-        pretext=FLAGS.pretext,
-        model_dir=FLAGS.model_dir or f"runs/{FLAGS.pretext}_{dataset}",
-        export_dir=FLAGS.export_dir,
-        export_name=FLAGS.export_name,
-        export=FLAGS.export,
-        epochs=FLAGS.epochs,
-        batch_size=FLAGS.batch_size,
-        steps_per_epoch=FLAGS.steps_per_epoch,
-        learning_rate=FLAGS.learning_rate,
-        lr_schedule=FLAGS.lr_schedule,
-        warmup_epochs=FLAGS.warmup_epochs,
-        weight_decay=FLAGS.weight_decay,
-        seed=FLAGS.seed,
-        strategy=FLAGS.strategy,
-        jit_compile=FLAGS.jit_compile,
-        mixed_precision=FLAGS.mixed_precision,
-        validate=FLAGS.validate,
-        verbose=FLAGS.verbose,
-        nan_policy=FLAGS.nan_policy,
+        pretext=flag_values.pretext,
+        model_dir=flag_values.model_dir or f"runs/{flag_values.pretext}_{dataset}",
+        export_dir=flag_values.export_dir,
+        export_name=flag_values.export_name,
+        export=flag_values.export,
+        epochs=flag_values.epochs,
+        batch_size=flag_values.batch_size,
+        steps_per_epoch=flag_values.steps_per_epoch,
+        learning_rate=flag_values.learning_rate,
+        lr_schedule=flag_values.lr_schedule,
+        warmup_epochs=flag_values.warmup_epochs,
+        weight_decay=flag_values.weight_decay,
+        seed=flag_values.seed,
+        strategy=flag_values.strategy,
+        jit_compile=flag_values.jit_compile,
+        mixed_precision=flag_values.mixed_precision,
+        validate=flag_values.validate,
+        verbose=flag_values.verbose,
+        nan_policy=flag_values.nan_policy,
     )
 
 
-def run_config():
+def run_config(flag_values=FLAGS):
     """The run the flags describe, resolved once (`fgssl_tf.run_config.resolve_run`): what the trainer runs."""
     from fgssl_tf.run_config import resolve_run
 
-    return resolve_run(train_config(), data_config(), backbone_config(), pretext_config(), monitor_config())
+    return resolve_run(
+        train_config(flag_values),
+        data_config(flag_values),
+        backbone_config(flag_values),
+        pretext_config(flag_values),
+        monitor_config(flag_values),
+    )
 
 
-def monitor_config():
+def monitor_config(flag_values=FLAGS):
     from fgssl_tf.monitor import MonitorConfig
 
     return MonitorConfig(
-        every=FLAGS.monitor_every,
-        max_bank_images=FLAGS.monitor_images,
-        max_query_images=max(5, FLAGS.monitor_images // 2),
+        every=flag_values.monitor_every,
+        max_bank_images=flag_values.monitor_images,
+        max_query_images=max(5, flag_values.monitor_images // 2),
     )
 
 
@@ -335,13 +409,13 @@ def pretext_flag_names() -> dict:
     return {spec.name: tuple(flag.name for flag in spec.flags) for spec in _registered_specs()}
 
 
-def define_pretext_flags() -> None:
+def define_pretext_flags(flag_values=FLAGS) -> None:
     """Every registered pretext's flags (`fgssl_tf.pretext.settings.FlagSpec`) as absl flags with their
     validators; a flag that several pretexts share (the two-view methods' view flags) is defined once."""
-    define_flag_specs([flag for spec in _registered_specs() for flag in spec.flags])
+    define_flag_specs([flag for spec in _registered_specs() for flag in spec.flags], flag_values)
 
 
-def define_flag_specs(flag_specs) -> None:
+def define_flag_specs(flag_specs, flag_values=FLAGS) -> None:
     """`FlagSpec`s as absl flags with their validators; a name declared several times (the two-view
     methods' view flags) is defined once, and must be declared alike."""
     defined: dict = {}
@@ -354,19 +428,19 @@ def define_flag_specs(flag_specs) -> None:
         bounds = {"lower_bound": flag.lower_bound, "upper_bound": flag.upper_bound}
         extra = {key: value for key, value in bounds.items() if value is not None}
         if flag.kind == "enum":
-            _DEFINE["enum"](flag.name, flag.default, list(flag.choices), flag.help)
+            _DEFINE["enum"](flag.name, flag.default, list(flag.choices), flag.help, flag_values=flag_values)
         else:
-            _DEFINE[flag.kind](flag.name, flag.default, flag.help, **extra)
+            _DEFINE[flag.kind](flag.name, flag.default, flag.help, flag_values=flag_values, **extra)
     for flag in defined.values():
         if flag.check is not None:
-            validate(flag.name, flag.check)
+            validate(flag.name, flag.check, flag_values)
 
 
-def pretext_config():
+def pretext_config(flag_values=FLAGS):
     """The dataclass config of --pretext, from its flags (`PretextSpec.flags`, then `PretextSpec.finish`)."""
     from fgssl_tf.pretext import pretext_spec
 
-    spec = pretext_spec(FLAGS.pretext)
-    values = FLAGS.flag_values_dict()
+    spec = pretext_spec(flag_values.pretext)
+    values = flag_values.flag_values_dict()
     config = config_from_values(spec.config_class, spec.flags, values)
     return config if spec.finish is None else spec.finish(config, values)

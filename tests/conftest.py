@@ -8,6 +8,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # subprocess tests inherit it. See fgssl_tf/data/disk_cache.py.
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("FGSSL_CACHE_DIR", os.path.join(_REPO_ROOT, ".pytest_cache", "fgssl_tf"))
+# ./test.sh runs two test processes on two cores: one intra-op thread each, so they do not take turns on the
+# cores (9% less wall-clock for the same tests: docs/benchmarks.md, seventh session). Subprocesses inherit it.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -83,6 +86,40 @@ def trained_encoder(tmp_path_factory, elpv_small):
         config, DataConfig(image_size=IMAGE_SIZE), TINY_BACKBONE, splits=elpv_small, monitor=monitor
     )
     return result, result.exports["tiny"]
+
+
+def load_tool(name: str):
+    """tools/NAME.py as a module, imported once per test process (its flags live on its own `FLAGS`)."""
+    import importlib.util
+    import sys
+
+    module_name = f"fgssl_tool_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, os.path.join(REPO, "tools", f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+@pytest.fixture
+def run_tool(capsys, monkeypatch):
+    """`python tools/NAME.py ARGS` run in this process from `cwd` (no interpreter and TensorFlow start per
+    call; fgssl_tf.cli.invoke parses the flags afresh): a CompletedProcess with its exit code and output.
+    Tests of what only a process of its own shows (signals, imports, a clean environment) start one."""
+    import subprocess
+
+    from fgssl_tf import cli
+
+    def run(name, args, cwd):
+        monkeypatch.chdir(cwd)
+        tool = load_tool(name)
+        capsys.readouterr()  # what the test printed before is not the tool's
+        code = cli.invoke(tool.main, tool.FLAGS, [os.path.join(REPO, "tools", f"{name}.py"), *args])
+        output = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, output.out, output.err)
+
+    return run
 
 
 def write_image(path, array, fmt=None, **save_options):

@@ -129,9 +129,8 @@ def test_train_bad_input_is_one_clear_line(tmp_path, args, message, capsys, monk
     assert "ERROR::" not in stderr and not os.path.exists(tmp_path / "run" / "run_config.json")  # nothing written
 
 
-def test_evaluate_negative_seeds_are_one_clear_line(tmp_path):
-    command = [os.path.join(REPO, "tools", "evaluate.py"), "--baseline=random_init", "--image_size=16", "--seeds=0,-1"]
-    result = run(command, cwd=str(tmp_path))
+def test_evaluate_negative_seeds_are_one_clear_line(tmp_path, run_tool):
+    result = run_tool("evaluate", ["--baseline=random_init", "--image_size=16", "--seeds=0,-1"], cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: flag --seeds=")
     assert "--seeds must be comma-separated integers of 0 or more, got '0,-1'" in result.stderr
@@ -153,25 +152,22 @@ def test_a_bad_evaluate_flag_is_refused_before_tensorflow_loads(tmp_path):
     assert result.stdout.split() == ["exit", "2", "False"]
 
 
-def test_evaluate_bad_encoder_is_one_clear_line(tmp_path):
-    result = run([os.path.join(REPO, "tools", "evaluate.py"), f"--encoder={tmp_path}"], cwd=str(tmp_path))
+def test_evaluate_bad_encoder_is_one_clear_line(tmp_path, run_tool):
+    result = run_tool("evaluate", [f"--encoder={tmp_path}"], cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "saved_model.pb" in result.stderr.strip().splitlines()[-1]
-    result = run(
-        [os.path.join(REPO, "tools", "evaluate.py"), f"--encoder={tmp_path / 'missing'}", "--seeds=0,x"],
-        cwd=str(tmp_path),
-    )
+    result = run_tool("evaluate", [f"--encoder={tmp_path / 'missing'}", "--seeds=0,x"], cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "does not exist" in result.stderr and "--seeds must be comma-separated integers" in result.stderr
 
 
 @pytest.mark.slow
-def test_benchmark_prints_figures_for_each_pretext_in_one_run(tmp_path):
+def test_benchmark_prints_figures_for_each_pretext_in_one_run(tmp_path, run_tool):
     # PMG is left out here: its four-granularity step takes minutes to trace on a 2-core CPU.
-    result = run(
+    result = run_tool(
+        "benchmark",
         [
-            os.path.join(REPO, "tools", "benchmark.py"),
             "--pretext=simclr,jigsaw,srgan,vicreg",
             "--image_size=32",
             "--backbone=resnet10",
@@ -183,7 +179,7 @@ def test_benchmark_prints_figures_for_each_pretext_in_one_run(tmp_path):
             "--srgan_residual_blocks=2",
             "--repeats=2",  # interleaved and reduced to medians as with 5; the figures' values are not tested
         ],
-        cwd=str(tmp_path),
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     blocks = result.stdout.split("pretext=")[1:]
@@ -198,27 +194,27 @@ def test_benchmark_prints_figures_for_each_pretext_in_one_run(tmp_path):
 def test_benchmark_counts_pmg_flops_per_pass(tmp_path):
     """PMG's pass k backpropagates only through head k and the stages below it, so the count
     for what each loss reaches must be a pruned part of the whole forward, not all of it."""
-    script = (
-        "import dataclasses, sys, tempfile\n"
-        "sys.path.insert(0, sys.argv[1])\n"
-        "import benchmark\n"
-        "from absl import flags\n"
-        "flags.FLAGS(['benchmark'])\n"
-        "from fgssl_tf import trainer\n"
-        "from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig\n"
-        "from fgssl_tf.pretext import get_pretext\n"
-        "config = dataclasses.replace(get_pretext('pmg').Config(), num_classes=4, feature_size=32, head_channels=64, "
-        "backbone_weights='none')\n"
-        "train = TrainConfig(pretext='pmg', model_dir=tempfile.mkdtemp(), batch_size=4, verbose=0)\n"
-        "model = trainer.build_pretext_model(train, DataConfig(dataset='elpv', image_size=32), "
-        "BackboneConfig(name='resnet10', width=8), config)\n"
-        "forward, shape, reach = benchmark.premade_inputs(model, 'pmg', 4, 32)\n"
-        "print(*[benchmark.forward_flops(forward, shape, output) for output in (None, *reach)], "
-        "benchmark.training_flops(forward, shape, reach))\n"
+    import dataclasses
+
+    from conftest import load_tool
+
+    from fgssl_tf import trainer
+    from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
+    from fgssl_tf.pretext import get_pretext
+
+    benchmark = load_tool("benchmark")
+    benchmark.FLAGS.unparse_flags()
+    benchmark.FLAGS(["benchmark"])
+    config = dataclasses.replace(
+        get_pretext("pmg").Config(), num_classes=4, feature_size=32, head_channels=64, backbone_weights="none"
     )
-    result = run(["-c", script, os.path.join(REPO, "tools")], cwd=str(tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
-    whole, *reached, total = map(int, result.stdout.split()[-6:])
+    train = TrainConfig(pretext="pmg", model_dir=str(tmp_path / "run"), batch_size=4, verbose=0)
+    model = trainer.build_pretext_model(
+        train, DataConfig(dataset="elpv", image_size=32), BackboneConfig(name="resnet10", width=8), config
+    )
+    forward, shape, reach = benchmark.premade_inputs(model, "pmg", 4, 32)
+    whole, *reached = [benchmark.forward_flops(forward, shape, output) for output in (None, *reach)]
+    total = benchmark.training_flops(forward, shape, reach)
     assert len(reached) == 4
     assert all(0 < flops < 0.9 * whole for flops in reached[:3])  # a granularity head and the stages below it
     assert 0.95 * whole < reached[3] <= whole  # the concatenated head reaches (nearly) everything
@@ -226,27 +222,22 @@ def test_benchmark_counts_pmg_flops_per_pass(tmp_path):
 
 
 def test_every_flagfile_parses_with_its_entry_point(monkeypatch):
-    """Every flag in flags/*.cfg exists and has a valid value (eval_*.cfg: tools/evaluate.py, in a process of its
-    own since its flags share names with the training ones; the rest: training, in this process)."""
+    """Every flag in flags/*.cfg exists and has a valid value (eval_*.cfg: tools/evaluate.py's flags; the rest:
+    training's)."""
     from absl import flags
+    from conftest import load_tool
 
     import fgssl_tf.train  # noqa: F401 (defines the training flags here, once)
     from fgssl_tf import flags as fgssl_flags
 
-    script = (
-        "import glob, os, runpy, sys\n"
-        "from absl import flags\n"
-        "FLAGS = flags.FLAGS\n"
-        "runpy.run_path(os.path.join(sys.argv[1], 'tools', 'evaluate.py'), run_name='flag_check')\n"
-        "for path in sorted(glob.glob(os.path.join(sys.argv[1], 'flags', 'eval_*.cfg'))):\n"
-        "    FLAGS.unparse_flags()\n"
-        "    # eval_*.cfg name encoders trained later: the check that they exist is tested elsewhere\n"
-        "    FLAGS(['check', '--flagfile=' + path, '--encoder=' + sys.argv[1]])\n"
-        "    print('ok', os.path.basename(path))\n"
-    )
-    result = run(["-c", script, REPO], cwd=REPO, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    names = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("ok ")}
+    evaluate_flags = load_tool("evaluate").FLAGS
+    names = set()
+    for path in sorted(glob.glob(os.path.join(REPO, "flags", "eval_*.cfg"))):
+        evaluate_flags.unparse_flags()
+        # eval_*.cfg name encoders trained later: the check that they exist is tested elsewhere
+        evaluate_flags(["check", "--flagfile=" + path, "--encoder=" + REPO])
+        names.add(os.path.basename(path))
+    evaluate_flags.unparse_flags()
     monkeypatch.chdir(REPO)
     try:
         for path in sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg"))):
@@ -276,36 +267,22 @@ def _checked_or_not(flag) -> str:
 
 
 def test_every_flag_of_train_and_evaluate_is_checked_when_parsed():
-    """Each flag is an enum, a boolean, a bounded number, or has a validator of its own (training's in this
-    process; tools/evaluate.py's in a process of its own, since its flags share names with the training ones)."""
-    import inspect
-
+    """Each flag is an enum, a boolean, a bounded number, or has a validator of its own (training's and
+    tools/evaluate.py's)."""
     from absl import flags
+    from conftest import load_tool
 
     import fgssl_tf.train  # noqa: F401 (defines the training flags here, once)
 
-    script = (
-        "import os, runpy, sys\n"
-        "from absl import flags\n"
-        "from absl.flags import _argument_parser as parsers\n"
-        f"{inspect.getsource(_checked_or_not)}"
-        "runpy.run_path(os.path.join(sys.argv[1], 'tools', 'evaluate.py'), run_name='evaluate_tool')\n"
-        "for module in ('fgssl_tf.flags', 'evaluate_tool'):\n"
-        "    for flag in flags.FLAGS.get_flags_for_module(module):\n"
-        "        print(_checked_or_not(flag))\n"
-    )
+    evaluate_flags = load_tool("evaluate").FLAGS
     lines = [_checked_or_not(flag) for flag in flags.FLAGS.get_flags_for_module("fgssl_tf.flags")]
-    result = run(["-c", script, REPO], cwd=REPO, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    lines += result.stdout.splitlines()
+    lines += [_checked_or_not(evaluate_flags[name]) for name in evaluate_flags if evaluate_flags[name].name == name]
     assert len([line for line in lines if line.startswith("ok ")]) > 80
     assert [line for line in lines if not line.startswith("ok ")] == []
 
 
-def test_benchmark_refuses_an_unknown_pretext_in_its_list(tmp_path):
-    result = run(
-        [os.path.join(REPO, "tools", "benchmark.py"), "--pretext=simclr,rotnet"], cwd=str(tmp_path), timeout=120
-    )
+def test_benchmark_refuses_an_unknown_pretext_in_its_list(tmp_path, run_tool):
+    result = run_tool("benchmark", ["--pretext=simclr,rotnet"], cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert (

@@ -2,12 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY_BACKBONE
+from conftest import TINY_BACKBONE
 
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.evaluation import EvalConfig, evaluate, markdown_report
@@ -16,13 +14,12 @@ from fgssl_tf.evaluation.metrics import classification_metrics
 REPORT_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "per_class_recall", "confusion_matrix", "per_seed"}
 
 
-def test_linear_probe_cli_beats_majority_and_reports_seeds(trained_encoder, tmp_path):
+def test_linear_probe_cli_beats_majority_and_reports_seeds(trained_encoder, tmp_path, run_tool):
     _, path = trained_encoder
     out = tmp_path / "linear"
-    subprocess.run(
+    run = run_tool(
+        "evaluate",
         [
-            sys.executable,
-            os.path.join(REPO, "tools", "evaluate.py"),
             f"--encoder={path}",
             "--dataset=elpv",
             "--protocol=linear",
@@ -30,9 +27,9 @@ def test_linear_probe_cli_beats_majority_and_reports_seeds(trained_encoder, tmp_
             "--label_fraction=0.5",
             f"--output_dir={out}",
         ],
-        check=True,
-        cwd=str(tmp_path),
+        cwd=tmp_path,
     )
+    assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert REPORT_KEYS <= set(report)
     assert report["accuracy"] > report["majority_class_rate"] + 0.02

@@ -1,8 +1,7 @@
 """The paper's fine-grained augmentations and the SimCLR variants built from them."""
 
+import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -259,35 +258,35 @@ def test_each_variant_trains_with_a_falling_loss(variant, tmp_path, elpv_small):
 
 
 SHOWN = ["gamma", "cropped_regions", "dcl_jigsaw"]
-# tools/show_augmentations.py's main with each variant's flagfile, in one process (one TensorFlow start for the three):
-# absl's flags are parsed afresh for each, as `python tools/show_augmentations.py --flagfile=...` parses them.
-_SHOW_ALL = """
-import os, runpy, sys
-repo, out = sys.argv[1], sys.argv[2]
-sys.path.insert(0, repo)
-from absl import flags
-from fgssl_tf import cli
-tool = runpy.run_path(os.path.join(repo, "tools", "show_augmentations.py"), run_name="show_augmentations")
-for variant in sys.argv[3:]:
-    flags.FLAGS.unparse_flags()
-    flagfile = os.path.join(repo, "flags", f"simclr_{variant}.cfg")
-    grid = os.path.join(out, variant, "grid.png")
-    args = [f"--flagfile={flagfile}", f"--output={grid}", "--num_images=3", "--max_images_per_split=40"]
-    cli.run_main(tool["main"], cli.parse_flags(["show_augmentations.py", *args, "--image_size=48"]))
-"""
 
 
 @pytest.fixture(scope="module")
 def shown_grids(tmp_path_factory):
+    """tools/show_augmentations.py with each variant's flagfile, in this process: {variant: (exit code, stderr)}.
+    Its flags are parsed afresh for each, as `python tools/show_augmentations.py --flagfile=...` parses them."""
+    import contextlib
+    import io
+
+    from conftest import load_tool
+
+    from fgssl_tf import cli
+
+    tool = load_tool("show_augmentations")
     tmp_path = tmp_path_factory.mktemp("show_augmentations")
-    result = subprocess.run(
-        [sys.executable, "-c", _SHOW_ALL, REPO, str(tmp_path), *SHOWN],
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return result, tmp_path
+    results, cwd = {}, os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for variant in SHOWN:
+            flagfile = os.path.join(REPO, "flags", f"simclr_{variant}.cfg")
+            grid = os.path.join(tmp_path, variant, "grid.png")
+            args = [f"--flagfile={flagfile}", f"--output={grid}", "--num_images=3", "--max_images_per_split=40"]
+            stderr = io.StringIO()
+            with contextlib.redirect_stderr(stderr):
+                code = cli.invoke(tool.main, tool.FLAGS, ["show_augmentations.py", *args, "--image_size=48"])
+            results[variant] = (code, stderr.getvalue())
+    finally:
+        os.chdir(cwd)
+    return results, tmp_path
 
 
 @pytest.mark.slow
@@ -295,9 +294,10 @@ def shown_grids(tmp_path_factory):
 def test_show_augmentations_writes_the_flagfile_grid(variant, shown_grids):
     from PIL import Image
 
-    result, tmp_path = shown_grids
+    results, tmp_path = shown_grids
     output = tmp_path / variant / "grid.png"
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, stderr = results[variant]
+    assert code == 0, stderr[-2000:]
     with Image.open(output) as grid:
         assert grid.size == (3 * 48, 3 * 48)  # rows: images; columns: original | view 1 | view 2
 

@@ -6,7 +6,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, TINY_BACKBONE
+from conftest import TINY_BACKBONE
 from PIL import Image
 
 from fgssl_tf import gradcam
@@ -84,10 +84,7 @@ def test_linear_probe_folded_into_keras_predicts_as_sklearn(trained_encoder, elp
     assert np.mean(keras_predictions == result.test_predictions) > 0.99
 
 
-def test_report_plots_classifier_and_the_grad_cam_tool(trained_encoder, elpv_small, tmp_path):
-    import subprocess
-    import sys
-
+def test_report_plots_classifier_and_the_grad_cam_tool(trained_encoder, elpv_small, tmp_path, run_tool):
     _, version = trained_encoder
     report = evaluate(
         EvalConfig(encoder=version, protocol="linear", output_dir=str(tmp_path / "report")), splits=elpv_small
@@ -99,10 +96,9 @@ def test_report_plots_classifier_and_the_grad_cam_tool(trained_encoder, elpv_sma
     assert os.path.isfile(os.path.join(folder, "classifier.keras"))
 
     out = tmp_path / "cams"
-    result = subprocess.run(
+    result = run_tool(
+        "gradcam",
         [
-            sys.executable,
-            os.path.join(REPO, "tools", "gradcam.py"),
             f"--model={folder}",
             "--dataset=elpv",
             "--max_images=4",
@@ -110,9 +106,7 @@ def test_report_plots_classifier_and_the_grad_cam_tool(trained_encoder, elpv_sma
             f"--logdir={tmp_path / 'tb'}",
             "--method=gradcam++",
         ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     pngs = sorted(os.listdir(out))
@@ -121,41 +115,19 @@ def test_report_plots_classifier_and_the_grad_cam_tool(trained_encoder, elpv_sma
         with Image.open(out / name) as picture:
             assert picture.size == (64, 32)  # image | overlay, at the report's 32 px
     assert os.listdir(tmp_path / "tb")
-    bad = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "gradcam.py"),
-            f"--model={folder}",
-            "--layer=nope",
-            f"--output_dir={out}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = run_tool("gradcam", [f"--model={folder}", "--layer=nope", f"--output_dir={out}"], cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     last_stage = stage_output_names(TINY_BACKBONE.name)[-1]  # the last spatial layer, Grad-CAM's default
     assert "valid names: " in bad.stderr.strip().splitlines()[-1] and last_stage in bad.stderr
 
 
-def test_embeddings_tool_writes_the_map_and_the_projector(trained_encoder, tmp_path):
-    import subprocess
-    import sys
-
+def test_embeddings_tool_writes_the_map_and_the_projector(trained_encoder, tmp_path, run_tool):
     _, version = trained_encoder
     out = tmp_path / "emb"
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "embeddings.py"),
-            f"--encoder={version}",
-            "--max_images=100",
-            f"--output_dir={out}",
-            "--thumbnail=16",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_tool(
+        "embeddings",
+        [f"--encoder={version}", "--max_images=100", f"--output_dir={out}", "--thumbnail=16"],
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with Image.open(out / "tsne.png") as picture:

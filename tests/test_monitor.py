@@ -58,13 +58,9 @@ def test_monitor_runs_before_training_and_after_each_epoch(trained_encoder):
     assert all(0.0 <= r["knn_balanced_accuracy"] <= 1.0 for r in readings)
 
 
-def test_compare_runs_tabulates_the_monitor_of_each_run(trained_encoder, tmp_path):
+def test_compare_runs_tabulates_the_monitor_of_each_run(trained_encoder, tmp_path, run_tool):
     """tools/compare_runs.py: one row per run, the settings it changes, steps and the monitor's readings."""
     import shutil
-    import subprocess
-    import sys
-
-    from conftest import REPO
 
     result, version = trained_encoder
     with open(os.path.join(version, "fgssl_metadata.json")) as f:
@@ -76,29 +72,13 @@ def test_compare_runs_tabulates_the_monitor_of_each_run(trained_encoder, tmp_pat
         run_config = json.load(f)
     run_config["pretext_config"]["temperature"] = 0.2
     (variant / "run_config.json").write_text(json.dumps(run_config))
-    out = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "compare_runs.py"),
-            model_dir,
-            str(variant),
-            f"--markdown={tmp_path / 'table.md'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_tool("compare_runs", [model_dir, str(variant), f"--markdown={tmp_path / 'table.md'}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| ")][1:]
     assert len(rows) == 2 and "(reference)" in rows[0] and "temperature=0.2" in rows[1]
     with open(os.path.join(model_dir, "monitor.json")) as f:
         last = json.load(f)[-1]
     assert f"→ {last['knn_balanced_accuracy']:.3f}" in rows[0] and f"| {last['step']} |" in rows[0]
-    missing = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "compare_runs.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    missing = run_tool("compare_runs", [str(tmp_path)], cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "monitor.json is missing" in missing.stderr

@@ -6,26 +6,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 from conftest import REPO
 
 
-def _run(output_dir, *extra):
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "reproduce.py"),
-            "--budget=tiny",
-            f"--output_dir={output_dir}",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def _run(run_tool, output_dir, *extra):
+    result = run_tool("reproduce", ["--budget=tiny", f"--output_dir={output_dir}", *extra], cwd=output_dir.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -36,9 +23,9 @@ def _accuracy_table(markdown):
 
 
 @pytest.mark.slow
-def test_tiny_comparison_reads_reports_resumes_and_repeats(tmp_path):
+def test_tiny_comparison_reads_reports_resumes_and_repeats(tmp_path, run_tool):
     first = tmp_path / "a"
-    _run(first)
+    _run(run_tool, first)
     markdown = (first / "RESULTS.md").read_text()
     table = _accuracy_table(markdown)
     assert set(table) == {"simclr_original", "random_init"}
@@ -54,7 +41,7 @@ def test_tiny_comparison_reads_reports_resumes_and_repeats(tmp_path):
     # and it gives the same number; nothing is trained again.
     redo = "simclr_original-pretrain0-linear-labels100"
     shutil.rmtree(first / "evaluations" / redo)
-    _run(first)
+    _run(run_tool, first)
     again = json.loads((first / "timings.json").read_text())
     assert {k: v for k, v in again.items() if k != redo} == {k: v for k, v in timings.items() if k != redo}
     assert _accuracy_table((first / "RESULTS.md").read_text()) == table
@@ -107,18 +94,9 @@ def test_random_init_baseline_draws_its_weights_from_the_init_seed(elpv_small):
     assert default == same and other != default  # init_seed=0 is today's baseline; another seed, other weights
 
 
-def test_unknown_protocol_is_one_clear_line(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "reproduce.py"),
-            "--budget=medium",
-            "--protocols=linear,probe",
-            f"--output_dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+def test_unknown_protocol_is_one_clear_line(tmp_path, run_tool):
+    result = run_tool(
+        "reproduce", ["--budget=medium", "--protocols=linear,probe", f"--output_dir={tmp_path}"], tmp_path
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: unknown --protocols probe; the medium budget has")

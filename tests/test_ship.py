@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, TINY_BACKBONE, write_image
+from conftest import TINY_BACKBONE, write_image
 
 from fgssl_tf import export
 from fgssl_tf import export_classifier as ship
@@ -136,7 +136,7 @@ def test_bad_input_to_the_serving_signature_is_a_clear_message(shipped, problem)
 
 
 @pytest.mark.parametrize("missing", ["class_names", "image_size"])
-def test_export_refuses_a_report_without_class_names_or_image_size(shipped, tmp_path, missing):
+def test_export_refuses_a_report_without_class_names_or_image_size(shipped, tmp_path, missing, run_tool):
     report_dir = tmp_path / "report"
     shutil.copytree(shipped[1], report_dir)
     report = json.loads((report_dir / "report.json").read_text())
@@ -146,13 +146,7 @@ def test_export_refuses_a_report_without_class_names_or_image_size(shipped, tmp_
         ship.export_classifier(ship.ClassifierExportConfig(report_dir=str(report_dir), export_path=str(tmp_path / "x")))
     assert not (tmp_path / "x").exists()
     if missing == "class_names":  # the command says it in one line
-        tool = os.path.join(REPO, "tools", "export_classifier.py")
-        run = subprocess.run(
-            [sys.executable, tool, f"--report={report_dir}", f"--export={tmp_path / 'x'}"],
-            capture_output=True,
-            text=True,
-            cwd=str(tmp_path),
-        )
+        run = run_tool("export_classifier", [f"--report={report_dir}", f"--export={tmp_path / 'x'}"], cwd=tmp_path)
         errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
         assert run.returncode == 2 and len(errors) == 1 and "has no class_names" in errors[0], run.stderr
         assert "Traceback" not in run.stderr
@@ -200,24 +194,15 @@ def test_stock_layers_swap_conv_and_caffe_and_name_what_stays_custom():
     np.testing.assert_allclose(export.call(fast, x), export.call(model, x), rtol=1e-4, atol=1e-4)
 
 
-def test_predict_tool_on_a_folder_prints_rows_and_writes_csv(shipped, elpv_splits, tmp_path):
+def test_predict_tool_on_a_folder_prints_rows_and_writes_csv(shipped, elpv_splits, tmp_path, run_tool):
     summary, _ = shipped
     folder = tmp_path / "photos"
     for i in range(5):
         write_image(str(folder / f"cell{i}.png"), elpv_splits.test_images[i])
     (folder / "broken.jpg").write_bytes(b"not an image")
     model_root = os.path.dirname(summary["saved_model"])
-    run = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "predict.py"),
-            f"--model={model_root}",
-            f"--images={folder}",
-            f"--output={tmp_path / 'out.csv'}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=str(tmp_path),
+    run = run_tool(
+        "predict", [f"--model={model_root}", f"--images={folder}", f"--output={tmp_path / 'out.csv'}"], cwd=tmp_path
     )
     assert run.returncode == 0, run.stderr
     rows = [line.split(",") for line in run.stdout.splitlines() if line.startswith(str(folder))]
@@ -232,25 +217,16 @@ def test_predict_tool_on_a_folder_prints_rows_and_writes_csv(shipped, elpv_split
     assert csv_lines[0] == "file,class,probability" and len(csv_lines) == 6
 
 
-def test_evaluate_exports_the_classifier_and_refuses_knn(trained_encoder, tmp_path):
-    tool = os.path.join(REPO, "tools", "evaluate.py")
-    run = subprocess.run(
-        [
-            sys.executable,
-            tool,
-            f"--encoder={trained_encoder[1]}",
-            "--protocol=knn",
-            f"--export_classifier={tmp_path / 'c'}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=str(tmp_path),
+def test_evaluate_exports_the_classifier_and_refuses_knn(trained_encoder, tmp_path, run_tool):
+    run = run_tool(
+        "evaluate",
+        [f"--encoder={trained_encoder[1]}", "--protocol=knn", f"--export_classifier={tmp_path / 'c'}"],
+        cwd=tmp_path,
     )
     assert run.returncode == 2 and "--protocol=finetune or --protocol=linear" in run.stderr
-    subprocess.run(
+    run = run_tool(
+        "evaluate",
         [
-            sys.executable,
-            tool,
             f"--encoder={trained_encoder[1]}",
             "--protocol=linear",
             "--max_images_per_split=60",
@@ -258,8 +234,8 @@ def test_evaluate_exports_the_classifier_and_refuses_knn(trained_encoder, tmp_pa
             f"--export_classifier={tmp_path / 'c'}",
             "--noexport_tflite",
         ],
-        check=True,
-        cwd=str(tmp_path),
+        cwd=tmp_path,
     )
+    assert run.returncode == 0, run.stderr[-3000:]
     metadata = export.read_metadata(str(tmp_path / "c" / "1"))
     assert metadata["kind"] == "classifier" and metadata["report"]["protocol"] == "linear"

@@ -42,59 +42,87 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
+from fgssl_tf import cli  # noqa: E402
 from fgssl_tf import flags as fgssl_flags  # noqa: E402
 from fgssl_tf.config import BACKBONES  # noqa: E402
 from fgssl_tf.pretext import PRETEXTS, pretext_spec  # noqa: E402
 
-FLAGS = flags.FLAGS
+FLAGS = cli.tool_flags()  # this tool's own flags: tests run it in-process
 flags.DEFINE_list(
-    "pretext", ["simclr"], f"Pretexts to measure, one after the other (a comma list of {', '.join(PRETEXTS)})."
+    "pretext",
+    ["simclr"],
+    f"Pretexts to measure, one after the other (a comma list of {', '.join(PRETEXTS)}).",
+    flag_values=FLAGS,
 )
 flags.register_validator(
     "pretext",
     lambda names: bool(names) and set(names) <= set(PRETEXTS),
     f"choose a comma list of {', '.join(PRETEXTS)}",
+    flag_values=FLAGS,
 )
-flags.DEFINE_integer("width", 64, "Channels of the first ResNet stage.", lower_bound=4)
-flags.DEFINE_enum("backbone", "resnet18", list(BACKBONES), "Encoder.")
-flags.DEFINE_integer("image_size", 64, "Image size.", lower_bound=8)
-flags.DEFINE_integer("batch_size", 64, "Global batch size.", lower_bound=2)
-flags.DEFINE_integer("steps", 12, "Timed steps per measurement (after warm-up).", lower_bound=2)
-flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocation).", lower_bound=1)
-flags.DEFINE_boolean("jit_compile", False, fgssl_flags.jit_compile_help())
+flags.DEFINE_integer("width", 64, "Channels of the first ResNet stage.", lower_bound=4, flag_values=FLAGS)
+flags.DEFINE_enum("backbone", "resnet18", list(BACKBONES), "Encoder.", flag_values=FLAGS)
+flags.DEFINE_integer("image_size", 64, "Image size.", lower_bound=8, flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 64, "Global batch size.", lower_bound=2, flag_values=FLAGS)
+flags.DEFINE_integer("steps", 12, "Timed steps per measurement (after warm-up).", lower_bound=2, flag_values=FLAGS)
+flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocation).", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_boolean("jit_compile", False, fgssl_flags.jit_compile_help(), flag_values=FLAGS)
 flags.DEFINE_enum(
-    "mixed_precision", "none", ["none", "bfloat16"], "Compute dtype of the layers (weights stay float32)."
+    "mixed_precision",
+    "none",
+    ["none", "bfloat16"],
+    "Compute dtype of the layers (weights stay float32).",
+    flag_values=FLAGS,
 )
-flags.DEFINE_string("dataset", "elpv", "Images for the real-pipeline measurement.")
+flags.DEFINE_string("dataset", "elpv", "Images for the real-pipeline measurement.", flag_values=FLAGS)
 flags.DEFINE_integer(
-    "peak_matrix", 2048, "Side of the matrices whose product measures the float32 peak.", lower_bound=64
+    "peak_matrix",
+    2048,
+    "Side of the matrices whose product measures the float32 peak.",
+    lower_bound=64,
+    flag_values=FLAGS,
 )
 # Each pretext's own sizes (PretextSpec.benchmark_flags), listed in this tool's --help.
 BENCHMARK_FLAGS = [flag for name in PRETEXTS for flag in pretext_spec(name).benchmark_flags]
-fgssl_flags.define_flag_specs(BENCHMARK_FLAGS)
+fgssl_flags.define_flag_specs(BENCHMARK_FLAGS, FLAGS)
 for flag in BENCHMARK_FLAGS:
-    flags.declare_key_flag(flag.name)
+    flags.declare_key_flag(flag.name, flag_values=FLAGS)
 flags.DEFINE_boolean(
     "evaluation",
     False,
     "Time tools/reproduce.py's evaluations of each encoder instead of a training step: seconds per encoder "
     "and protocol with every embedding, fit and trace recomputed per call and seed (as before the evaluation "
     "cache) beside the same with them shared (fgssl_tf/evaluation/cache.py), each run in a fresh process.",
+    flag_values=FLAGS,
 )
-flags.DEFINE_enum("budget", "small", ["tiny", "small", "medium", "paper"], "--evaluation: the reproduce budget.")
+flags.DEFINE_enum(
+    "budget", "small", ["tiny", "small", "medium", "paper"], "--evaluation: the reproduce budget.", flag_values=FLAGS
+)
 flags.DEFINE_list(
-    "encoders", [], "--evaluation: export dirs (savedmodels/NAME/VERSION, at the budget's image size) to time."
+    "encoders",
+    [],
+    "--evaluation: export dirs (savedmodels/NAME/VERSION, at the budget's image size) to time.",
+    flag_values=FLAGS,
 )
-flags.DEFINE_boolean("random_init", True, "--evaluation: also time the random-init baseline of the budget's width.")
-flags.DEFINE_integer("max_images_per_split", None, "--evaluation: a stratified subset of each split.", lower_bound=1)
-flags.DEFINE_list("protocols", [], "--evaluation: a subset of the budget's protocols (default: all).")
-flags.DEFINE_enum("evaluation_mode", "", ["", "recomputed", "shared"], "Internal: one timed run, as JSON.")
+flags.DEFINE_boolean(
+    "random_init", True, "--evaluation: also time the random-init baseline of the budget's width.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "max_images_per_split", None, "--evaluation: a stratified subset of each split.", lower_bound=1, flag_values=FLAGS
+)
+flags.DEFINE_list(
+    "protocols", [], "--evaluation: a subset of the budget's protocols (default: all).", flag_values=FLAGS
+)
+flags.DEFINE_enum(
+    "evaluation_mode", "", ["", "recomputed", "shared"], "Internal: one timed run, as JSON.", flag_values=FLAGS
+)
 flags.DEFINE_integer(
     "repeats",
     5,
     "Repetitions of each measurement, interleaved (pipeline, pre-made, pipeline, ...; --evaluation: recomputed, "
     "shared, ...); every figure is their median, printed with its min and max.",
     lower_bound=1,
+    flag_values=FLAGS,
 )
 
 
@@ -409,6 +437,4 @@ def benchmark(pretext: str, splits, peak: float) -> None:
 
 
 if __name__ == "__main__":
-    from fgssl_tf import cli
-
-    cli.run(main)
+    cli.run(main, FLAGS)

@@ -18,8 +18,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("markdown", None, "Also write the table to this file.")
+from fgssl_tf import cli  # noqa: E402
+
+FLAGS = cli.tool_flags()  # this tool's own flags: tests run it in-process
+flags.DEFINE_string("markdown", None, "Also write the table to this file.", flag_values=FLAGS)
 # Run settings that say where things go or how much is printed, not what is trained.
 _NOT_SETTINGS = {"model_dir", "export_dir", "export_name", "verbose", "export", "checkpoints_to_keep", "validate"}
 
@@ -90,6 +92,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from fgssl_tf import cli
-
-    cli.run(main)
+    cli.run(main, FLAGS)

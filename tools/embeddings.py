@@ -17,22 +17,29 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("encoder", None, "Exported encoder: savedmodels/NAME[/VERSION].")
-flags.DEFINE_string("dataset", "elpv", "elpv, cassava or folder:PATH.")
-flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Which split to embed.")
-flags.DEFINE_integer("max_images", None, "A stratified subset of at most this many images.", lower_bound=10)
+from fgssl_tf import cli  # noqa: E402
+
+FLAGS = cli.tool_flags()  # this tool's own flags: tests run it in-process
+flags.DEFINE_string("encoder", None, "Exported encoder: savedmodels/NAME[/VERSION].", flag_values=FLAGS)
+flags.DEFINE_string("dataset", "elpv", "elpv, cassava or folder:PATH.", flag_values=FLAGS)
+flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Which split to embed.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "max_images", None, "A stratified subset of at most this many images.", lower_bound=10, flag_values=FLAGS
+)
 flags.DEFINE_enum(
     "method",
     "tsne",
     ["tsne", "umap", "pca"],
     "2-D map: t-SNE (scikit-learn), UMAP (if umap-learn is installed) or PCA.",
+    flag_values=FLAGS,
 )
-flags.DEFINE_integer("thumbnail", 32, "Projector sprite thumbnail size in pixels.", lower_bound=8, upper_bound=128)
-flags.DEFINE_integer("seed", 0, "Seed of the map and the subset.")
-flags.DEFINE_string("output_dir", None, "Default: <encoder>/../evaluations/embeddings-<split>.")
-flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).")
-flags.mark_flag_as_required("encoder")
+flags.DEFINE_integer(
+    "thumbnail", 32, "Projector sprite thumbnail size in pixels.", lower_bound=8, upper_bound=128, flag_values=FLAGS
+)
+flags.DEFINE_integer("seed", 0, "Seed of the map and the subset.", flag_values=FLAGS)
+flags.DEFINE_string("output_dir", None, "Default: <encoder>/../evaluations/embeddings-<split>.", flag_values=FLAGS)
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).", flag_values=FLAGS)
+flags.mark_flag_as_required("encoder", flag_values=FLAGS)
 
 
 def main(argv):
@@ -74,6 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from fgssl_tf import cli
-
-    cli.run(main)
+    cli.run(main, FLAGS)

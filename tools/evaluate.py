@@ -26,37 +26,52 @@ from absl import app, flags  # noqa: E402
 from fgssl_tf import cli  # noqa: E402
 from fgssl_tf import flags as fgssl_flags  # noqa: E402
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("encoder", None, "Exported encoder: a version directory savedmodels/NAME/VERSION.")
-flags.DEFINE_enum("baseline", None, ["random_init", "supervised"], "Evaluate a reference instead of an encoder.")
-flags.DEFINE_string("dataset", "elpv", "elpv, cassava or folder:PATH.")
-flags.DEFINE_enum("protocol", "linear", ["linear", "knn", "finetune"], "Evaluation protocol.")
+FLAGS = cli.tool_flags()  # this tool's own flags: tests run it in-process
+flags.DEFINE_string(
+    "encoder", None, "Exported encoder: a version directory savedmodels/NAME/VERSION.", flag_values=FLAGS
+)
+flags.DEFINE_enum(
+    "baseline", None, ["random_init", "supervised"], "Evaluate a reference instead of an encoder.", flag_values=FLAGS
+)
+flags.DEFINE_string("dataset", "elpv", "elpv, cassava or folder:PATH.", flag_values=FLAGS)
+flags.DEFINE_enum("protocol", "linear", ["linear", "knn", "finetune"], "Evaluation protocol.", flag_values=FLAGS)
 flags.DEFINE_float(
     "label_fraction",
     1.0,
     "Share of training labels used (stratified, drawn per seed).",
     lower_bound=0.0,
     upper_bound=1.0,
+    flag_values=FLAGS,
 )
-flags.DEFINE_list("seeds", ["0"], "Comma-separated seeds; mean and std are reported.")
-flags.DEFINE_string("output_dir", None, "Where report.json and report.md go.")
-flags.DEFINE_integer("image_size", None, "Image size (baselines; an encoder's export records its own).", lower_bound=8)
+flags.DEFINE_list("seeds", ["0"], "Comma-separated seeds; mean and std are reported.", flag_values=FLAGS)
+flags.DEFINE_string("output_dir", None, "Where report.json and report.md go.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "image_size", None, "Image size (baselines; an encoder's export records its own).", lower_bound=8, flag_values=FLAGS
+)
 flags.DEFINE_enum(
-    "selection_metric", "accuracy", ["accuracy", "balanced_accuracy", "macro_f1"], "Chosen on validation."
+    "selection_metric",
+    "accuracy",
+    ["accuracy", "balanced_accuracy", "macro_f1"],
+    "Chosen on validation.",
+    flag_values=FLAGS,
 )
-flags.DEFINE_integer("finetune_epochs", 10, "Epochs of fine-tuning.", lower_bound=1)
-flags.DEFINE_float("finetune_learning_rate", 1e-4, "Adam learning rate for fine-tuning.", lower_bound=0.0)
+flags.DEFINE_integer("finetune_epochs", 10, "Epochs of fine-tuning.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_float(
+    "finetune_learning_rate", 1e-4, "Adam learning rate for fine-tuning.", lower_bound=0.0, flag_values=FLAGS
+)
 flags.DEFINE_string(
     "trainable_from",
     "all",
     "Fine-tune from this stage on (e.g. block4: the last block, block3: the last two); all: everything; "
     "none: a frozen encoder. The head always trains.",
+    flag_values=FLAGS,
 )
 flags.DEFINE_enum(
     "class_weights",
     "none",
     ["none", "inverse"],
     "Fine-tuning loss weights per class: none, or inverse to the class frequency (N / (K n_c)).",
+    flag_values=FLAGS,
 )
 flags.DEFINE_enum(
     "finetune_augment",
@@ -64,12 +79,14 @@ flags.DEFINE_enum(
     ["flip", "strong"],
     "Fine-tuning augmentation: a horizontal flip, or strong: flips both ways, small rotation, zoom, shift, "
     "brightness and contrast (for labels that do not depend on orientation).",
+    flag_values=FLAGS,
 )
 flags.DEFINE_enum(
     "head",
     "linear",
     ["linear", "paper"],
     "Fine-tuning head: one dense layer, or the SRGAN paper's head (SRGAN encoders).",
+    flag_values=FLAGS,
 )
 flags.DEFINE_float(
     "head_dropout",
@@ -77,12 +94,14 @@ flags.DEFINE_float(
     "Dropout in the paper's SRGAN head (the paper: 0.5, 0.7, 0.9).",
     lower_bound=0.0,
     upper_bound=0.99,
+    flag_values=FLAGS,
 )
 flags.DEFINE_integer(
     "keep_residual_blocks",
     None,
     "SRGAN generator encoders: keep the first N residual blocks (the paper: 14, 12, 10, 8 of 16).",
     lower_bound=1,
+    flag_values=FLAGS,
 )
 flags.DEFINE_integer(
     "remove_conv_blocks",
@@ -90,6 +109,7 @@ flags.DEFINE_integer(
     "SRGAN discriminator encoders: drop the last K conv blocks (the paper: 1, 2, 3).",
     lower_bound=0,
     upper_bound=7,
+    flag_values=FLAGS,
 )
 flags.DEFINE_integer(
     "pool_grid",
@@ -97,26 +117,37 @@ flags.DEFINE_integer(
     "Baselines: average-pool the last stage to a g x g grid (2 matches a Jigsaw encoder).",
     lower_bound=1,
     upper_bound=8,
+    flag_values=FLAGS,
 )
-flags.DEFINE_integer("batch_size", 64, "Batch size for features and fine-tuning.", lower_bound=1)
-flags.DEFINE_integer("max_images_per_split", None, "Stratified subset per split (quick checks).", lower_bound=2)
-flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).")
+flags.DEFINE_integer("batch_size", 64, "Batch size for features and fine-tuning.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer(
+    "max_images_per_split", None, "Stratified subset per split (quick checks).", lower_bound=2, flag_values=FLAGS
+)
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).", flag_values=FLAGS)
 flags.DEFINE_string(
     "export_classifier",
     None,
     "Also export the trained classifier (finetune or linear) to savedmodels/NAME: "
     "a TF Serving version, classifier.keras, TFLite float32 and int8.",
+    flag_values=FLAGS,
 )
-flags.DEFINE_boolean("export_tflite", True, "With --export_classifier: also write the TFLite models.")
+flags.DEFINE_boolean(
+    "export_tflite", True, "With --export_classifier: also write the TFLite models.", flag_values=FLAGS
+)
 flags.DEFINE_integer(
-    "calibration_images", 200, "Training images the int8 TFLite model is calibrated on.", lower_bound=1
+    "calibration_images",
+    200,
+    "Training images the int8 TFLite model is calibrated on.",
+    lower_bound=1,
+    flag_values=FLAGS,
 )
 flags.DEFINE_boolean(
     "allow_unseen_classes",
     False,
     "Folder datasets: leave out (and count in the report) val/test images of classes train lacks, instead of an error.",
+    flag_values=FLAGS,
 )
-fgssl_flags.define_backbone_flags()
+fgssl_flags.define_backbone_flags(FLAGS)
 fgssl_flags.validate(
     "encoder",
     lambda v: (
@@ -124,8 +155,9 @@ fgssl_flags.validate(
         if v is None or os.path.exists(v)
         else f"{v!r} does not exist; pass savedmodels/NAME or savedmodels/NAME/VERSION"
     ),
+    FLAGS,
 )
-fgssl_flags.validate("dataset", fgssl_flags.dataset_error)
+fgssl_flags.validate("dataset", fgssl_flags.dataset_error, FLAGS)
 fgssl_flags.validate(
     "seeds",
     lambda v: (
@@ -133,16 +165,18 @@ fgssl_flags.validate(
         if v and all(s.strip().isdigit() for s in v)
         else f"--seeds must be comma-separated integers of 0 or more, got {','.join(v)!r}"
     ),
+    FLAGS,
 )
-fgssl_flags.validate("output_dir", fgssl_flags.not_a_file_error)
+fgssl_flags.validate("output_dir", fgssl_flags.not_a_file_error, FLAGS)
 fgssl_flags.validate(
     "trainable_from",
     lambda v: (
         None if re.fullmatch(r"all|none|[a-z]+[0-9]*", v) else f"{v!r} is not all, none or a stage name such as block4"
     ),
+    FLAGS,
 )
-fgssl_flags.validate("tfds_data_dir", fgssl_flags.not_a_file_error)
-fgssl_flags.validate("export_classifier", fgssl_flags.not_a_file_error)
+fgssl_flags.validate("tfds_data_dir", fgssl_flags.not_a_file_error, FLAGS)
+fgssl_flags.validate("export_classifier", fgssl_flags.not_a_file_error, FLAGS)
 
 
 def main(argv):
@@ -170,7 +204,7 @@ def main(argv):
             seeds=seeds,
             output_dir=FLAGS.output_dir,
             image_size=FLAGS.image_size,
-            backbone=fgssl_flags.backbone_config(),
+            backbone=fgssl_flags.backbone_config(FLAGS),
             pool_grid=FLAGS.pool_grid,
             selection_metric=FLAGS.selection_metric,
             finetune_epochs=FLAGS.finetune_epochs,
@@ -210,4 +244,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, FLAGS)

@@ -20,16 +20,26 @@ from absl import app, flags  # noqa: E402
 from fgssl_tf import cli  # noqa: E402
 from fgssl_tf import flags as fgssl_flags  # noqa: E402
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("report", None, "A report folder of tools/evaluate.py: report.json and classifier.keras.")
-flags.DEFINE_string("export", None, "savedmodels/NAME: the classifier goes in savedmodels/NAME/VERSION.")
-flags.DEFINE_boolean("tflite", True, "Also write the float32 and int8 TFLite models.")
-flags.DEFINE_integer("calibration_images", 200, "Training images the int8 model is calibrated on.", lower_bound=1)
-flags.DEFINE_integer(
-    "max_test_images", None, "Stratified test subset for the TFLite accuracies (default: all).", lower_bound=1
+FLAGS = cli.tool_flags()  # this tool's own flags: tests run it in-process
+flags.DEFINE_string(
+    "report", None, "A report folder of tools/evaluate.py: report.json and classifier.keras.", flag_values=FLAGS
 )
-flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).")
-flags.mark_flags_as_required(["report", "export"])
+flags.DEFINE_string(
+    "export", None, "savedmodels/NAME: the classifier goes in savedmodels/NAME/VERSION.", flag_values=FLAGS
+)
+flags.DEFINE_boolean("tflite", True, "Also write the float32 and int8 TFLite models.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "calibration_images", 200, "Training images the int8 model is calibrated on.", lower_bound=1, flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "max_test_images",
+    None,
+    "Stratified test subset for the TFLite accuracies (default: all).",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).", flag_values=FLAGS)
+flags.mark_flags_as_required(["report", "export"], flag_values=FLAGS)
 fgssl_flags.validate(
     "report",
     lambda v: (
@@ -37,8 +47,9 @@ fgssl_flags.validate(
         if v is None or os.path.isdir(v)
         else f"{v!r} is not a folder; pass the report folder tools/evaluate.py wrote"
     ),
+    FLAGS,
 )
-fgssl_flags.validate("export", fgssl_flags.not_a_file_error)
+fgssl_flags.validate("export", fgssl_flags.not_a_file_error, FLAGS)
 
 
 def main(argv):
@@ -60,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, FLAGS)

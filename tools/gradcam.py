@@ -24,29 +24,47 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-FLAGS = flags.FLAGS
+from fgssl_tf import cli  # noqa: E402
+
+FLAGS = cli.tool_flags()  # this tool's own flags: tests run it in-process
 flags.DEFINE_string(
     "model",
     None,
     "classifier.keras, an evaluation report folder holding it, or an exported encoder savedmodels/NAME[/VERSION].",
+    flag_values=FLAGS,
 )
-flags.DEFINE_list("images", [], "Image files, folders or globs; default: --split of --dataset.")
-flags.DEFINE_string("dataset", "elpv", "Where images come from when --images is empty: elpv, cassava or folder:PATH.")
-flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split of --dataset.")
-flags.DEFINE_integer(
-    "max_images", 8, "At most this many images (from --dataset: spread over the classes).", lower_bound=1
-)
-flags.DEFINE_string("class", "predicted", "Class to explain: predicted, an index, or a class name (classifiers).")
+flags.DEFINE_list("images", [], "Image files, folders or globs; default: --split of --dataset.", flag_values=FLAGS)
 flags.DEFINE_string(
-    "layer", None, "Layer whose feature map is weighted; default: the last spatial layer (the last conv stage)."
+    "dataset", "elpv", "Where images come from when --images is empty: elpv, cassava or folder:PATH.", flag_values=FLAGS
 )
-flags.DEFINE_enum("method", "gradcam", ["gradcam", "gradcam++"], "Grad-CAM or Grad-CAM++.")
+flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split of --dataset.", flag_values=FLAGS)
 flags.DEFINE_integer(
-    "image_size", None, "Model input size; default: from the report or the export's metadata.", lower_bound=8
+    "max_images",
+    8,
+    "At most this many images (from --dataset: spread over the classes).",
+    lower_bound=1,
+    flag_values=FLAGS,
 )
-flags.DEFINE_string("output_dir", "gradcam", "Where the PNG files go.")
-flags.DEFINE_string("logdir", None, "Also write the overlays to TensorBoard here.")
-flags.mark_flag_as_required("model")
+flags.DEFINE_string(
+    "class", "predicted", "Class to explain: predicted, an index, or a class name (classifiers).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "layer",
+    None,
+    "Layer whose feature map is weighted; default: the last spatial layer (the last conv stage).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum("method", "gradcam", ["gradcam", "gradcam++"], "Grad-CAM or Grad-CAM++.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "image_size",
+    None,
+    "Model input size; default: from the report or the export's metadata.",
+    lower_bound=8,
+    flag_values=FLAGS,
+)
+flags.DEFINE_string("output_dir", "gradcam", "Where the PNG files go.", flag_values=FLAGS)
+flags.DEFINE_string("logdir", None, "Also write the overlays to TensorBoard here.", flag_values=FLAGS)
+flags.mark_flag_as_required("model", flag_values=FLAGS)
 
 
 def _resolve_model(path: str):
@@ -169,6 +187,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from fgssl_tf import cli
-
-    cli.run(main)
+    cli.run(main, FLAGS)

@@ -22,13 +22,19 @@ from absl import app, flags  # noqa: E402
 from fgssl_tf import cli  # noqa: E402
 from fgssl_tf import flags as fgssl_flags  # noqa: E402
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "savedmodels/NAME[/VERSION], a .tflite or .keras classifier, or a report folder.")
-flags.DEFINE_list("images", None, "Image folders (searched recursively) and/or files, comma-separated.")
-flags.DEFINE_string("output", None, "Also write the rows to this CSV file.")
-flags.DEFINE_integer("batch_size", 64, "Images per model call.", lower_bound=1)
-flags.mark_flags_as_required(["model", "images"])
-fgssl_flags.validate("output", lambda v: f"{v!r} is a folder; pass a .csv name" if v and os.path.isdir(v) else None)
+FLAGS = cli.tool_flags()  # this tool's own flags: tests run it in-process
+flags.DEFINE_string(
+    "model", None, "savedmodels/NAME[/VERSION], a .tflite or .keras classifier, or a report folder.", flag_values=FLAGS
+)
+flags.DEFINE_list(
+    "images", None, "Image folders (searched recursively) and/or files, comma-separated.", flag_values=FLAGS
+)
+flags.DEFINE_string("output", None, "Also write the rows to this CSV file.", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 64, "Images per model call.", lower_bound=1, flag_values=FLAGS)
+flags.mark_flags_as_required(["model", "images"], flag_values=FLAGS)
+fgssl_flags.validate(
+    "output", lambda v: f"{v!r} is a folder; pass a .csv name" if v and os.path.isdir(v) else None, FLAGS
+)
 
 
 def image_paths(entries: list[str]) -> list[str]:
@@ -85,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, FLAGS)

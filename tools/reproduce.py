@@ -25,13 +25,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
+from fgssl_tf import cli  # noqa: E402
 from fgssl_tf import flags as fgssl_flags  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = flags.FLAGS
-fgssl_flags.define_data_flags()
-fgssl_flags.define_backbone_flags()
-fgssl_flags.define_train_flags()
+FLAGS = cli.tool_flags()  # this tool's own flags: tests run it in-process
+fgssl_flags.define_data_flags(FLAGS)
+fgssl_flags.define_backbone_flags(FLAGS)
+fgssl_flags.define_train_flags(FLAGS)
 flags.DEFINE_enum(
     "budget",
     "small",
@@ -39,13 +40,21 @@ flags.DEFINE_enum(
     "tiny: a minute (tests); small: the paper's methods, about 31 minutes on a 2-core CPU; "
     "medium: the faithful and tuned recipes, 3 pretraining seeds, under 3 hours on a 2-core CPU; "
     "paper: the paper's sizes, a GPU.",
+    flag_values=FLAGS,
 )
-flags.DEFINE_string("output_dir", None, "Runs, exports and reports; default reproduce/<dataset>-<budget>.")
 flags.DEFINE_string(
-    "results", None, "Where RESULTS.md goes (default <output_dir>/RESULTS.md); the plot goes beside it."
+    "output_dir", None, "Runs, exports and reports; default reproduce/<dataset>-<budget>.", flag_values=FLAGS
 )
-flags.DEFINE_list("methods", [], "A subset of the budget's methods (default: all of them).")
-flags.DEFINE_list("protocols", [], "A subset of the budget's protocols, e.g. linear,knn (default: all of them).")
+flags.DEFINE_string(
+    "results",
+    None,
+    "Where RESULTS.md goes (default <output_dir>/RESULTS.md); the plot goes beside it.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_list("methods", [], "A subset of the budget's methods (default: all of them).", flag_values=FLAGS)
+flags.DEFINE_list(
+    "protocols", [], "A subset of the budget's protocols, e.g. linear,knn (default: all of them).", flag_values=FLAGS
+)
 
 
 def main(argv):
@@ -91,8 +100,8 @@ def main(argv):
         if method.name not in method_runs:
             FLAGS.unparse_flags()
             FLAGS(["reproduce", f"--flagfile={os.path.join(REPO, 'flags', method.flagfile)}"])
-            fgssl_flags.check_pretext_flags()
-            method_runs[method.name] = fgssl_flags.run_config()
+            fgssl_flags.check_pretext_flags(FLAGS)
+            method_runs[method.name] = fgssl_flags.run_config(FLAGS)
         return method_runs[method.name]
 
     def pretrain(method, seed, stage):
@@ -131,6 +140,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from fgssl_tf import cli
-
-    cli.run(main)
+    cli.run(main, FLAGS)

@@ -21,14 +21,17 @@ from absl import app, flags  # noqa: E402
 from fgssl_tf import cli  # noqa: E402
 from fgssl_tf import flags as fgssl_flags  # noqa: E402
 
-FLAGS = flags.FLAGS
-fgssl_flags.define_data_flags()
-fgssl_flags.define_backbone_flags()
-fgssl_flags.define_train_flags()
+FLAGS = cli.tool_flags()  # this tool's own flags: tests run it in-process
+fgssl_flags.define_data_flags(FLAGS)
+fgssl_flags.define_backbone_flags(FLAGS)
+fgssl_flags.define_train_flags(FLAGS)
 flags.DEFINE_string(
-    "output", "augmentations.png", "PNG to write; a pretext with several grids adds _<name> before .png."
+    "output",
+    "augmentations.png",
+    "PNG to write; a pretext with several grids adds _<name> before .png.",
+    flag_values=FLAGS,
 )
-flags.DEFINE_integer("num_images", 4, "How many images to show.", lower_bound=1, upper_bound=64)
+flags.DEFINE_integer("num_images", 4, "How many images to show.", lower_bound=1, upper_bound=64, flag_values=FLAGS)
 
 
 def write_grids(grids: dict, output: str) -> list[str]:
@@ -55,7 +58,7 @@ def main(argv):
     from fgssl_tf.pretext import check_pretext
 
     check_pretext(FLAGS.pretext)
-    run = fgssl_flags.run_config()
+    run = fgssl_flags.run_config(FLAGS)
     # Nothing of the run's model_dir is touched: the model is built in a scratch folder.
     scratch = tempfile.mkdtemp(prefix="show_augmentations_")
     model = trainer.build_model(dataclasses.replace(run, train=dataclasses.replace(run.train, model_dir=scratch)))
@@ -65,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, FLAGS)
