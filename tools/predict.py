@@ -67,8 +67,13 @@ def main(argv):
 
     model = load_classifier(FLAGS.model)
     paths = image_paths(FLAGS.images)
-    logging.getLogger("fgssl_tf.data.images").setLevel(logging.ERROR)  # each skipped file is reported below
-    decoded = decode_files(paths, model.image_size)
+    images_log = logging.getLogger("fgssl_tf.data.images")
+    level = images_log.level
+    images_log.setLevel(logging.ERROR)  # each skipped file is reported below
+    try:
+        decoded = decode_files(paths, model.image_size)
+    finally:
+        images_log.setLevel(level)  # as it was: a caller in the same process (tests) keeps its warnings
     for number, path in enumerate(decoded.skipped, 1):
         print(f"warning: skipped unreadable image {number} of {len(decoded.skipped)}: {path}", file=sys.stderr)
     rows = []
