@@ -157,23 +157,25 @@ SLOW_FIXTURES = {"trained_encoder", "elpv_small", "elpv_48px", "psnr_run"}
 # longest start first and the short ones fill in at the end, so the two workers finish together
 # (longest-processing-time first; xdist's own order, by test count, handed out test_distribute.py,
 # 2 tests and minutes of work, last). Order: seconds per file of a whole run (`--durations=0`,
-# summed per file, 2026-11-27, then each changed file timed alone); files not listed follow in collection order.
+# summed per file, 2026-11-29); files not listed follow in collection order.
 LONGEST_FIRST = (
     "test_reliability.py",
     "test_distribute.py",
     "test_cli.py",
     "test_srgan.py",
-    "test_fine_grained.py",
     "test_pmg.py",
+    "test_evaluation_speed.py",
     "test_python_api.py",
     "test_jigsaw.py",
+    "test_fine_grained.py",
     "test_simclr_training.py",
-    "test_evaluation_speed.py",
     "test_ship.py",
     "test_evaluate.py",
+    "test_models.py",
     "test_vicreg.py",
     "test_export.py",
     "test_reproduce.py",
+    "test_inspect.py",
 )
 
 
