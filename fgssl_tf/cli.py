@@ -77,7 +77,7 @@ def parse_flags(argv, flag_values=None):
 
 def tool_flags():
     """A tool's own flag set (absl `FlagValues`): its flags may share names with the training ones
-    (--dataset, --image_size) and with other tools', and tests run it in their own process (`invoke`)."""
+    (--dataset, --image_size) and with other tools', and tests run it in the test's process (`invoke`)."""
     from absl import flags
 
     return flags.FlagValues()

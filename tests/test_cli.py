@@ -152,6 +152,15 @@ def test_a_bad_evaluate_flag_is_refused_before_tensorflow_loads(tmp_path):
     assert result.stdout.split() == ["exit", "2", "False"]
 
 
+def test_a_tools_help_lists_its_own_flags_and_exits_0(tmp_path):
+    """`--help` of a tool (its flags on a set of their own, fgssl_tf.cli.tool_flags): the usage and every flag
+    the tool reads, including those fgssl_tf.flags defines for it (--backbone), and exit code 0."""
+    result = run([os.path.join(REPO, "tools", "evaluate.py"), "--help"], cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("Evaluate an exported encoder")
+    assert all(f"--{name}" in result.stdout for name in ("encoder", "protocol", "backbone", "width", "seeds"))
+
+
 def test_evaluate_bad_encoder_is_one_clear_line(tmp_path, run_tool):
     result = run_tool("evaluate", [f"--encoder={tmp_path}"], cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -61,6 +61,10 @@ def test_monitor_runs_before_training_and_after_each_epoch(trained_encoder):
 def test_compare_runs_tabulates_the_monitor_of_each_run(trained_encoder, tmp_path, run_tool):
     """tools/compare_runs.py: one row per run, the settings it changes, steps and the monitor's readings."""
     import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
 
     result, version = trained_encoder
     with open(os.path.join(version, "fgssl_metadata.json")) as f:
@@ -72,7 +76,11 @@ def test_compare_runs_tabulates_the_monitor_of_each_run(trained_encoder, tmp_pat
         run_config = json.load(f)
     run_config["pretext_config"]["temperature"] = 0.2
     (variant / "run_config.json").write_text(json.dumps(run_config))
-    out = run_tool("compare_runs", [model_dir, str(variant), f"--markdown={tmp_path / 'table.md'}"], cwd=tmp_path)
+    # A process of its own, once: absl.app around cli.run(main, FLAGS), as users run every tool (the tool does not
+    # import TensorFlow, so this costs under a second); the error case below runs in this process.
+    tool = os.path.join(REPO, "tools", "compare_runs.py")
+    command = [sys.executable, tool, model_dir, str(variant), f"--markdown={tmp_path / 'table.md'}"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| ")][1:]
     assert len(rows) == 2 and "(reference)" in rows[0] and "temperature=0.2" in rows[1]
