@@ -39,32 +39,42 @@ def conv2d_input_gradient(dy, kernel, input_shape, strides, padding: str):
         # and its channel axes swapped; symmetric "same" padding maps onto itself.
         flipped = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
         return tf.nn.conv2d(dy, flipped, 1, "SAME")
-    static_h, static_w = dy.shape[1], dy.shape[2]
-    if static_h is None or static_w is None or static_h * static_w > COL2IM_MAX_OUTPUT_POSITIONS:
-        # Larger strided maps: the stock kernel is as fast or faster there.
+    (sh, sw), out_h, out_w = strides, dy.shape[1], dy.shape[2]
+    if out_h is None or out_w is None or out_h * out_w > COL2IM_MAX_OUTPUT_POSITIONS or sh != sw:
+        # Larger strided maps: the stock kernel is as fast or faster there (and unequal strides are rare).
         return tf.raw_ops.Conv2DBackpropInput(
             input_sizes=input_shape, filter=kernel, out_backprop=dy, strides=[1, *strides, 1], padding=padding
         )
-    # Small strided maps, col2im: each output position's gradient spread over its kh x kw
-    # input patch (one matmul), then the patches summed back onto the (padded) input grid.
-    shape = tf.shape(dy)
-    batch, out_h, out_w = shape[0], shape[1], shape[2]
-    (sh, sw), (height, width) = strides, (input_shape[1], input_shape[2])
+    # Small strided maps, col2im: each output position's gradient spread over its kh x kw input
+    # patch (one matmul), then the patches summed back onto the input grid. Sub-pixel form: taps
+    # that land on the same phase of the stride are summed on the undilated grid, and one
+    # depth_to_space interleaves the phases. A few whole-tensor ops keep the graph small (a
+    # tap-by-tap loop of slices and pads made tracing a train step 1 s longer).
     cols = tf.matmul(tf.reshape(dy, [-1, filters]), tf.reshape(kernel, [-1, filters]), transpose_b=True)
-    cols = tf.reshape(cols, [batch, out_h, out_w, kh, kw, channels])
-    span_h, span_w = (out_h - 1) * sh + 1, (out_w - 1) * sw + 1
-    pieces = []
-    for i in range(kh):
-        for j in range(kw):
-            piece = tf.reshape(cols[:, :, :, i, j, :], [batch, out_h, 1, out_w, 1, channels])
-            piece = tf.pad(piece, [[0, 0], [0, 0], [0, sh - 1], [0, 0], [0, sw - 1], [0, 0]])  # stride dilation
-            piece = tf.reshape(piece, [batch, out_h * sh, out_w * sw, channels])[:, :span_h, :span_w]
-            pieces.append(tf.pad(piece, [[0, 0], [i, kh - 1 - i], [j, kw - 1 - j], [0, 0]]))
-    padded = tf.add_n(pieces)  # rows 0 .. (out_h - 1) * sh + kh - 1 of the padded input
+    taps = tf.split(tf.reshape(cols, [-1, out_h, out_w, kh * kw * channels]), kh * kw, axis=-1)  # tap i * kw + j
+    grid_h, grid_w = out_h + (kh - 1) // sh, out_w + (kw - 1) // sw  # each phase's grid
+    phases = []
+    for phase_i in range(sh):
+        for phase_j in range(sw):
+            shifted = [
+                tf.pad(
+                    taps[i * kw + j],
+                    [[0, 0], [i // sh, grid_h - out_h - i // sh], [j // sw, grid_w - out_w - j // sw], [0, 0]],
+                )
+                for i in range(phase_i, kh, sh)
+                for j in range(phase_j, kw, sw)
+            ]
+            phases.append(tf.add_n(shifted) if shifted else None)
+    grid = phases[0]  # phase (0, 0) always holds tap (0, 0)
+    if sh > 1:
+        grid = tf.nn.depth_to_space(tf.concat([p if p is not None else tf.zeros_like(grid) for p in phases], -1), sh)
+    height, width = input_shape[1], input_shape[2]
     top, padded_h = _forward_padding(height, out_h, kh, sh, padding)
     left, padded_w = _forward_padding(width, out_w, kw, sw, padding)
-    padded = tf.pad(padded, [[0, 0], [0, padded_h - (span_h + kh - 1)], [0, padded_w - (span_w + kw - 1)], [0, 0]])
-    return padded[:, top : top + height, left : left + width]
+    grid = tf.pad(
+        grid, [[0, 0], [0, tf.maximum(padded_h - grid_h * sh, 0)], [0, tf.maximum(padded_w - grid_w * sw, 0)], [0, 0]]
+    )
+    return grid[:, top : top + height, left : left + width]
 
 
 def conv2d_fast_input_gradient(x, kernel, strides=(1, 1), padding: str = "SAME"):
