@@ -85,12 +85,12 @@ def test_the_same_seed_builds_the_same_weights():
 @pytest.mark.parametrize("stride", [1, 2, 3])
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
 def test_fast_conv_gradients_equal_tensorflows(stride, padding):
-    """The rewritten input gradient (flipped-kernel convolution, col2im on small maps of many channels,
+    """The rewritten input gradient (flipped-kernel convolution, col2im on small strided maps,
     the stock kernel on larger ones) and the filter gradient equal TensorFlow's own, for odd
     and even kernels, non-square maps and sizes a stride does not divide."""
     import tensorflow as tf
 
-    from fgssl_tf.models.layers import COL2IM_MAX_OUTPUT_POSITIONS, COL2IM_MIN_CHANNELS, conv2d_fast_input_gradient
+    from fgssl_tf.models.layers import COL2IM_MAX_OUTPUT_POSITIONS, conv2d_fast_input_gradient
 
     rng = np.random.default_rng(stride)
     paths = set()
@@ -98,9 +98,8 @@ def test_fast_conv_gradients_equal_tensorflows(stride, padding):
         for kernel_size in (1, 2, 3, 7):
             if padding == "VALID" and size < kernel_size:
                 continue
-            channels = 3 if size % 2 else COL2IM_MIN_CHANNELS  # col2im needs that many: both sides of the bar
-            x = tf.constant(rng.normal(size=(2, size, size + 1, channels)), tf.float32)
-            kernel = tf.constant(rng.normal(size=(kernel_size, kernel_size, channels, 4)), tf.float32)
+            x = tf.constant(rng.normal(size=(2, size, size + 1, 3)), tf.float32)
+            kernel = tf.constant(rng.normal(size=(kernel_size, kernel_size, 3, 4)), tf.float32)
 
             @tf.function  # as in training: static shapes pick the path
             def gradients(x, kernel):
@@ -121,7 +120,7 @@ def test_fast_conv_gradients_equal_tensorflows(stride, padding):
                 "flipped"
                 if stride == 1 and padding == "SAME" and kernel_size % 2
                 else "col2im"
-                if positions <= COL2IM_MAX_OUTPUT_POSITIONS and channels >= COL2IM_MIN_CHANNELS
+                if positions <= COL2IM_MAX_OUTPUT_POSITIONS
                 else "stock"
             )
     assert paths >= ({"flipped", "col2im"} if stride == 1 and padding == "SAME" else {"col2im", "stock"})
@@ -163,10 +162,9 @@ def test_conv_layer_skips_the_slow_cpu_kernel_and_keeps_it_where_a_gpu_is_visibl
 
     x = tf.zeros([2, 8, 8, 4])
     assert "Conv2DBackpropInput" not in _gradient_op_types(layers.Conv2D(4, 3, padding="same"), x)
-    wide = tf.zeros([2, 8, 8, layers.COL2IM_MIN_CHANNELS])
-    assert "Conv2DBackpropInput" not in _gradient_op_types(layers.Conv2D(4, 3, 2, padding="valid"), wide)  # col2im
-    # Few channels: TensorFlow's own kernel is as fast there (docs/benchmarks.md).
-    assert "Conv2DBackpropInput" in _gradient_op_types(layers.Conv2D(4, 3, 2, padding="valid"), x)
+    assert "Conv2DBackpropInput" not in _gradient_op_types(
+        layers.Conv2D(4, 3, 2, padding="valid"), x
+    )  # 3x3 output: col2im
     monkeypatch.setattr(layers.tf.config, "list_logical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
     assert "Conv2DBackpropInput" in _gradient_op_types(layers.Conv2D(4, 3, padding="same"), x)
 

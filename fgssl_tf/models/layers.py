@@ -25,12 +25,10 @@ def _forward_padding(size, out_size, kernel: int, stride: int, padding: str):
     return total // 2, size + total
 
 
-# Strided convolutions whose output map has at most this many positions, and whose input has at
-# least this many channels, get the col2im input gradient. On 2 CPU cores (tools/conv_gradient_benchmark.py,
-# docs/benchmarks.md) TensorFlow's kernel is slow there from 128 input channels on (col2im: 3-15x on
-# 2x2 and 4x4 outputs), but as fast or faster below 128 channels (col2im: 0.6-1x) and on 8x8 outputs.
+# Strided convolutions whose output map has at most this many positions get the col2im input
+# gradient. On 2 CPU cores at batch 128 (tools/conv_gradient_benchmark.py) col2im beats the
+# stock kernel 9x on 2x2 outputs and 1.3-2.9x on 4x4, but loses on 8x8 (0.4-1x).
 COL2IM_MAX_OUTPUT_POSITIONS = 16
-COL2IM_MIN_CHANNELS = 128
 
 
 def conv2d_input_gradient(dy, kernel, input_shape, strides, padding: str):
@@ -42,9 +40,8 @@ def conv2d_input_gradient(dy, kernel, input_shape, strides, padding: str):
         flipped = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
         return tf.nn.conv2d(dy, flipped, 1, "SAME")
     (sh, sw), out_h, out_w = strides, dy.shape[1], dy.shape[2]
-    small_map = out_h is not None and out_w is not None and out_h * out_w <= COL2IM_MAX_OUTPUT_POSITIONS
-    if not small_map or channels < COL2IM_MIN_CHANNELS or sh != sw:
-        # Larger maps or fewer channels: the stock kernel is as fast or faster there (unequal strides are rare).
+    if out_h is None or out_w is None or out_h * out_w > COL2IM_MAX_OUTPUT_POSITIONS or sh != sw:
+        # Larger strided maps: the stock kernel is as fast or faster there (and unequal strides are rare).
         return tf.raw_ops.Conv2DBackpropInput(
             input_sizes=input_shape, filter=kernel, out_backprop=dy, strides=[1, *strides, 1], padding=padding
         )
