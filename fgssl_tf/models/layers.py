@@ -64,10 +64,9 @@ def conv2d_input_gradient(dy, kernel, input_shape, strides, padding: str):
                 for i in range(phase_i, kh, sh)
                 for j in range(phase_j, kw, sw)
             ]
-            phases.append(tf.add_n(shifted) if shifted else None)
-    grid = phases[0]  # phase (0, 0) always holds tap (0, 0)
-    if sh > 1:
-        grid = tf.nn.depth_to_space(tf.concat([p if p is not None else tf.zeros_like(grid) for p in phases], -1), sh)
+            # Phase (0, 0) always holds tap (0, 0); a phase no tap lands on (a kernel smaller than its stride) is zero.
+            phases.append(tf.add_n(shifted) if shifted else tf.zeros_like(phases[0]))
+    grid = tf.nn.depth_to_space(tf.concat(phases, -1), sh) if sh > 1 else phases[0]
     height, width = input_shape[1], input_shape[2]
     top, padded_h = _forward_padding(height, out_h, kh, sh, padding)
     left, padded_w = _forward_padding(width, out_w, kw, sw, padding)
