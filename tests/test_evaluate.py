@@ -188,6 +188,60 @@ def test_baselines(elpv_small, tmp_path):
     assert REPORT_KEYS <= set(supervised)
 
 
+def test_random_init_of_an_exports_own_architecture(trained_encoder, elpv_small, tmp_path):
+    """--architecture_from: the export's network, every weight drawn afresh from the seed; its report sits
+    beside the export's own, and from scratch (supervised) starts from the same kind of network."""
+    import keras
+
+    from fgssl_tf import export as export_lib
+    from fgssl_tf.evaluation import _random_encoder
+
+    _, path = trained_encoder
+    config = EvalConfig(baseline="random_init", architecture_from=path, protocol="knn")
+    report = evaluate(config, splits=elpv_small)
+    assert report["output_dir"] == os.path.join(
+        os.path.dirname(path), "evaluations", "v1-random_init-elpv-knn-labels100"
+    )
+    assert report["encoder_metadata"]["architecture_from"] == path and report["image_size"] == 32
+    assert "the architecture of" in open(os.path.join(report["output_dir"], "report.md")).read()
+
+    trained = export_lib.load_keras_encoder(path)
+    fresh, same, other = (_random_encoder(config, 32, seed) for seed in (0, 0, 1))
+    assert [v.shape for v in fresh.weights] == [v.shape for v in trained.weights]
+    kernels = [i for i, v in enumerate(trained.weights) if "kernel" in v.path]
+    assert len(kernels) > 10
+    for i in kernels:
+        assert not np.allclose(fresh.weights[i].numpy(), trained.weights[i].numpy()), trained.weights[i].path
+        np.testing.assert_array_equal(fresh.weights[i].numpy(), same.weights[i].numpy())
+        assert not np.array_equal(fresh.weights[i].numpy(), other.weights[i].numpy())
+    images = keras.ops.convert_to_tensor(elpv_small.test_images[:8].astype("float32") / 255.0)
+    assert not np.allclose(fresh(images, training=False), trained(images, training=False), atol=1e-3)
+
+    scratch = evaluate(
+        EvalConfig(
+            baseline="supervised",
+            architecture_from=path,
+            protocol="finetune",
+            finetune_epochs=1,
+            output_dir=str(tmp_path / "scratch"),
+        ),
+        splits=elpv_small,
+    )
+    assert scratch["encoder_metadata"]["architecture"]["pretext"] == "simclr" and REPORT_KEYS <= set(scratch)
+
+
+def test_architecture_from_needs_a_baseline_and_the_exports_own_image_size(trained_encoder):
+    _, path = trained_encoder
+    with pytest.raises(FgsslError, match="--architecture_from gives a baseline its architecture"):
+        evaluate(EvalConfig(encoder=path, architecture_from=path))
+    with pytest.raises(FgsslError, match="--image_size=64 differs from the 32 px .*leave --image_size out"):
+        evaluate(EvalConfig(baseline="random_init", architecture_from=path, image_size=64))
+    with pytest.raises(FgsslError, match="--pool_grid shapes a ResNet baseline"):
+        evaluate(EvalConfig(baseline="random_init", architecture_from=path, pool_grid=2))
+    with pytest.raises(FgsslError, match="saved_model.pb"):
+        evaluate(EvalConfig(baseline="random_init", architecture_from=os.path.dirname(path) + "-missing"))
+
+
 @pytest.mark.parametrize(
     "config,message",
     [

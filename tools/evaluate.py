@@ -3,6 +3,7 @@
     python tools/evaluate.py --encoder=savedmodels/NAME/VERSION --dataset=elpv --protocol=linear
     python tools/evaluate.py --encoder=... --protocol=knn --label_fraction=0.1 --seeds=0,1,2
     python tools/evaluate.py --baseline=supervised --protocol=finetune --image_size=64
+    python tools/evaluate.py --baseline=random_init --architecture_from=savedmodels/NAME   (NAME's network untrained)
     python tools/evaluate.py --flagfile=flags/eval_srgan_generator_dropout05.cfg   (an SRGAN paper variant)
     python tools/evaluate.py --encoder=... --protocol=finetune --export_classifier=savedmodels/my_classifier
 
@@ -32,6 +33,13 @@ flags.DEFINE_string(
 )
 flags.DEFINE_enum(
     "baseline", None, ["random_init", "supervised"], "Evaluate a reference instead of an encoder.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "architecture_from",
+    None,
+    "Baselines: the architecture and image size of this export (savedmodels/NAME[/VERSION]) at fresh random "
+    "weights, instead of --backbone and --width: any encoder against itself untrained.",
+    flag_values=FLAGS,
 )
 flags.DEFINE_string("dataset", "elpv", "elpv, cassava or folder:PATH.", flag_values=FLAGS)
 flags.DEFINE_enum("protocol", "linear", ["linear", "knn", "finetune"], "Evaluation protocol.", flag_values=FLAGS)
@@ -198,6 +206,7 @@ def main(argv):
         EvalConfig(
             encoder=FLAGS.encoder,
             baseline=FLAGS.baseline,
+            architecture_from=FLAGS.architecture_from,
             dataset=FLAGS.dataset,
             protocol=FLAGS.protocol,
             label_fraction=FLAGS.label_fraction,

@@ -44,6 +44,9 @@ class EvalConfig:
     image_size: int | None = None  # default: the encoder's; needed for baselines
     backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)  # for baselines
     pool_grid: int = 1  # baselines: 2 matches a Jigsaw encoder's 2x2 pooled features
+    # Baselines: the architecture (and image size) of this export's encoder.keras at fresh random weights,
+    # instead of `backbone`: any encoder, SRGAN's generator and discriminator too, against itself untrained.
+    architecture_from: str | None = None
     # Baselines: the seed of the random weights (None: the first of `seeds`; fine-tuning: each seed's own).
     # A comparison over several pretraining seeds draws random encoders per seed, as each pretraining does
     # (fine-tuning from init_seed: 1000 x init_seed + seed).
@@ -75,7 +78,9 @@ def _validate(config: EvalConfig) -> None:
         raise FgsslError(f"unknown --baseline={config.baseline!r}; choose one of {', '.join(BASELINES)}")
     if config.baseline == "supervised" and config.protocol != "finetune":
         raise FgsslError("--baseline=supervised trains the backbone on the labels: use it with --protocol=finetune")
-    if config.baseline is not None and not config.image_size:
+    if config.architecture_from is not None:
+        _validate_architecture_from(config)
+    elif config.baseline is not None and not config.image_size:
         raise FgsslError("a baseline needs --image_size (an encoder's export records its own)")
     if config.selection_metric not in METRIC_NAMES:
         raise FgsslError(
@@ -99,6 +104,31 @@ def _validate(config: EvalConfig) -> None:
         raise FgsslError("--seeds needs at least one seed")
     if not 0.0 < config.label_fraction <= 1.0:
         raise FgsslError(f"--label_fraction={config.label_fraction} must be in (0, 1]")
+
+
+def _validate_architecture_from(config: EvalConfig) -> None:
+    if config.baseline is None:
+        raise FgsslError(
+            "--architecture_from gives a baseline its architecture: use it with --baseline=random_init or "
+            "--baseline=supervised (an --encoder brings its own)"
+        )
+    if config.pool_grid != 1:
+        raise FgsslError("--pool_grid shapes a ResNet baseline; with --architecture_from the export's pooling is used")
+    recorded = _architecture_image_size(config)
+    if config.image_size and config.image_size != recorded:
+        raise FgsslError(
+            f"--image_size={config.image_size} differs from the {recorded} px that {config.architecture_from} "
+            "was exported at; leave --image_size out"
+        )
+
+
+def _architecture_image_size(config: EvalConfig) -> int:
+    """The image size the export named by --architecture_from records."""
+    version_dir = export_lib.resolve_version_dir(config.architecture_from)
+    size = export_lib.read_metadata(version_dir).get("image_size")
+    if not size:
+        raise FgsslError(f"{version_dir} records no image size (metadata.json); pass an export this package wrote")
+    return int(size)
 
 
 def protocol_label(config: EvalConfig) -> str:
@@ -125,12 +155,19 @@ def default_output_dir(config: EvalConfig, image_size: int) -> str:
         model_root, version = os.path.split(version_dir)
         # Non-numeric folders beside the versions are ignored by TF Serving.
         return os.path.join(model_root, "evaluations", f"v{version}-{dataset}-{protocol}-{labels}")
+    if config.architecture_from:  # beside the export whose architecture it is, next to that encoder's reports
+        model_root, version = os.path.split(os.path.normpath(export_lib.resolve_version_dir(config.architecture_from)))
+        return os.path.join(model_root, "evaluations", f"v{version}-{config.baseline}-{dataset}-{protocol}-{labels}")
     return os.path.join(
         "reports", f"{config.baseline}-{config.backbone.name}-{image_size}px-{dataset}-{protocol}-{labels}"
     )
 
 
 def _random_encoder(config: EvalConfig, image_size: int, seed: int) -> keras.Model:
+    if config.architecture_from:
+        template = export_lib.load_keras_encoder(export_lib.resolve_version_dir(config.architecture_from))
+        keras.utils.set_random_seed(seed)
+        return keras.models.clone_model(template)  # every layer built afresh from its config: new random weights
     keras.utils.set_random_seed(seed)
     return build_resnet(config.backbone, image_size, pool_grid=config.pool_grid)
 
@@ -156,7 +193,12 @@ def _frozen_features(config: EvalConfig, serving, splits: Splits, image_size: in
 
     elif serving is None:
         backbone = json.dumps(dataclasses.asdict(config.backbone), sort_keys=True)
-        key = ("random_init", backbone, config.pool_grid, _init_seed(config))
+        architecture = (
+            cache.export_key(export_lib.resolve_version_dir(config.architecture_from))
+            if (config.architecture_from)
+            else None
+        )
+        key = ("random_init", backbone, architecture, config.pool_grid, _init_seed(config))
 
         def build():
             return _random_encoder(config, image_size, _init_seed(config))
@@ -182,6 +224,8 @@ def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
         config = dataclasses.replace(config, encoder=export_lib.resolve_version_dir(config.encoder))
     serving = export_lib.ServingEncoder(config.encoder) if config.encoder else None
     image_size = config.image_size or (serving.image_size if serving else None)
+    if config.architecture_from:
+        image_size = _architecture_image_size(config)
     if not image_size:
         raise FgsslError(f"{config.encoder} records no image size; pass --image_size")
     if splits is None:
@@ -295,12 +339,19 @@ def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
         "unseen_classes": splits.stats.get("unseen_classes", {}),  # left out with --allow_unseen_classes
         "unseen_class_files": splits.stats.get("unseen_class_files", 0),
         "majority_class_rate": majority_class_rate(train_labels, test_labels),
-        "encoder_metadata": serving.metadata
-        if serving
-        else {"backbone": dataclasses.asdict(config.backbone), "pool_grid": config.pool_grid},
+        "encoder_metadata": _subject_metadata(config, serving),
         "config": dataclasses.asdict(config),
     }
     return write_report(report, per_seed, config.output_dir or default_output_dir(config, image_size), classifier)
+
+
+def _subject_metadata(config: EvalConfig, serving) -> dict:
+    if serving:
+        return serving.metadata
+    if config.architecture_from:
+        version_dir = export_lib.resolve_version_dir(config.architecture_from)
+        return {"architecture_from": version_dir, "architecture": export_lib.read_metadata(version_dir)}
+    return {"backbone": dataclasses.asdict(config.backbone), "pool_grid": config.pool_grid}
 
 
 def _linear_encoder(config: EvalConfig, serving, num_classes: int, image_size: int) -> keras.Model:
@@ -420,6 +471,8 @@ def write_report(report: dict, per_seed: list, output_dir: str, classifier: kera
 
 def markdown_report(report: dict) -> str:
     subject = report["encoder"] or f"baseline: {report['baseline']}"
+    if report["encoder_metadata"].get("architecture_from"):
+        subject += f" (the architecture of {report['encoder_metadata']['architecture_from']})"
     lines = [
         f"# Evaluation of {subject}",
         "",
