@@ -37,6 +37,8 @@ class Method:
     flagfile: str | None  # flags/<file>.cfg for a pretext; None for a baseline
     paper: str  # the paper's reported accuracy on cassava (its text; docs/RESULTS.md), "" when none
     encoders: tuple = ("",)  # export suffixes to evaluate (SRGAN: generator, discriminator)
+    # Its encoders are not the budget's ResNet: each also gets a row of its own network at random init.
+    own_random_init: bool = False
 
 
 METHODS = {
@@ -52,7 +54,7 @@ METHODS = {
         Method("simclr_tuned", "simclr_tuned.cfg", ""),
         Method("vicreg_tuned", "vicreg_tuned.cfg", ""),
         Method("jigsaw", "jigsaw.cfg", "~68"),
-        Method("srgan", "srgan_psnr.cfg", "83 (generator + dropout head)", ("generator", "discriminator")),
+        Method("srgan", "srgan_psnr.cfg", "83 (generator + dropout head)", ("generator", "discriminator"), True),
         Method("pmg", "pmg_small.cfg", "88 (supervised)"),
         Method("random_init", None, ""),
         Method("supervised", None, ""),
@@ -249,37 +251,79 @@ def run_comparison(
                 timings[f"{name}-seed{seed}"] = round(time.time() - started, 1)
             for suffix in method.encoders:
                 row = f"{name}_{suffix}" if suffix else name
-                for protocol in budget.protocols:
-                    if name == "supervised" and protocol != "finetune":
-                        continue
-                    for fraction in budget.label_fractions:
-                        column = f"{protocol}@{int(round(fraction * 100))}%"
-                        label = f"{row}-pretrain{seed}-{protocol}-labels{int(round(fraction * 100))}"
-                        path = _report_path(output_dir, label)
-                        rows.setdefault(row, {}).setdefault(column, []).append(path)
-                        if os.path.isfile(path):
-                            continue
-                        config = EvalConfig(
-                            encoder=exports.get(suffix) if method.flagfile else None,
-                            baseline=name if method.flagfile is None else None,
-                            init_seed=seed if method.flagfile is None and len(budget.pretrain_seeds) > 1 else None,
-                            dataset=dataset,
-                            protocol=protocol,
-                            label_fraction=fraction,
-                            seeds=budget.seeds,
-                            output_dir=os.path.dirname(path),
-                            image_size=budget.image_size if method.flagfile is None else None,
-                            backbone=BackboneConfig(name=budget.backbone, width=budget.width),
-                            finetune_epochs=budget.finetune_epochs,
-                            batch_size=budget.batch_size,
-                        )
-                        started = time.time()
-                        evaluate(config, splits=splits)
-                        timings[label] = round(time.time() - started, 1)
-                        os.makedirs(output_dir, exist_ok=True)
-                        with open(timings_path, "w") as f:
-                            json.dump(timings, f, indent=2)
+                encoder = exports.get(suffix) if method.flagfile else None
+                subjects = [(row, encoder, None)]
+                if method.own_random_init:  # not the budget's ResNet: also against its own network untrained
+                    subjects.append((f"{row}_random_init", None, encoder))
+                for subject, subject_encoder, architecture in subjects:
+                    _evaluate_subject(
+                        budget,
+                        dataset,
+                        output_dir,
+                        splits,
+                        timings,
+                        rows,
+                        method,
+                        seed,
+                        subject,
+                        subject_encoder,
+                        architecture,
+                    )
     return rows
+
+
+def _evaluate_subject(
+    budget: Budget,
+    dataset: str,
+    output_dir: str,
+    splits: Splits,
+    timings: dict,
+    rows: dict,
+    method: Method,
+    seed: int,
+    row: str,
+    encoder: str | None,
+    architecture: str | None,
+) -> None:
+    """Every protocol and label fraction of one table row that has no report yet: an exported `encoder`, the
+    method's baseline (no flagfile), or the `architecture` of an export at random init (frozen protocols only:
+    training that network from scratch would add minutes a row to the budget)."""
+    timings_path = os.path.join(output_dir, "timings.json")
+    for protocol in budget.protocols:
+        if method.name == "supervised" and protocol != "finetune":
+            continue  # trained on the labels: fine-tuning only
+        if architecture and protocol == "finetune":
+            continue  # frozen protocols only (above)
+        for fraction in budget.label_fractions:
+            column = f"{protocol}@{int(round(fraction * 100))}%"
+            label = f"{row}-pretrain{seed}-{protocol}-labels{int(round(fraction * 100))}"
+            path = _report_path(output_dir, label)
+            rows.setdefault(row, {}).setdefault(column, []).append(path)
+            if os.path.isfile(path):
+                continue
+            baseline = "random_init" if architecture else (method.name if method.flagfile is None else None)
+            config = EvalConfig(
+                encoder=encoder,
+                baseline=baseline,
+                architecture_from=architecture,
+                # a baseline per pretraining seed draws its own weights; an architecture's, the pretraining seed's
+                init_seed=seed if architecture or (baseline and len(budget.pretrain_seeds) > 1) else None,
+                dataset=dataset,
+                protocol=protocol,
+                label_fraction=fraction,
+                seeds=budget.seeds,
+                output_dir=os.path.dirname(path),
+                image_size=budget.image_size if baseline and not architecture else None,
+                backbone=BackboneConfig(name=budget.backbone, width=budget.width),
+                finetune_epochs=budget.finetune_epochs,
+                batch_size=budget.batch_size,
+            )
+            started = time.time()
+            evaluate(config, splits=splits)
+            timings[label] = round(time.time() - started, 1)
+            os.makedirs(output_dir, exist_ok=True)
+            with open(timings_path, "w") as f:
+                json.dump(timings, f, indent=2)
 
 
 def _cell(paths: list[str], metric: str) -> tuple[str, float | None]:
@@ -342,9 +386,9 @@ def results_markdown(
             "|---" * (len(columns) + 2) + "|",
         ]
         for row, cells in rows.items():
-            method = METHODS.get(row) or METHODS[row.rsplit("_", 1)[0]]
             values = [_cell(cells[c], metric)[0] if c in cells else "" for c in columns]
-            lines.append(f"| {row} | " + " | ".join(values) + f" | {method.paper if metric == 'accuracy' else ''} |")
+            paper = _paper_figure(row) if metric == "accuracy" else ""
+            lines.append(f"| {row} | " + " | ".join(values) + f" | {paper} |")
         lines.append("")
     if wall_clock:
         lines += [wall_clock, ""]
@@ -355,6 +399,15 @@ def results_markdown(
             + [""]
         )
     return "\n".join(lines)
+
+
+def _paper_figure(row: str) -> str:
+    """The paper's figure for a table row: its method's, none for an encoder's network at random init."""
+    if row in METHODS:
+        return METHODS[row].paper
+    if row.endswith("_random_init"):
+        return ""
+    return METHODS[row.rsplit("_", 1)[0]].paper  # srgan_generator -> srgan
 
 
 def label_efficiency_png(rows: dict, protocol: str, path: str, title: str) -> str | None:

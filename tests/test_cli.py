@@ -169,6 +169,11 @@ def test_evaluate_bad_encoder_is_one_clear_line(tmp_path, run_tool):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "does not exist" in result.stderr and "--seeds must be comma-separated integers" in result.stderr
+    result = run_tool(
+        "evaluate", ["--baseline=random_init", f"--architecture_from={tmp_path / 'missing'}"], cwd=tmp_path
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "does not exist; pass the export whose network to draw afresh" in result.stderr
 
 
 @pytest.mark.slow

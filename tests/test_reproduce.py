@@ -100,3 +100,40 @@ def test_unknown_protocol_is_one_clear_line(tmp_path, run_tool):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: unknown --protocols probe; the medium budget has")
+
+
+def test_a_network_other_than_the_resnet_is_also_compared_with_itself_at_random_init(
+    trained_encoder, elpv_small, tmp_path, monkeypatch
+):
+    """SRGAN's encoders are not the budget's ResNet: each gets a row of its own network at random init
+    (frozen protocols, the pretraining seed's weights), beside the random ResNet's."""
+    import dataclasses
+
+    from fgssl_tf import export as export_lib
+    from fgssl_tf import reproduce
+
+    _, export = trained_encoder
+    srgan = dataclasses.replace(reproduce.METHODS["srgan"], encoders=("generator",))  # one encoder: half the work
+    assert srgan.own_random_init and not reproduce.METHODS["simclr_original"].own_random_init
+    monkeypatch.setitem(reproduce.METHODS, "srgan", srgan)
+    budget = dataclasses.replace(
+        reproduce.BUDGETS["tiny"], protocols=("knn", "finetune"), methods=("srgan",), pretrain_seeds=(1,)
+    )
+    stages = []
+
+    def pretrain(method, seed, stage):
+        stages.append((method.name, seed, stage))
+        return {"generator": export}
+
+    rows = reproduce.run_comparison(budget, "elpv", str(tmp_path), elpv_small, pretrain)
+    assert stages == [("srgan", 1, "psnr"), ("srgan", 1, "gan")]
+    assert list(rows) == ["srgan_generator", "srgan_generator_random_init"]
+    assert set(rows["srgan_generator"]) == {"knn@100%", "finetune@100%"}
+    assert set(rows["srgan_generator_random_init"]) == {"knn@100%"}
+    (path,) = rows["srgan_generator_random_init"]["knn@100%"]
+    report = json.load(open(path))
+    assert report["baseline"] == "random_init" and report["encoder"] is None
+    assert report["encoder_metadata"]["architecture_from"] == export_lib.resolve_version_dir(export)
+    assert report["config"]["init_seed"] == 1
+    table = reproduce.results_markdown(budget, "elpv", rows, str(tmp_path), "reproduce", "a test machine")
+    assert re.search(r"\| srgan_generator_random_init \|\s+\| [0-9.]+ ± [0-9.]+ \|\s+\|", table), table

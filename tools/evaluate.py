@@ -165,6 +165,15 @@ fgssl_flags.validate(
     ),
     FLAGS,
 )
+fgssl_flags.validate(
+    "architecture_from",
+    lambda v: (
+        None
+        if v is None or os.path.exists(v)
+        else f"{v!r} does not exist; pass the export whose network to draw afresh, savedmodels/NAME[/VERSION]"
+    ),
+    FLAGS,
+)
 fgssl_flags.validate("dataset", fgssl_flags.dataset_error, FLAGS)
 fgssl_flags.validate(
     "seeds",

@@ -156,7 +156,7 @@ def default_output_dir(config: EvalConfig, image_size: int) -> str:
         # Non-numeric folders beside the versions are ignored by TF Serving.
         return os.path.join(model_root, "evaluations", f"v{version}-{dataset}-{protocol}-{labels}")
     if config.architecture_from:  # beside the export whose architecture it is, next to that encoder's reports
-        model_root, version = os.path.split(os.path.normpath(export_lib.resolve_version_dir(config.architecture_from)))
+        model_root, version = os.path.split(os.path.normpath(config.architecture_from))
         return os.path.join(model_root, "evaluations", f"v{version}-{config.baseline}-{dataset}-{protocol}-{labels}")
     return os.path.join(
         "reports", f"{config.baseline}-{config.backbone.name}-{image_size}px-{dataset}-{protocol}-{labels}"
@@ -165,7 +165,7 @@ def default_output_dir(config: EvalConfig, image_size: int) -> str:
 
 def _random_encoder(config: EvalConfig, image_size: int, seed: int) -> keras.Model:
     if config.architecture_from:
-        template = export_lib.load_keras_encoder(export_lib.resolve_version_dir(config.architecture_from))
+        template = export_lib.load_keras_encoder(config.architecture_from)
         keras.utils.set_random_seed(seed)
         return keras.models.clone_model(template)  # every layer built afresh from its config: new random weights
     keras.utils.set_random_seed(seed)
@@ -193,11 +193,7 @@ def _frozen_features(config: EvalConfig, serving, splits: Splits, image_size: in
 
     elif serving is None:
         backbone = json.dumps(dataclasses.asdict(config.backbone), sort_keys=True)
-        architecture = (
-            cache.export_key(export_lib.resolve_version_dir(config.architecture_from))
-            if (config.architecture_from)
-            else None
-        )
+        architecture = cache.export_key(config.architecture_from) if config.architecture_from else None
         key = ("random_init", backbone, architecture, config.pool_grid, _init_seed(config))
 
         def build():
@@ -222,6 +218,8 @@ def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
     _validate(config)
     if config.encoder:
         config = dataclasses.replace(config, encoder=export_lib.resolve_version_dir(config.encoder))
+    if config.architecture_from:
+        config = dataclasses.replace(config, architecture_from=export_lib.resolve_version_dir(config.architecture_from))
     serving = export_lib.ServingEncoder(config.encoder) if config.encoder else None
     image_size = config.image_size or (serving.image_size if serving else None)
     if config.architecture_from:
@@ -349,8 +347,10 @@ def _subject_metadata(config: EvalConfig, serving) -> dict:
     if serving:
         return serving.metadata
     if config.architecture_from:
-        version_dir = export_lib.resolve_version_dir(config.architecture_from)
-        return {"architecture_from": version_dir, "architecture": export_lib.read_metadata(version_dir)}
+        return {
+            "architecture_from": config.architecture_from,
+            "architecture": export_lib.read_metadata(config.architecture_from),
+        }
     return {"backbone": dataclasses.asdict(config.backbone), "pool_grid": config.pool_grid}
 
 
@@ -471,7 +471,7 @@ def write_report(report: dict, per_seed: list, output_dir: str, classifier: kera
 
 def markdown_report(report: dict) -> str:
     subject = report["encoder"] or f"baseline: {report['baseline']}"
-    if report["encoder_metadata"].get("architecture_from"):
+    if report.get("encoder_metadata", {}).get("architecture_from"):
         subject += f" (the architecture of {report['encoder_metadata']['architecture_from']})"
     lines = [
         f"# Evaluation of {subject}",
