@@ -43,6 +43,18 @@ def dataset_error(value: str):
     return f"unknown --dataset={value!r}; choose one of elpv, cassava, folder:PATH"
 
 
+def missing_path_error(hint: str, folder: bool = False):
+    """A validator: None for an unset or existing path (a folder, with `folder`), else what is wrong and `hint`."""
+    exists = os.path.isdir if folder else os.path.exists
+
+    def error(value):
+        if value is None or exists(value):
+            return None
+        return f"{value!r} is not a folder; {hint}" if folder else f"{value!r} does not exist; {hint}"
+
+    return error
+
+
 def existing_dir_error(value):
     return None if value is None or os.path.isdir(value) else f"{value!r} is not an existing folder"
 

@@ -157,21 +157,11 @@ flags.DEFINE_boolean(
 )
 fgssl_flags.define_backbone_flags(FLAGS)
 fgssl_flags.validate(
-    "encoder",
-    lambda v: (
-        None
-        if v is None or os.path.exists(v)
-        else f"{v!r} does not exist; pass savedmodels/NAME or savedmodels/NAME/VERSION"
-    ),
-    FLAGS,
+    "encoder", fgssl_flags.missing_path_error("pass savedmodels/NAME or savedmodels/NAME/VERSION"), FLAGS
 )
 fgssl_flags.validate(
     "architecture_from",
-    lambda v: (
-        None
-        if v is None or os.path.exists(v)
-        else f"{v!r} does not exist; pass the export whose network to draw afresh, savedmodels/NAME[/VERSION]"
-    ),
+    fgssl_flags.missing_path_error("pass the export whose network to draw afresh, savedmodels/NAME[/VERSION]"),
     FLAGS,
 )
 fgssl_flags.validate("dataset", fgssl_flags.dataset_error, FLAGS)
