@@ -265,9 +265,9 @@ def run_comparison(
                         rows,
                         method,
                         seed,
-                        subject,
-                        subject_encoder,
-                        architecture,
+                        row=subject,
+                        encoder=subject_encoder,
+                        architecture=architecture,
                     )
     return rows
 
@@ -281,6 +281,7 @@ def _evaluate_subject(
     rows: dict,
     method: Method,
     seed: int,
+    *,
     row: str,
     encoder: str | None,
     architecture: str | None,
