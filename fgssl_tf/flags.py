@@ -43,16 +43,9 @@ def dataset_error(value: str):
     return f"unknown --dataset={value!r}; choose one of elpv, cassava, folder:PATH"
 
 
-def missing_path_error(hint: str, folder: bool = False):
-    """A validator: None for an unset or existing path (a folder, with `folder`), else what is wrong and `hint`."""
-    exists = os.path.isdir if folder else os.path.exists
-
-    def error(value):
-        if value is None or exists(value):
-            return None
-        return f"{value!r} is not a folder; {hint}" if folder else f"{value!r} does not exist; {hint}"
-
-    return error
+def missing_path_error(hint: str):
+    """A validator: None for an unset or existing path, else that it does not exist and `hint`."""
+    return lambda value: None if value is None or os.path.exists(value) else f"{value!r} does not exist; {hint}"
 
 
 def existing_dir_error(value):

@@ -41,7 +41,13 @@ flags.DEFINE_integer(
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (cassava).", flag_values=FLAGS)
 flags.mark_flags_as_required(["report", "export"], flag_values=FLAGS)
 fgssl_flags.validate(
-    "report", fgssl_flags.missing_path_error("pass the report folder tools/evaluate.py wrote", folder=True), FLAGS
+    "report",
+    lambda v: (
+        None
+        if v is None or os.path.isdir(v)
+        else f"{v!r} is not a folder; pass the report folder tools/evaluate.py wrote"
+    ),
+    FLAGS,
 )
 fgssl_flags.validate("export", fgssl_flags.not_a_file_error, FLAGS)
 
