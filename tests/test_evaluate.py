@@ -195,6 +195,7 @@ def test_random_init_of_an_exports_own_architecture(trained_encoder, elpv_small,
 
     from fgssl_tf import export as export_lib
     from fgssl_tf.evaluation import _random_encoder
+    from fgssl_tf.evaluation.compare import subject
 
     _, path = trained_encoder
     config = EvalConfig(baseline="random_init", architecture_from=path, protocol="knn")
@@ -228,6 +229,8 @@ def test_random_init_of_an_exports_own_architecture(trained_encoder, elpv_small,
         splits=elpv_small,
     )
     assert scratch["encoder_metadata"]["architecture"]["pretext"] == "simclr" and REPORT_KEYS <= set(scratch)
+    name = scratch["encoder_metadata"]["architecture"]["name"]  # tools/compare_evaluations.py names both by it
+    assert (subject(report), subject(scratch)) == (f"{name}'s network, random init", f"{name}'s network, from scratch")
 
 
 def test_architecture_from_needs_a_baseline_and_the_exports_own_image_size(trained_encoder):
