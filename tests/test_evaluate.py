@@ -233,6 +233,43 @@ def test_random_init_of_an_exports_own_architecture(trained_encoder, elpv_small,
     assert (subject(report), subject(scratch)) == (f"{name}'s network, random init", f"{name}'s network, from scratch")
 
 
+def test_lpft_starts_from_the_frozen_encoders_linear_probe_and_can_keep_it(trained_encoder, elpv_small, tmp_path):
+    """--finetune_head_init=linear_probe: before any step the classifier is the linear probe of the frozen
+    encoder on the same labels (epoch 0, a candidate for selection on val); fine-tuning starts from there."""
+    import tensorflow as tf
+
+    from fgssl_tf import export as export_lib
+    from fgssl_tf.data import preprocess
+    from fgssl_tf.evaluation import protocols
+
+    _, path = trained_encoder
+    encoder = export_lib.load_keras_encoder(path)
+    data = elpv_small
+
+    def prepare(x):
+        return preprocess(x, 32)
+
+    splits = [(data.train_images, data.train_labels), (data.val_images, data.val_labels)]
+    splits.append((data.test_images, data.test_labels))
+    kept = protocols.finetune(encoder, prepare, *splits, 4, 0, "accuracy", 0, 1e-4, 64, head_init="linear_probe")
+    features = [
+        encoder.predict(tf.data.Dataset.from_tensor_slices(x).batch(64).map(prepare), verbose=0) for x, _ in splits
+    ]
+    probe = protocols.linear_probe(*[(f, y) for f, (_, y) in zip(features, splits)], 4, 0, "accuracy")
+    assert kept.selected == {"epoch": 0}
+    assert np.mean(kept.test_predictions == probe.test_predictions) > 0.99  # float32 folding against sklearn's float64
+    assert kept.val_score == pytest.approx(probe.val_score, abs=2 / len(data.val_labels))
+
+    report = evaluate(
+        EvalConfig(
+            encoder=path, protocol="finetune", finetune_epochs=2, finetune_head_init="linear_probe", seeds=(0, 1)
+        ),
+        splits=elpv_small,
+    )
+    assert report["output_dir"].endswith("-finetune-lpft-labels100")
+    assert all(run["selected"]["epoch"] in (0, 1, 2) for run in report["per_seed"])
+
+
 def test_architecture_from_needs_a_baseline_and_the_exports_own_image_size(trained_encoder):
     _, path = trained_encoder
     with pytest.raises(FgsslError, match="--architecture_from gives a baseline its architecture"):
@@ -254,6 +291,12 @@ def test_architecture_from_needs_a_baseline_and_the_exports_own_image_size(train
         (EvalConfig(baseline="supervised", protocol="linear", image_size=32), "finetune"),
         (EvalConfig(baseline="random_init"), "--image_size"),
         (EvalConfig(encoder="/nonexistent/1"), "saved_model.pb"),
+        (EvalConfig(encoder="x", finetune_head_init="linear_probe"), "only applies to --protocol=finetune"),
+        (EvalConfig(encoder="x", protocol="finetune", finetune_head_init="svm"), "unknown --finetune_head_init"),
+        (
+            EvalConfig(encoder="x", protocol="finetune", finetune_head_init="linear_probe", head="paper"),
+            "fits a linear head: use it with --head=linear",
+        ),
     ],
 )
 def test_bad_settings_fail_clearly(config, message):

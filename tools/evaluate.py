@@ -90,6 +90,14 @@ flags.DEFINE_enum(
     flag_values=FLAGS,
 )
 flags.DEFINE_enum(
+    "finetune_head_init",
+    "random",
+    ["random", "linear_probe"],
+    "Fine-tuning: the dense head starts random, or as the linear probe of the frozen encoder on the same "
+    "labels (LP-FT; with few labels the encoder's features survive the first steps).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum(
     "head",
     "linear",
     ["linear", "paper"],
@@ -220,6 +228,7 @@ def main(argv):
             trainable_from=FLAGS.trainable_from,
             class_weights=FLAGS.class_weights,
             finetune_augment=FLAGS.finetune_augment,
+            finetune_head_init=FLAGS.finetune_head_init,
             head=FLAGS.head,
             head_dropout=FLAGS.head_dropout,
             keep_residual_blocks=FLAGS.keep_residual_blocks,

@@ -57,6 +57,9 @@ class EvalConfig:
     trainable_from: str = "all"  # finetune: first trainable stage (all, none, stem, block1..block4)
     class_weights: str = "none"  # finetune: none | inverse (N / (K n_c))
     finetune_augment: str = "flip"  # finetune: flip | strong (protocols.finetune_augmentation)
+    # finetune: the dense head starts random, or as the linear probe of the frozen encoder on the same labels
+    # (LP-FT, protocols.fit_head_on_frozen_features).
+    finetune_head_init: str = "random"
     # SRGAN encoders: the paper's downstream variants (docs/paper_fidelity.md, "SRGAN"), owned by the variant
     # registered in fgssl_tf/evaluation/srgan_variants.py.
     head: str = "linear"  # finetune: linear | paper (the paper's head for the generator or discriminator)
@@ -90,6 +93,7 @@ def _validate(config: EvalConfig) -> None:
         ("trainable_from", config.trainable_from, "all"),
         ("class_weights", config.class_weights, "none"),
         ("finetune_augment", config.finetune_augment, "flip"),
+        ("finetune_head_init", config.finetune_head_init, "random"),
     ):
         if value != default and config.protocol != "finetune":
             raise FgsslError(f"--{name}={value} only applies to --protocol=finetune")
@@ -98,6 +102,13 @@ def _validate(config: EvalConfig) -> None:
     if config.finetune_augment not in protocols.FINETUNE_AUGMENTATIONS:
         choices = ", ".join(protocols.FINETUNE_AUGMENTATIONS)
         raise FgsslError(f"unknown --finetune_augment={config.finetune_augment!r}; choose one of {choices}")
+    if config.finetune_head_init not in protocols.HEAD_INITS:
+        choices = ", ".join(protocols.HEAD_INITS)
+        raise FgsslError(f"unknown --finetune_head_init={config.finetune_head_init!r}; choose one of {choices}")
+    if config.finetune_head_init != "random" and config.head != "linear":
+        raise FgsslError(
+            f"--finetune_head_init={config.finetune_head_init} fits a linear head: use it with --head=linear"
+        )
     for variant in variants.registered():
         variant.validate(config)
     if not config.seeds:
@@ -143,6 +154,8 @@ def protocol_label(config: EvalConfig) -> str:
         parts.append(f"{config.class_weights}weights")
     if config.finetune_augment != "flip":
         parts.append(f"{config.finetune_augment}aug")
+    if config.finetune_head_init != "random":
+        parts.append("lpft")
     return "-".join(parts)
 
 
@@ -283,6 +296,7 @@ def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
                 config.class_weights,
                 compiled,
                 config.finetune_augment,
+                config.finetune_head_init,
             )
         elif cache.enabled() and subset.tobytes() in fits:  # the same labels as an earlier seed: the same fit
             result = fits[subset.tobytes()]

@@ -113,13 +113,18 @@ def inverse_class_weights(labels: np.ndarray, num_classes: int) -> dict:
 
 
 class _KeepBest(keras.callbacks.Callback):
-    """Scores val after each epoch and restores the best epoch's weights at the end."""
+    """Scores val after each epoch and restores the best epoch's weights at the end. With `score_start`,
+    the weights before the first step are a candidate too (epoch 0): a fitted head's starting point."""
 
-    def __init__(self, predict_val, val_labels, num_classes, metric):
+    def __init__(self, predict_val, val_labels, num_classes, metric, score_start=False):
         super().__init__()
         self.predict_val, self.val_labels = predict_val, val_labels
-        self.num_classes, self.metric = num_classes, metric
+        self.num_classes, self.metric, self.score_start = num_classes, metric, score_start
         self.best_score, self.best_epoch, self.best_weights = -1.0, -1, None
+
+    def on_train_begin(self, logs=None):
+        if self.score_start:
+            self.on_epoch_end(-1)
 
     def on_epoch_end(self, epoch, logs=None):
         score = _score(self.metric, self.val_labels, self.predict_val(), self.num_classes)
@@ -205,14 +210,15 @@ def finetune(
     class_weights: str = "none",
     compiled: dict | None = None,
     augment: str = "flip",
+    head_init: str = "random",
 ) -> ProtocolResult:
     """train/val/test: (uint8 images, labels). `preprocess` maps uint8 batches to encoder input.
     `head` maps encoder output to logits (default: one dense layer); `class_weights`
     'inverse' weighs each class by N / (K n_c) in the loss (the paper's SRGAN
     weights were proportional to n_c by mistake, bug S3 of docs/paper_fidelity.md,
-    "SRGAN"). `augment`: see `finetune_augmentation`. `compiled`: a dict the caller keeps across the
-    seeds of one evaluation, so the train and predict steps are traced once, not once per seed
-    (see `_compiled_twin`)."""
+    "SRGAN"). `augment`: see `finetune_augmentation`; `head_init`: see `fit_head_on_frozen_features`.
+    `compiled`: a dict the caller keeps across the seeds of one evaluation, so the train and predict steps
+    are traced once, not once per seed (see `_compiled_twin`)."""
     keras.utils.set_random_seed(seed)
     freeze_before(encoder, trainable_from)
     inputs = keras.Input(shape=train[0].shape[1:], dtype="uint8", name="images")
@@ -222,12 +228,14 @@ def finetune(
     head = head or keras.layers.Dense(num_classes, name="classifier")
     logits = head(encoder(x))
     model = keras.Model(inputs, logits)
+    if head_init == "linear_probe":
+        fit_head_on_frozen_features(head, encoder, preprocess, train, val, num_classes, seed, metric, batch_size)
     trained = _compiled_twin(model, learning_rate, compiled)
 
     def predict(images):
         return np.argmax(trained.predict(images, batch_size=batch_size, verbose=0), axis=1)
 
-    keep_best = _KeepBest(lambda: predict(val[0]), val[1], num_classes, metric)
+    keep_best = _KeepBest(lambda: predict(val[0]), val[1], num_classes, metric, score_start=head_init != "random")
     order = np.random.RandomState(seed).permutation(len(train[1]))
     dataset = tf.data.Dataset.from_tensor_slices((train[0][order], train[1][order]))
     dataset = dataset.shuffle(len(order), seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -253,15 +261,49 @@ def finetune(
     )
 
 
-def linear_probe_as_keras(encoder: keras.Model, pipeline) -> keras.Model:
-    """The fitted StandardScaler + LogisticRegression folded into one dense layer on the
-    encoder: logits = W ((f - mean) / scale) + b = (W / scale) f + (b - W mean / scale)."""
+def _folded_linear(pipeline) -> tuple[np.ndarray, np.ndarray]:
+    """A fitted StandardScaler + LogisticRegression as one dense layer's kernel [features, classes] and bias:
+    logits = W ((f - mean) / scale) + b = (W / scale) f + (b - W mean / scale)."""
     scaler, logistic = pipeline[0], pipeline[-1]
     coef = logistic.coef_ / scaler.scale_
     bias = logistic.intercept_ - coef @ scaler.mean_
     if coef.shape[0] == 1:  # binary: sklearn keeps one row; logits (0, z) give the same argmax and softmax
         coef, bias = np.concatenate([np.zeros_like(coef), coef]), np.concatenate([[0.0], bias])
-    dense = keras.layers.Dense(coef.shape[0], name="classifier")
+    return coef.T.astype(np.float32), bias.astype(np.float32)
+
+
+HEAD_INITS = ("random", "linear_probe")
+
+
+def fit_head_on_frozen_features(head, encoder, preprocess, train, val, num_classes, seed, metric, batch_size):
+    """LP-FT (Kumar et al., ICLR 2022): the dense head starts as the linear probe of the frozen encoder
+    (`linear_probe`, its C chosen on val), fitted on the same labelled images, before the whole network
+    trains. A random head's first gradients are noise that fine-tuning spends the encoder's features
+    on; with few labels that is most of the run. Selection on val then also weighs the fitted probe
+    itself, before any step (reported as epoch 0), so fine-tuning is kept only where it helps on val."""
+
+    def features(images):
+        batches = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(preprocess)
+        return encoder.predict(batches, verbose=0)
+
+    val_features = features(val[0])
+    fitted = linear_probe(
+        (features(train[0]), train[1]), (val_features, val[1]), (val_features, val[1]), num_classes, seed, metric
+    )
+    kernel, bias = _folded_linear(fitted.classifier)
+    if kernel.shape[1] != num_classes:  # classes missing from a small label subset
+        full_kernel = np.zeros((kernel.shape[0], num_classes), np.float32)
+        full_bias = np.full(num_classes, -1e3, np.float32)  # never predicted, as the probe never does
+        classes = fitted.classifier[-1].classes_
+        full_kernel[:, classes], full_bias[classes] = kernel, bias
+        kernel, bias = full_kernel, full_bias
+    head.set_weights([kernel, bias])
+
+
+def linear_probe_as_keras(encoder: keras.Model, pipeline) -> keras.Model:
+    """The fitted StandardScaler + LogisticRegression folded into one dense layer on the encoder."""
+    kernel, bias = _folded_linear(pipeline)
+    dense = keras.layers.Dense(kernel.shape[1], name="classifier")
     outputs = dense(encoder.outputs[0])
-    dense.set_weights([coef.T.astype(np.float32), bias.astype(np.float32)])
+    dense.set_weights([kernel, bias])
     return keras.Model(encoder.inputs, outputs, name="classifier")
