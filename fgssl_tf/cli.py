@@ -83,6 +83,14 @@ def tool_flags():
     return flags.FlagValues()
 
 
+def print_markdown(markdown: str, path: str | None) -> None:
+    """A table tool's output: printed, and also written to `path` (its --markdown flag) when one is given."""
+    print(markdown)
+    if path:
+        with open(path, "w") as f:
+            f.write(markdown)
+
+
 def run(main, flag_values=None) -> None:
     """What an entry point's `if __name__ == "__main__"` calls; a tool passes its `tool_flags()`."""
     from absl import app

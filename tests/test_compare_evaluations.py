@@ -18,6 +18,7 @@ def _report(tmp_path, name, protocol, balanced, *, baseline=None, fingerprint="a
         "dataset": "elpv",
         "protocol": protocol,
         "label_fraction": label_fraction,
+        "image_size": 32,
         "seeds": list(range(len(balanced))),
         "split_fingerprint": fingerprint,
         "encoder_metadata": {"architecture": {"name": name}} if baseline else {"name": name},
@@ -46,14 +47,18 @@ def test_each_row_against_the_first_of_its_protocol_with_separation_over_seeds(t
         _report(tmp_path, "enc", "linear", [0.38, 0.40, 0.36], baseline="random_init"),
         _report(tmp_path, "enc", "linear", [0.40, 0.43, 0.37]),  # ahead by 2 points, inside the spread
         _report(tmp_path, "other", "linear", [0.39]),
+        _report(tmp_path, "few", "linear", [0.30, 0.31, 0.29], label_fraction=0.1),  # its own reference
+        _report(tmp_path, "fewer", "linear", [0.20, 0.21, 0.19], label_fraction=0.1),
     ]
     rows = _rows(comparison_table([load_report(path) for path in paths]))
-    assert len(rows) == 5
+    assert len(rows) == 7
     assert rows[0].startswith("| enc's network, from scratch | finetune | 0.1 | 0,1,2 |") and "(reference)" in rows[0]
     assert "| 0.360 ± 0.008 |" in rows[1] and rows[1].endswith("| +11.0 points, separated |")
     assert rows[2].startswith("| enc's network, random init | linear | 1 |") and "(reference)" in rows[2]
     assert rows[3].endswith("| +2.0 points |")  # not separated: 0.38 + 0.016 > 0.40 - 0.024
     assert rows[4].endswith("| +1.0 points (one seed: no spread to compare) |")
+    assert rows[5].startswith("| few | linear | 0.1 |") and rows[5].endswith("(reference) |")
+    assert rows[6].endswith("| -10.0 points, separated |")
 
 
 def test_reports_of_another_split_or_that_are_no_reports_are_refused(tmp_path, run_tool):
@@ -64,6 +69,9 @@ def test_reports_of_another_split_or_that_are_no_reports_are_refused(tmp_path, r
     (tmp_path / "other.json").write_text(json.dumps({"accuracy": 0.5}))
     with pytest.raises(FgsslError, match="other.json is not an evaluation report"):
         load_report(str(tmp_path / "other.json"))
+    (tmp_path / "old.json").write_text(json.dumps({"balanced_accuracy_std": 0.0, "protocol": "linear"}))
+    with pytest.raises(FgsslError, match="old.json lacks label_fraction, image_size, .*evaluate again"):
+        load_report(str(tmp_path / "old.json"))
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(FgsslError, match="broken.json is not a readable JSON report"):
         load_report(str(tmp_path / "broken.json"))

@@ -267,7 +267,38 @@ def test_lpft_starts_from_the_frozen_encoders_linear_probe_and_can_keep_it(train
         splits=elpv_small,
     )
     assert report["output_dir"].endswith("-finetune-lpft-labels100")
-    assert all(run["selected"]["epoch"] in (0, 1, 2) for run in report["per_seed"])
+    # Each seed (the second through the first's compiled model) starts from the probe, which stays a candidate.
+    assert all(run["val_accuracy"] >= probe.val_score for run in report["per_seed"])
+
+
+def test_a_probe_of_two_classes_becomes_a_head_over_all_four():
+    """A label subset without some classes: the binary probe is widened to every class, never predicting the
+    missing ones, and the head's argmax equals the probe's prediction."""
+    import keras
+    import tensorflow as tf
+
+    from fgssl_tf.evaluation import protocols
+
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, size=(120, 4, 4, 3)).astype("uint8")
+    labels = np.where(images[:, 0, 0, 0] > 127, 2, 0)  # classes 0 and 2 of 4, told apart by one pixel
+    encoder = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten()])
+    head = keras.layers.Dense(4)
+    head.build((None, 48))
+
+    def prepare(x):
+        return tf.cast(x, tf.float32) / 255.0
+
+    train, val = (images[:80], labels[:80]), (images[80:], labels[80:])
+    protocols.fit_head_on_frozen_features(head, encoder, prepare, train, val, 4, 0, "accuracy", 16)
+    features = images.reshape(len(images), -1).astype("float32") / 255.0
+    probe = protocols.linear_probe(
+        (features[:80], train[1]), (features[80:], val[1]), (features, labels), 4, 0, "accuracy"
+    )
+    kernel, bias = head.get_weights()
+    predicted = np.argmax(features @ kernel + bias, axis=1)
+    np.testing.assert_array_equal(predicted, probe.test_predictions)
+    assert set(predicted) == {0, 2} and np.mean(predicted == labels) > 0.75  # chance: 0.5
 
 
 def test_architecture_from_needs_a_baseline_and_the_exports_own_image_size(trained_encoder):

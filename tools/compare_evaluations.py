@@ -1,7 +1,7 @@
 """Evaluation reports side by side, the first as the reference: differences and whether seeds separate them.
 
-    python tools/compare_evaluations.py savedmodels/NAME/evaluations/v1-elpv-finetune-labels10 \
-        savedmodels/NAME/evaluations/v1-supervised-elpv-finetune-labels10 [--markdown=table.md]
+    python tools/compare_evaluations.py savedmodels/NAME/evaluations/v1-supervised-elpv-finetune-labels10 \
+        savedmodels/NAME/evaluations/v1-elpv-finetune-labels10 [--markdown=table.md]   # baseline first
 
 Each argument is a report.json written by tools/evaluate.py, or its folder. Reports of another
 test split are refused (fgssl_tf/evaluation/compare.py).
@@ -28,11 +28,7 @@ def main(argv):
 
     if len(argv) < 2:
         raise app.UsageError("pass one or more evaluation reports (report.json files or their folders)")
-    markdown = comparison_table([load_report(path) for path in argv[1:]])
-    print(markdown)
-    if FLAGS.markdown:
-        with open(FLAGS.markdown, "w") as f:
-            f.write(markdown)
+    cli.print_markdown(comparison_table([load_report(path) for path in argv[1:]]), FLAGS.markdown)
 
 
 if __name__ == "__main__":

@@ -84,11 +84,7 @@ def table(runs: list[dict]) -> str:
 def main(argv):
     if len(argv) < 2:
         raise app.UsageError("pass one or more run folders (--model_dir of runs trained with the monitor on)")
-    markdown = table([load_run(path) for path in argv[1:]])
-    print(markdown)
-    if FLAGS.markdown:
-        with open(FLAGS.markdown, "w") as f:
-            f.write(markdown)
+    cli.print_markdown(table([load_run(path) for path in argv[1:]]), FLAGS.markdown)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Evaluation reports side by side: is an encoder ahead of its baseline, and by more than the seeds spread?
 
-Each row is compared with the first report of its protocol and label fraction (its reference): the
-difference in balanced accuracy and, over two or more seeds each, whether the two are separated (the
-lower one's mean plus its std below the higher one's mean minus its std). Reports of different test
-splits are refused: their figures do not compare.
+Each row is compared with the first report of its protocol, label fraction and image size (its
+reference): the difference in balanced accuracy and, over two or more seeds each, whether the two are
+separated (the lower one's mean plus its std below the higher one's mean minus its std). Reports of
+different test splits are refused: their figures do not compare.
 """
 
 from __future__ import annotations
@@ -12,6 +12,18 @@ import json
 import os
 
 from fgssl_tf.errors import FgsslError
+
+REQUIRED_KEYS = (
+    "protocol",
+    "label_fraction",
+    "image_size",
+    "seeds",
+    "split_fingerprint",
+    "dataset",
+    "baseline",
+    "encoder",
+    *(f"{metric}{suffix}" for metric in ("accuracy", "balanced_accuracy", "macro_f1") for suffix in ("", "_std")),
+)
 
 
 def load_report(path: str) -> dict:
@@ -26,6 +38,11 @@ def load_report(path: str) -> dict:
         raise FgsslError(f"{file} is not a readable JSON report ({error}): evaluate again to rewrite it") from None
     if not isinstance(report, dict) or "balanced_accuracy_std" not in report:
         raise FgsslError(f"{file} is not an evaluation report: pass a report.json written by tools/evaluate.py")
+    missing = [key for key in REQUIRED_KEYS if key not in report]
+    if missing:
+        raise FgsslError(
+            f"{file} lacks {', '.join(missing)}: it was written by an older fgssl_tf; evaluate again to rewrite it"
+        )
     return report
 
 
@@ -64,12 +81,12 @@ def comparison_table(reports: list[dict], metric: str = "balanced_accuracy") -> 
             )
     lines = [
         f"| encoder | protocol | labels | seeds | accuracy | balanced accuracy | macro-F1 | "
-        f"{metric.replace('_', ' ')} against the first row of its protocol |",
+        f"{metric.replace('_', ' ')} against the first row of its protocol, labels and size |",
         "|---|---|---|---|---|---|---|---|",
     ]
     references = {}
     for report in reports:
-        reference = references.setdefault((report["protocol"], report["label_fraction"]), report)
+        reference = references.setdefault((report["protocol"], report["label_fraction"], report["image_size"]), report)
         cells = [f"{report[name]:.3f} ± {report[name + '_std']:.3f}" for name in ("accuracy", "balanced_accuracy")]
         cells.append(f"{report['macro_f1']:.3f} ± {report['macro_f1_std']:.3f}")
         if report is reference:

@@ -120,6 +120,7 @@ class _KeepBest(keras.callbacks.Callback):
         super().__init__()
         self.predict_val, self.val_labels = predict_val, val_labels
         self.num_classes, self.metric, self.score_start = num_classes, metric, score_start
+        # best_epoch is Keras' 0-based epoch; -1 is the start (reported as epoch 0 = best_epoch + 1).
         self.best_score, self.best_epoch, self.best_weights = -1.0, -1, None
 
     def on_train_begin(self, logs=None):
@@ -280,7 +281,9 @@ def fit_head_on_frozen_features(head, encoder, preprocess, train, val, num_class
     (`linear_probe`, its C chosen on val), fitted on the same labelled images, before the whole network
     trains. A random head's first gradients are noise that fine-tuning spends the encoder's features
     on; with few labels that is most of the run. Selection on val then also weighs the fitted probe
-    itself, before any step (reported as epoch 0), so fine-tuning is kept only where it helps on val."""
+    itself, before any step (reported as epoch 0), so fine-tuning is kept only where it helps on val.
+    The probe is fitted without class weights, as the linear protocol fits it, also under
+    --class_weights=inverse (which then weighs the fine-tuning loss only)."""
 
     def features(images):
         batches = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(preprocess)
