@@ -70,7 +70,7 @@ def _spread_note(a: dict, b: dict, metric: str) -> str:
 
 
 def comparison_table(reports: list[dict], metric: str = "balanced_accuracy") -> str:
-    """A markdown table, one row per report, each against the first report of its protocol and label fraction."""
+    """A markdown table, one row per report, each against the first report of its protocol, labels and size."""
     first = reports[0]
     for report in reports[1:]:
         if report["split_fingerprint"] != first["split_fingerprint"]:
