@@ -15,7 +15,6 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from fgssl_tf import export as export_lib
 from fgssl_tf.config import BackboneConfig, DataConfig
@@ -186,13 +185,7 @@ def _random_encoder(config: EvalConfig, image_size: int, seed: int) -> keras.Mod
 
 
 def _keras_features(encoder: keras.Model, images: np.ndarray, image_size: int, batch_size: int) -> np.ndarray:
-    @tf.function
-    def embed(batch):
-        return encoder(preprocess(batch, image_size), training=False)  # BN statistics untouched
-
-    return np.concatenate(
-        [embed(tf.constant(images[i : i + batch_size])).numpy() for i in range(0, len(images), batch_size)]
-    )
+    return protocols.keras_features(encoder, images, lambda batch: preprocess(batch, image_size), batch_size)
 
 
 def _frozen_features(config: EvalConfig, serving, splits: Splits, image_size: int) -> dict:

@@ -276,6 +276,18 @@ def _folded_linear(pipeline) -> tuple[np.ndarray, np.ndarray]:
 HEAD_INITS = ("random", "linear_probe")
 
 
+def keras_features(encoder: keras.Model, images: np.ndarray, prepare, batch_size: int) -> np.ndarray:
+    """The frozen encoder's embeddings of uint8 `images`, `prepare` mapping a batch to its input."""
+
+    @tf.function
+    def embed(batch):
+        return encoder(prepare(batch), training=False)  # BN statistics untouched
+
+    return np.concatenate(
+        [embed(tf.constant(images[i : i + batch_size])).numpy() for i in range(0, len(images), batch_size)]
+    )
+
+
 def fit_head_on_frozen_features(head, encoder, preprocess, train, val, num_classes, seed, metric, batch_size):
     """LP-FT (Kumar et al., ICLR 2022): the dense head starts as the linear probe of the frozen encoder
     (`linear_probe`, its C chosen on val), fitted on the same labelled images, before the whole network
@@ -284,14 +296,9 @@ def fit_head_on_frozen_features(head, encoder, preprocess, train, val, num_class
     itself, before any step (reported as epoch 0), so fine-tuning is kept only where it helps on val.
     The probe is fitted without class weights, as the linear protocol fits it, also under
     --class_weights=inverse (which then weighs the fine-tuning loss only)."""
-
-    def features(images):
-        batches = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(preprocess)
-        return encoder.predict(batches, verbose=0)
-
-    val_features = features(val[0])
+    train_features, val_features = (keras_features(encoder, x, preprocess, batch_size) for x, _ in (train, val))
     fitted = linear_probe(
-        (features(train[0]), train[1]), (val_features, val[1]), (val_features, val[1]), num_classes, seed, metric
+        (train_features, train[1]), (val_features, val[1]), (val_features, val[1]), num_classes, seed, metric
     )
     kernel, bias = _folded_linear(fitted.classifier)
     if kernel.shape[1] != num_classes:  # classes missing from a small label subset
