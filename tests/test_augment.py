@@ -113,3 +113,29 @@ def test_reference_loop_view_is_a_simclr_view(images):
     views = [reference_loop.reference_view(tf.constant(images[0]), 24, AugmentConfig()).numpy() for _ in range(4)]
     assert all(v.shape == (24, 24, 3) and v.dtype == np.float32 and 0.0 <= v.min() and v.max() <= 1.0 for v in views)
     assert min(np.abs(a - b).mean() for i, a in enumerate(views) for b in views[i + 1 :]) > 1e-3
+
+
+def test_per_image_select_equals_a_broadcast_where():
+    from fgssl_tf.augment import _select
+
+    rng = np.random.RandomState(5)
+    a, b = (tf.constant(rng.rand(6, 4, 5, 3), tf.float32) for _ in range(2))
+    mask = tf.constant([True, False, False, True, True, False])
+    np.testing.assert_array_equal(_select(mask, a, b), tf.where(tf.reshape(mask, [-1, 1, 1, 1]), a, b))
+
+
+@pytest.mark.parametrize("zero", ["color_jitter_prob", "grayscale_prob", "blur_prob"])
+def test_an_op_of_probability_zero_is_skipped_and_the_view_is_the_same_bit_for_bit(images, zero):
+    """With probability 0 an op's parameters are left out and apply_view skips it; running the op with
+    its every-image mask false (what the views computed before) gives the same pixels exactly."""
+    from fgssl_tf.augment import apply_view
+
+    config = AugmentConfig(**{zero: 0.0}, rotate90=True, vertical_flip=True)
+    skipped = sample_view_params(seed(12), 16, 32, 32, config)
+    computed = sample_view_params(
+        seed(12), 16, 32, 32, AugmentConfig(**{zero: 1e-9}, rotate90=True, vertical_flip=True)
+    )
+    mask = {"color_jitter_prob": "jitter", "grayscale_prob": "grayscale", "blur_prob": "blur"}[zero]
+    assert mask not in skipped and not computed[mask].numpy().any()
+    x = tf.image.convert_image_dtype(images, tf.float32)
+    np.testing.assert_array_equal(apply_view(x, skipped, 24), apply_view(x, computed, 24))

@@ -8,6 +8,8 @@ import sys
 import pytest
 from conftest import REPO
 
+SMOKE_CFG = os.path.join(REPO, "flags", "smoke.cfg")
+
 
 def run(args, cwd, timeout=300):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
@@ -202,6 +204,37 @@ def test_benchmark_prints_figures_for_each_pretext_in_one_run(tmp_path, run_tool
         figures = dict(line.split("=", 1) for line in block.splitlines() if "=" in line and " " not in line)
         assert set(figures) == {"images_per_s", "flop_ratio", "pipeline_ratio", "peak_rss_mb"}
         assert all(float(value) > 0 for value in figures.values())
+
+
+@pytest.mark.slow
+def test_benchmark_times_the_step_of_a_training_flagfile_with_its_overrides(tmp_path, run_tool):
+    """--recipe: the run `python -m fgssl_tf.train --flagfile=smoke.cfg --pretext=vicreg ...` would train
+    (the file's network and batch, the overrides' pretext and sizes), not the tool's own sizing flags."""
+    result = run_tool(
+        "benchmark",
+        [f"--recipe={SMOKE_CFG}", "--steps=2", "--warmup=1", "--repeats=1", "--peak_matrix=256", "--width=64"]
+        + ["--", "--pretext=vicreg", "--image_size=24", "--source_size=48"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    header = result.stdout.split("pretext=")[1].splitlines()[0]
+    assert header.startswith("vicreg backbone=resnet10 width=8 small_stem=False image_size=24 source_size=48 batch=32")
+    figures = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line and " " not in line)
+    assert float(figures["images_per_s"]) > 0 and float(figures["flop_ratio"]) > 0
+    assert not os.path.exists(tmp_path / "runs")  # nothing written where the recipe would train
+
+
+def test_benchmark_recipe_errors_are_one_line(tmp_path, run_tool):
+    for args, message in (
+        ([f"--recipe={tmp_path / 'missing.cfg'}"], "is not a file; pass a training flagfile such as"),
+        ([f"--recipe={SMOKE_CFG}", "--", "--image_size=3"], "smoke.cfg: flag --image_size=3: 3 is not integer >= 8"),
+        ([f"--recipe={SMOKE_CFG}", "--", "--no_such_flag=1"], "smoke.cfg: Unknown command line flag 'no_such_flag'"),
+        (["--", "--image_size=64"], "unexpected arguments --image_size=64: training flags after -- need --recipe"),
+    ):
+        result = run_tool("benchmark", args, cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, args
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and message in last, (args, last)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
     python tools/benchmark.py --pretext=simclr
     python tools/benchmark.py --pretext=simclr,jigsaw,srgan,pmg      # one block each, data loaded once
     python tools/benchmark.py --pretext=srgan --image_size=96 --batch_size=16
+    python tools/benchmark.py --recipe=flags/simclr_tuned.cfg -- --image_size=128 --source_size=256 --width=16
     python tools/benchmark.py --evaluation --encoders=savedmodels/NAME/1 --max_images_per_split=200
 
 Every figure is the median of --repeats (default 5) interleaved repetitions (pipeline,
@@ -21,6 +22,10 @@ size, --width = the generator's channels). PMG makes four passes of the whole ne
 per batch, one per granularity, and the loss of pass k reaches only head k and the
 stages below it; heads of 8 and 16 x --width channels, the paper's at 64. Each block's
 last lines are `key=value`, one a figure (the median).
+
+--recipe=FLAGFILE times the step of a training flagfile instead (flags/*.cfg: its pretext, network,
+image and source sizes, views and batch, as `python -m fgssl_tf.train --flagfile=FLAGFILE` trains them);
+training flags after `--` override the file's, as they would on the training command line.
 
 --evaluation times tools/reproduce.py's evaluations instead (every protocol, label fraction
 and seed of --budget, for the random-init baseline and each of --encoders): seconds per
@@ -45,6 +50,7 @@ from absl import flags  # noqa: E402
 from fgssl_tf import cli  # noqa: E402
 from fgssl_tf import flags as fgssl_flags  # noqa: E402
 from fgssl_tf.config import BACKBONES  # noqa: E402
+from fgssl_tf.errors import FgsslError  # noqa: E402
 from fgssl_tf.pretext import PRETEXTS, pretext_spec  # noqa: E402
 
 FLAGS = cli.tool_flags()  # this tool's own flags: tests run it in-process
@@ -87,6 +93,14 @@ BENCHMARK_FLAGS = [flag for name in PRETEXTS for flag in pretext_spec(name).benc
 fgssl_flags.define_flag_specs(BENCHMARK_FLAGS, FLAGS)
 for flag in BENCHMARK_FLAGS:
     flags.declare_key_flag(flag.name, flag_values=FLAGS)
+flags.DEFINE_string(
+    "recipe",
+    None,
+    "A training flagfile (flags/*.cfg): time the step of that run (its pretext, network, image and source sizes, "
+    "views and batch) in place of one sized by --pretext, --backbone, --width, --image_size and --batch_size. "
+    "Training flags after `--` override the file's: --recipe=flags/simclr_tuned.cfg -- --image_size=128.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_boolean(
     "evaluation",
     False,
@@ -257,7 +271,6 @@ def evaluation_main() -> None:
     import subprocess
 
     from fgssl_tf import reproduce
-    from fgssl_tf.errors import FgsslError
 
     budget = reproduce.BUDGETS[FLAGS.budget]
     protocols = tuple(p for p in budget.protocols if not FLAGS.protocols or p in FLAGS.protocols)
@@ -340,29 +353,54 @@ def main(argv):
     if FLAGS.evaluation:
         evaluation_main()
         return
+    if len(argv) > 1 and not FLAGS.recipe:
+        raise FgsslError(f"unexpected arguments {' '.join(argv[1:])}: training flags after -- need --recipe=FLAGFILE")
+    if FLAGS.recipe:
+        run = recipe_run(FLAGS.recipe, argv[1:])
+        benchmark(run, load_splits(run.data), matmul_peak_flops(FLAGS.peak_matrix))
+        return
     splits = load_splits(DataConfig(dataset=FLAGS.dataset, image_size=FLAGS.image_size))
     peak = matmul_peak_flops(FLAGS.peak_matrix)
     for pretext in dict.fromkeys(FLAGS.pretext):
-        benchmark(pretext, splits, peak)
+        benchmark(sized_run(pretext, splits), splits, peak)
 
 
-def benchmark(pretext: str, splits, peak: float) -> None:
-    """Prints one block of figures for `pretext` on the loaded `splits`."""
+def recipe_run(path: str, overrides: list):
+    """The run a training flagfile describes (`--recipe`), as `python -m fgssl_tf.train --flagfile=PATH
+    OVERRIDES` resolves it: the training flags are parsed here, in a flag set of their own."""
+    import dataclasses
     import tempfile
 
-    import tensorflow as tf
+    if not os.path.isfile(path):
+        raise FgsslError(f"--recipe={path} is not a file; pass a training flagfile such as flags/simclr_tuned.cfg")
+    values = flags.FlagValues()
+    fgssl_flags.define_data_flags(values)
+    fgssl_flags.define_backbone_flags(values)
+    fgssl_flags.define_train_flags(values)
+    try:
+        values(["train", f"--flagfile={path}", *overrides])
+    except flags.Error as err:
+        problem = "; ".join(line for line in str(err).splitlines() if line.strip())
+        raise FgsslError(f"--recipe={path}: {problem}") from None
+    fgssl_flags.check_pretext_flags(values)
+    run = fgssl_flags.run_config(values)
+    # Nothing is written where the recipe would train; the steps are timed silently.
+    return dataclasses.replace(run, train=dataclasses.replace(run.train, model_dir=tempfile.mkdtemp(), verbose=0))
 
-    from fgssl_tf import trainer
+
+def sized_run(pretext: str, splits):
+    """The run of `pretext` sized by this tool's --image_size, --width, --backbone and --batch_size."""
+    import tempfile
+
     from fgssl_tf.config import BackboneConfig, DataConfig, TrainConfig
-    from fgssl_tf.data import pipeline
     from fgssl_tf.pretext import get_pretext
     from fgssl_tf.run_config import resolve_run
 
-    size, batch = FLAGS.image_size, FLAGS.batch_size
+    size = FLAGS.image_size
     train = TrainConfig(
         pretext=pretext,
         model_dir=tempfile.mkdtemp(),
-        batch_size=batch,
+        batch_size=FLAGS.batch_size,
         jit_compile=FLAGS.jit_compile,
         mixed_precision=FLAGS.mixed_precision,
         verbose=0,
@@ -372,7 +410,17 @@ def benchmark(pretext: str, splits, peak: float) -> None:
     spec = pretext_spec(pretext)
     if spec.benchmark_config is not None:  # sized with --image_size and --width (PretextSpec.benchmark_config)
         config = spec.benchmark_config(config, size, FLAGS.width, splits.num_classes, FLAGS.flag_values_dict())
-    run = resolve_run(train, data, BackboneConfig(name=FLAGS.backbone, width=FLAGS.width), config)
+    return resolve_run(train, data, BackboneConfig(name=FLAGS.backbone, width=FLAGS.width), config)
+
+
+def benchmark(run, splits, peak: float) -> None:
+    """Prints one block of figures for the step of `run` (a RunConfig) on the loaded `splits`."""
+    import tensorflow as tf
+
+    from fgssl_tf import trainer
+    from fgssl_tf.data import pipeline
+
+    pretext, size, batch = run.train.pretext, run.data.image_size, run.train.batch_size
     steps = FLAGS.warmup + FLAGS.steps
 
     def measure(model, dataset) -> float:
@@ -406,8 +454,9 @@ def benchmark(pretext: str, splits, peak: float) -> None:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     print(
-        f"pretext={pretext} backbone={FLAGS.backbone} width={FLAGS.width} small_stem={run.backbone.small_stem} "
-        f"image_size={size} batch={batch} jit={FLAGS.jit_compile} mixed_precision={FLAGS.mixed_precision} "
+        f"pretext={pretext} backbone={run.backbone.name} width={run.backbone.width} "
+        f"small_stem={run.backbone.small_stem} image_size={size} source_size={run.data.source_size or size} "
+        f"batch={batch} jit={run.train.jit_compile} mixed_precision={run.train.mixed_precision} "
         f"cpus={os.cpu_count()} gpus={len(tf.config.list_physical_devices('GPU'))} tf={tf.__version__}"
     )
     passes = (
