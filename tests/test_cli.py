@@ -209,11 +209,12 @@ def test_benchmark_prints_figures_for_each_pretext_in_one_run(tmp_path, run_tool
 @pytest.mark.slow
 def test_benchmark_times_the_step_of_a_training_flagfile_with_its_overrides(tmp_path, run_tool):
     """--recipe: the run `python -m fgssl_tf.train --flagfile=smoke.cfg --pretext=vicreg ...` would train
-    (the file's network and batch, the overrides' pretext and sizes), not the tool's own sizing flags."""
+    (the file's network and batch, the overrides' pretext, sizes and schedule, which needs the run's length),
+    not the tool's own sizing flags."""
     result = run_tool(
         "benchmark",
         [f"--recipe={SMOKE_CFG}", "--steps=2", "--warmup=1", "--repeats=1", "--peak_matrix=256", "--width=64"]
-        + ["--", "--pretext=vicreg", "--image_size=24", "--source_size=48"],
+        + ["--", "--pretext=vicreg", "--image_size=24", "--source_size=48", "--lr_schedule=cosine"],
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

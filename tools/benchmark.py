@@ -419,6 +419,7 @@ def benchmark(run, splits, peak: float) -> None:
 
     from fgssl_tf import trainer
     from fgssl_tf.data import pipeline
+    from fgssl_tf.optim import set_schedule_length
 
     pretext, size, batch = run.train.pretext, run.data.image_size, run.train.batch_size
     steps = FLAGS.warmup + FLAGS.steps
@@ -430,10 +431,14 @@ def benchmark(run, splits, peak: float) -> None:
 
     # 1. The real thing: tf.data over decoded images, augmentation on device, the step.
     model = trainer.build_model(run)
+    # A warm-up + cosine schedule needs the run's length, as the trainer gives it; the rate does not change the time.
+    steps_per_epoch = run.train.steps_per_epoch or max(1, len(splits.train_labels) // batch)
+    set_schedule_length(model, steps_per_epoch, run.train.epochs)
     real = pipeline.epoch_batches(splits.train_images, splits.train_labels, batch, 0, 0, 1, steps)
 
     # 2. The same step fed pre-made inputs: no input pipeline, no augmentation.
     premade_model = trainer.build_model(run)
+    set_schedule_length(premade_model, steps_per_epoch, run.train.epochs)
     forward, input_shape, losses_reach = premade_inputs(premade_model, pretext, batch, size)
     images = tf.random.uniform([batch, size, size, 3])
     premade = tf.data.Dataset.from_tensors((images, tf.zeros([batch], tf.int64))).repeat()
