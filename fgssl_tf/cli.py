@@ -29,7 +29,7 @@ def run_main(main, argv) -> None:
         sys.exit(143 if isinstance(err, Interrupted) else 2)  # 143: 128 + SIGTERM, what schedulers expect
 
 
-def _non_finite_float_flags(flag_values) -> list[str]:
+def non_finite_float_flags(flag_values) -> list[str]:
     """`--x=nan` or `--x=inf` passes absl's bounds (every comparison with NaN is false):
     refused here, for every float flag."""
     import math
@@ -68,7 +68,7 @@ def parse_flags(argv, flag_values=None):
     except flags.Error as err:  # several failed validators give one line each: keep them on one
         print("error: " + "; ".join(line for line in str(err).splitlines() if line.strip()), file=sys.stderr)
         sys.exit(2)
-    bad = _non_finite_float_flags(flag_values)
+    bad = non_finite_float_flags(flag_values)
     if bad:
         print("error: " + "; ".join(bad), file=sys.stderr)
         sys.exit(2)

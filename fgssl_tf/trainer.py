@@ -339,6 +339,28 @@ def pretrain(
     return run(resolve_run(train, data, backbone, pretext_config, monitor), splits)
 
 
+def pretraining_inputs(run_config: RunConfig, splits: Splits) -> tuple[np.ndarray, np.ndarray]:
+    """The images a run trains on and what each batch carries beside them: the training split and its labels
+    for a supervised pretext (PMG), else the pretraining pool and image ids (per-image tables are indexed by
+    them), cut from images cached at --source_size when views come from larger images."""
+    if run_config.spec.supervised:
+        return splits.split("train")
+    data = run_config.data
+    pool = splits.pretraining_pool()
+    if data.source_size and data.source_size != data.image_size:
+        pool = load_splits(dataclasses.replace(data, image_size=data.source_size)).pretraining_pool()
+    return pool, np.arange(len(pool))
+
+
+def with_classes_from(run_config: RunConfig, splits: Splits) -> RunConfig:
+    """A supervised pretext (PMG) sizes its heads from the labels: the run with the data's number of classes."""
+    if not run_config.spec.supervised:
+        return run_config
+    return dataclasses.replace(
+        run_config, pretext=dataclasses.replace(run_config.pretext, num_classes=splits.num_classes)
+    )
+
+
 def run(run_config: RunConfig, splits: Splits | None = None) -> PretrainResult:
     """Train a resolved run (`resolve_run`) as it is given, resume from its model_dir if that holds a
     checkpoint, export. `splits`: the data already loaded (else loaded from `run_config.data`)."""
@@ -354,9 +376,7 @@ def run(run_config: RunConfig, splits: Splits | None = None) -> PretrainResult:
         _check_writable_folder(run_config.train.export_dir, "--export_dir")
     if supervised:  # a supervised "pretext" (PMG) sizes its heads from the labels
         splits = splits or load_splits(run_config.data)
-        run_config = dataclasses.replace(
-            run_config, pretext=dataclasses.replace(run_config.pretext, num_classes=splits.num_classes)
-        )
+        run_config = with_classes_from(run_config, splits)
         _check_resumable(run_config)
     train, data, backbone = run_config.train, run_config.data, run_config.backbone
 
@@ -371,13 +391,7 @@ def run(run_config: RunConfig, splits: Splits | None = None) -> PretrainResult:
     export_size = model.export_image_size or data.image_size  # the encoders' input size (SRGAN: its HR crop)
     splits = splits or load_splits(data)
     _check_same_data(train.model_dir, splits.stats)
-    if supervised:
-        pool, pool_side = splits.split("train")
-    else:  # pretext batches carry image ids, not labels: per-image tables are indexed by them
-        pool = splits.pretraining_pool()
-        if data.source_size and data.source_size != data.image_size:  # views are cut from larger images
-            pool = load_splits(dataclasses.replace(data, image_size=data.source_size)).pretraining_pool()
-        pool_side = np.arange(len(pool))
+    pool, pool_side = pretraining_inputs(run_config, splits)
     if len(pool) < train.batch_size:
         raise FgsslError(f"the pretraining pool has {len(pool)} images, fewer than --batch_size={train.batch_size}")
     steps = train.steps_per_epoch or len(pool) // train.batch_size

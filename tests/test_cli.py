@@ -210,16 +210,18 @@ def test_benchmark_prints_figures_for_each_pretext_in_one_run(tmp_path, run_tool
 def test_benchmark_times_the_step_of_a_training_flagfile_with_its_overrides(tmp_path, run_tool):
     """--recipe: the run `python -m fgssl_tf.train --flagfile=smoke.cfg --pretext=vicreg ...` would train
     (the file's network and batch, the overrides' pretext, sizes and schedule, which needs the run's length),
-    not the tool's own sizing flags."""
+    views cut from the --source_size images."""
     result = run_tool(
         "benchmark",
-        [f"--recipe={SMOKE_CFG}", "--steps=2", "--warmup=1", "--repeats=1", "--peak_matrix=256", "--width=64"]
-        + ["--", "--pretext=vicreg", "--image_size=24", "--source_size=48", "--lr_schedule=cosine"],
+        [f"--recipe={SMOKE_CFG}", "--steps=2", "--warmup=1", "--repeats=1", "--peak_matrix=256"]
+        + ["--", "--pretext=vicreg", "--image_size=24", "--source_size=48", "--lr_schedule=cosine"]
+        + ["--view2_pre_ops=gamma", "--extra_augmentation_mode=offline"],  # per-image tables (prepare_data)
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     header = result.stdout.split("pretext=")[1].splitlines()[0]
     assert header.startswith("vicreg backbone=resnet10 width=8 small_stem=False image_size=24 source_size=48 batch=32")
+    assert "pretraining pool: " in result.stdout and " images of 48 px" in result.stdout  # the views' source
     figures = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line and " " not in line)
     assert float(figures["images_per_s"]) > 0 and float(figures["flop_ratio"]) > 0
     assert not os.path.exists(tmp_path / "runs")  # nothing written where the recipe would train
@@ -231,6 +233,13 @@ def test_benchmark_recipe_errors_are_one_line(tmp_path, run_tool):
         ([f"--recipe={SMOKE_CFG}", "--", "--image_size=3"], "smoke.cfg: flag --image_size=3: 3 is not integer >= 8"),
         ([f"--recipe={SMOKE_CFG}", "--", "--no_such_flag=1"], "smoke.cfg: Unknown command line flag 'no_such_flag'"),
         (["--", "--image_size=64"], "unexpected arguments --image_size=64: training flags after -- need --recipe"),
+        ([f"--recipe={SMOKE_CFG}", "--width=64"], "--width size the tool's own run, not --recipe's: put them after --"),
+        ([f"--recipe={SMOKE_CFG}", "--", "--epochs=2", "junk"], "unexpected arguments junk; pass training flags after"),
+        (
+            [f"--recipe={SMOKE_CFG}", "--", "--learning_rate=nan"],
+            "smoke.cfg: flag --learning_rate=nan: not a finite number",
+        ),
+        ([f"--recipe={SMOKE_CFG}", "--", "--pretext=jigsaw", "--lr_schedule=cosine"], "--lr_schedule=cosine is not"),
     ):
         result = run_tool("benchmark", args, cwd=tmp_path)
         assert result.returncode == 2 and "Traceback" not in result.stderr, args

@@ -356,13 +356,24 @@ def main(argv):
     if len(argv) > 1 and not FLAGS.recipe:
         raise FgsslError(f"unexpected arguments {' '.join(argv[1:])}: training flags after -- need --recipe=FLAGFILE")
     if FLAGS.recipe:
+        from fgssl_tf import trainer
+
+        sizing = [name for name in SIZING_FLAGS if FLAGS[name].present]
+        if sizing:
+            listed = ", ".join("--" + name for name in sizing)
+            raise FgsslError(f"{listed} size the tool's own run, not --recipe's: put them after -- as training flags")
         run = recipe_run(FLAGS.recipe, argv[1:])
-        benchmark(run, load_splits(run.data), matmul_peak_flops(FLAGS.peak_matrix))
+        splits = load_splits(run.data)
+        benchmark(trainer.with_classes_from(run, splits), splits, matmul_peak_flops(FLAGS.peak_matrix))
         return
     splits = load_splits(DataConfig(dataset=FLAGS.dataset, image_size=FLAGS.image_size))
     peak = matmul_peak_flops(FLAGS.peak_matrix)
     for pretext in dict.fromkeys(FLAGS.pretext):
         benchmark(sized_run(pretext, splits), splits, peak)
+
+
+# The tool's own run (no --recipe) is sized by these; a recipe takes its sizes from the file and the flags after --.
+SIZING_FLAGS = ("pretext", "backbone", "width", "image_size", "batch_size", "dataset", "jit_compile", "mixed_precision")
 
 
 def recipe_run(path: str, overrides: list):
@@ -378,10 +389,15 @@ def recipe_run(path: str, overrides: list):
     fgssl_flags.define_backbone_flags(values)
     fgssl_flags.define_train_flags(values)
     try:
-        values(["train", f"--flagfile={path}", *overrides])
+        leftover = values(["train", f"--flagfile={path}", *overrides])[1:]
     except flags.Error as err:
         problem = "; ".join(line for line in str(err).splitlines() if line.strip())
         raise FgsslError(f"--recipe={path}: {problem}") from None
+    if leftover:
+        raise FgsslError(f"--recipe={path}: unexpected arguments {' '.join(leftover)}; pass training flags after --")
+    bad = cli.non_finite_float_flags(values)
+    if bad:
+        raise FgsslError(f"--recipe={path}: {'; '.join(bad)}")
     fgssl_flags.check_pretext_flags(values)
     run = fgssl_flags.run_config(values)
     # Nothing is written where the recipe would train; the steps are timed silently.
@@ -419,7 +435,7 @@ def benchmark(run, splits, peak: float) -> None:
 
     from fgssl_tf import trainer
     from fgssl_tf.data import pipeline
-    from fgssl_tf.optim import set_schedule_length
+    from fgssl_tf.optim import check_schedule, set_schedule_length
 
     pretext, size, batch = run.train.pretext, run.data.image_size, run.train.batch_size
     steps = FLAGS.warmup + FLAGS.steps
@@ -429,16 +445,21 @@ def benchmark(run, splits, peak: float) -> None:
         model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer.callback])
         return FLAGS.steps * batch / (timer.end - timer.start)
 
-    # 1. The real thing: tf.data over decoded images, augmentation on device, the step.
-    model = trainer.build_model(run)
+    # 1. The real thing, fed as the trainer feeds it: tf.data over the decoded pool (cut from --source_size
+    # images where the views are), augmentation on device, the step.
+    pool, pool_side = trainer.pretraining_inputs(run, splits)
     # A warm-up + cosine schedule needs the run's length, as the trainer gives it; the rate does not change the time.
-    steps_per_epoch = run.train.steps_per_epoch or max(1, len(splits.train_labels) // batch)
+    steps_per_epoch = run.train.steps_per_epoch or max(1, len(pool) // batch)
+    model = trainer.build_model(run)
+    check_schedule(model, run.train)
     set_schedule_length(model, steps_per_epoch, run.train.epochs)
-    real = pipeline.epoch_batches(splits.train_images, splits.train_labels, batch, 0, 0, 1, steps)
+    model.prepare_data(pool, None)  # offline per-image tables (fine-grained SimCLR variants)
+    real = pipeline.epoch_batches(pool, pool_side, batch, 0, 0, 1, steps)
 
     # 2. The same step fed pre-made inputs: no input pipeline, no augmentation.
     premade_model = trainer.build_model(run)
     set_schedule_length(premade_model, steps_per_epoch, run.train.epochs)
+    premade_model.prepare_data(pool, None)
     forward, input_shape, losses_reach = premade_inputs(premade_model, pretext, batch, size)
     images = tf.random.uniform([batch, size, size, 3])
     premade = tf.data.Dataset.from_tensors((images, tf.zeros([batch], tf.int64))).repeat()
@@ -469,6 +490,7 @@ def benchmark(run, splits, peak: float) -> None:
         if len(losses_reach) > 1
         else "3x forward"
     )
+    print(f"pretraining pool: {len(pool)} images of {pool.shape[1]} px")  # views are cut from these
     print(f"training GFLOP per image ({passes}): {flops_per_image / 1e9:.3f}")
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s; achieved: {achieved.median / 1e9:.1f} GFLOP/s")
     print(
