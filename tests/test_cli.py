@@ -239,7 +239,10 @@ def test_benchmark_recipe_errors_are_one_line(tmp_path, run_tool):
             [f"--recipe={SMOKE_CFG}", "--", "--learning_rate=nan"],
             "smoke.cfg: flag --learning_rate=nan: not a finite number",
         ),
-        ([f"--recipe={SMOKE_CFG}", "--", "--pretext=jigsaw", "--lr_schedule=cosine"], "--lr_schedule=cosine is not"),
+        (
+            [f"--recipe={SMOKE_CFG}", "--peak_matrix=64", "--", "--pretext=jigsaw", "--lr_schedule=cosine"],
+            "--lr_schedule=cosine is not available for --pretext=jigsaw",
+        ),
     ):
         result = run_tool("benchmark", args, cwd=tmp_path)
         assert result.returncode == 2 and "Traceback" not in result.stderr, args
