@@ -29,7 +29,7 @@ def run_main(main, argv) -> None:
         sys.exit(143 if isinstance(err, Interrupted) else 2)  # 143: 128 + SIGTERM, what schedulers expect
 
 
-def non_finite_float_flags(flag_values) -> list[str]:
+def _non_finite_float_flags(flag_values) -> list[str]:
     """`--x=nan` or `--x=inf` passes absl's bounds (every comparison with NaN is false):
     refused here, for every float flag."""
     import math
@@ -61,17 +61,26 @@ def parse_flags(argv, flag_values=None):
             sys.exit(0)
         flags.FLAGS.mark_as_parsed()  # absl's own flags keep their defaults; absl.app expects them parsed
     try:
+        return checked_parse(argv, flag_values)
+    except FgsslError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def checked_parse(argv, flag_values):
+    """Parse `argv` into `flag_values`; a bad flag (unknown, invalid value, failed validator, NaN or Inf in a
+    number, a missing flagfile) raises one FgsslError line. Returns the arguments that are not flags."""
+    from absl import flags
+
+    try:
         remaining = flag_values(argv)
     except flags.CantOpenFlagFileError as err:  # absl's own text starts "ERROR:: "
-        print(f"error: {str(err).replace('ERROR:: ', '', 1)}", file=sys.stderr)
-        sys.exit(2)
+        raise FgsslError(str(err).replace("ERROR:: ", "", 1)) from None
     except flags.Error as err:  # several failed validators give one line each: keep them on one
-        print("error: " + "; ".join(line for line in str(err).splitlines() if line.strip()), file=sys.stderr)
-        sys.exit(2)
-    bad = non_finite_float_flags(flag_values)
+        raise FgsslError("; ".join(line for line in str(err).splitlines() if line.strip())) from None
+    bad = _non_finite_float_flags(flag_values)
     if bad:
-        print("error: " + "; ".join(bad), file=sys.stderr)
-        sys.exit(2)
+        raise FgsslError("; ".join(bad))
     return remaining
 
 

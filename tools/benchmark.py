@@ -389,15 +389,11 @@ def recipe_run(path: str, overrides: list):
     fgssl_flags.define_backbone_flags(values)
     fgssl_flags.define_train_flags(values)
     try:
-        leftover = values(["train", f"--flagfile={path}", *overrides])[1:]
-    except flags.Error as err:
-        problem = "; ".join(line for line in str(err).splitlines() if line.strip())
-        raise FgsslError(f"--recipe={path}: {problem}") from None
+        leftover = cli.checked_parse(["train", f"--flagfile={path}", *overrides], values)[1:]
+    except FgsslError as err:
+        raise FgsslError(f"--recipe={path}: {err}") from None
     if leftover:
         raise FgsslError(f"--recipe={path}: unexpected arguments {' '.join(leftover)}; pass training flags after --")
-    bad = cli.non_finite_float_flags(values)
-    if bad:
-        raise FgsslError(f"--recipe={path}: {'; '.join(bad)}")
     fgssl_flags.check_pretext_flags(values)
     run = fgssl_flags.run_config(values)
     # Nothing is written where the recipe would train; the steps are timed silently.
@@ -458,8 +454,7 @@ def benchmark(run, splits, peak: float) -> None:
 
     # 2. The same step fed pre-made inputs: no input pipeline, no augmentation.
     premade_model = trainer.build_model(run)
-    set_schedule_length(premade_model, steps_per_epoch, run.train.epochs)
-    premade_model.prepare_data(pool, None)
+    set_schedule_length(premade_model, steps_per_epoch, run.train.epochs)  # its pre-made views need no tables
     forward, input_shape, losses_reach = premade_inputs(premade_model, pretext, batch, size)
     images = tf.random.uniform([batch, size, size, 3])
     premade = tf.data.Dataset.from_tensors((images, tf.zeros([batch], tf.int64))).repeat()
