@@ -301,6 +301,31 @@ def test_a_probe_of_two_classes_becomes_a_head_over_all_four():
     assert set(predicted) == {0, 2} and np.mean(predicted == labels) > 0.75  # chance: 0.5
 
 
+@pytest.mark.parametrize("protocol", ["linear", "knn"])
+def test_inverse_class_weights_lift_a_rare_class_on_the_frozen_protocols(protocol):
+    """Two overlapping classes, 9 to 1, apart in direction (kNN reads cosines): unweighted, the rare class is
+    mostly out-voted; weighted by N / (K n_c), its recall and the balanced accuracy rise, and the common
+    class's recall falls (the trade it makes)."""
+    from fgssl_tf.evaluation import protocols
+
+    rng = np.random.RandomState(0)
+
+    def draw(n_common, n_rare):
+        angles = np.concatenate([rng.normal(0.0, 0.5, n_common), rng.normal(0.5, 0.5, n_rare)])
+        features = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype("float32")
+        return features, np.repeat([0, 1], [n_common, n_rare])
+
+    train, val, test = draw(900, 100), draw(450, 50), draw(900, 100)
+    run = protocols.linear_probe if protocol == "linear" else protocols.knn
+    recalls = {}
+    for weights in ("none", "inverse"):
+        result = run(train, val, test, 2, 0, "balanced_accuracy", weights)
+        recalls[weights] = classification_metrics(test[1], result.test_predictions, 2)["per_class_recall"]
+    assert recalls["inverse"][1] > recalls["none"][1] + 0.1
+    assert recalls["inverse"][0] < recalls["none"][0]
+    assert np.mean(recalls["inverse"]) > np.mean(recalls["none"])
+
+
 def test_architecture_from_needs_a_baseline_and_the_exports_own_image_size(trained_encoder):
     _, path = trained_encoder
     with pytest.raises(FgsslError, match="--architecture_from gives a baseline its architecture"):

@@ -78,7 +78,8 @@ flags.DEFINE_enum(
     "class_weights",
     "none",
     ["none", "inverse"],
-    "Fine-tuning loss weights per class: none, or inverse to the class frequency (N / (K n_c)).",
+    "Weights per class: none, or inverse to the class frequency (N / (K n_c)), in the fine-tuning loss, "
+    "the linear probe's loss or the kNN votes.",
     flag_values=FLAGS,
 )
 flags.DEFINE_enum(

@@ -54,7 +54,7 @@ class EvalConfig:
     finetune_epochs: int = 10
     finetune_learning_rate: float = 1e-4
     trainable_from: str = "all"  # finetune: first trainable stage (all, none, stem, block1..block4)
-    class_weights: str = "none"  # finetune: none | inverse (N / (K n_c))
+    class_weights: str = "none"  # none | inverse (N / (K n_c)): the finetune loss, the probe's loss, kNN's votes
     finetune_augment: str = "flip"  # finetune: flip | strong (protocols.finetune_augmentation)
     # finetune: the dense head starts random, or as the linear probe of the frozen encoder on the same labels
     # (LP-FT, protocols.fit_head_on_frozen_features).
@@ -90,7 +90,6 @@ def _validate(config: EvalConfig) -> None:
         )
     for name, value, default in (
         ("trainable_from", config.trainable_from, "all"),
-        ("class_weights", config.class_weights, "none"),
         ("finetune_augment", config.finetune_augment, "flip"),
         ("finetune_head_init", config.finetune_head_init, "random"),
     ):
@@ -302,6 +301,7 @@ def evaluate(config: EvalConfig, splits: Splits | None = None) -> dict:
                 num_classes,
                 seed,
                 config.selection_metric,
+                config.class_weights,
             )
             fits[subset.tobytes()] = result
         if classifier is None and config.protocol == "finetune":

@@ -2,6 +2,8 @@
 
 - linear: frozen features, a logistic regression; L2 strength chosen on val.
 - knn: frozen L2-normalised features, cosine k-NN; k chosen on val.
+  With class_weights="inverse", the logistic loss and the neighbours' votes weigh each class by
+  N / (K n_c), so a rare class counts as much as a common one (what balanced accuracy asks for).
 - finetune: the encoder (all of it, its stages from `trainable_from` on, or none
   of it) plus a head (linear, or one given: the SRGAN paper's), trained end to
   end; the epoch with the best val score is kept. The head is always trained
@@ -40,13 +42,16 @@ def _score(metric: str, y_true, y_pred, num_classes: int) -> float:
     return classification_metrics(y_true, y_pred, num_classes)[metric]
 
 
-def linear_probe(train, val, test, num_classes: int, seed: int, metric: str) -> ProtocolResult:
+def linear_probe(
+    train, val, test, num_classes: int, seed: int, metric: str, class_weights: str = "none"
+) -> ProtocolResult:
     """train/val/test: (features, labels)."""
+    weights = inverse_class_weights(train[1], num_classes) if class_weights == "inverse" else None
     best = None
     for c in LINEAR_C_GRID:
         # lbfgs (sklearn's default, named because cache.py relies on it) uses no randomness: random_state
         # only matters to the sag, saga and liblinear solvers.
-        logistic = LogisticRegression(C=c, max_iter=2000, solver="lbfgs", random_state=seed)
+        logistic = LogisticRegression(C=c, max_iter=2000, solver="lbfgs", random_state=seed, class_weight=weights)
         model = make_pipeline(StandardScaler(), logistic)
         model.fit(*train)
         score = _score(metric, val[1], model.predict(val[0]), num_classes)
@@ -56,9 +61,16 @@ def linear_probe(train, val, test, num_classes: int, seed: int, metric: str) -> 
     return ProtocolResult(model.predict(test[0]), score, {"C": c}, classifier=model)
 
 
-def knn(train, val, test, num_classes: int, seed: int, metric: str) -> ProtocolResult:
+def knn(train, val, test, num_classes: int, seed: int, metric: str, class_weights: str = "none") -> ProtocolResult:
     def normalise(x):
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    def predict(model, features):
+        if class_weights != "inverse":
+            return model.predict(normalise(features))
+        votes = model.predict_proba(normalise(features))  # distance-weighted vote shares, per model.classes_
+        weights = inverse_class_weights(train[1], num_classes)
+        return model.classes_[np.argmax(votes * np.array([weights[c] for c in model.classes_]), axis=1)]
 
     best = None
     for k in KNN_K_GRID:
@@ -66,11 +78,11 @@ def knn(train, val, test, num_classes: int, seed: int, metric: str) -> ProtocolR
             break
         model = KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance")
         model.fit(normalise(train[0]), train[1])
-        score = _score(metric, val[1], model.predict(normalise(val[0])), num_classes)
+        score = _score(metric, val[1], predict(model, val[0]), num_classes)
         if best is None or score > best[0]:
             best = (score, k, model)
     score, k, model = best
-    return ProtocolResult(model.predict(normalise(test[0])), score, {"k": k})
+    return ProtocolResult(predict(model, test[0]), score, {"k": k})
 
 
 def encoder_stages(encoder: keras.Model) -> list[str]:
