@@ -326,6 +326,17 @@ def test_inverse_class_weights_lift_a_rare_class_on_the_frozen_protocols(protoco
     assert np.mean(recalls["inverse"]) > np.mean(recalls["none"])
 
 
+def test_weights_and_selection_name_the_protocol_and_its_folder():
+    """Reports read out or selected differently never share a folder (one would replace the other) or a row."""
+    from fgssl_tf.evaluation import default_output_dir, protocol_label
+
+    plain = EvalConfig(encoder="/e/1", protocol="knn")
+    balanced = EvalConfig(encoder="/e/1", protocol="knn", class_weights="inverse", selection_metric="balanced_accuracy")
+    assert protocol_label(plain) == "knn"
+    assert protocol_label(balanced) == "knn-inverseweights-select_balanced_accuracy"
+    assert default_output_dir(plain, 64) != default_output_dir(balanced, 64)
+
+
 def test_architecture_from_needs_a_baseline_and_the_exports_own_image_size(trained_encoder):
     _, path = trained_encoder
     with pytest.raises(FgsslError, match="--architecture_from gives a baseline its architecture"):

@@ -142,7 +142,7 @@ def _architecture_image_size(config: EvalConfig) -> int:
 
 def protocol_label(config: EvalConfig) -> str:
     """The protocol's name and every setting that changes it,
-    e.g. 'finetune-from-none-keep14blocks-paperhead-dropout0.5'."""
+    e.g. 'finetune-from-none-keep14blocks-paperhead-dropout0.5', 'knn-inverseweights-select_balanced_accuracy'."""
     parts = [config.protocol]
     if config.trainable_from != "all":
         parts.append(f"from-{config.trainable_from}")
@@ -154,6 +154,8 @@ def protocol_label(config: EvalConfig) -> str:
         parts.append(f"{config.finetune_augment}aug")
     if config.finetune_head_init != "random":
         parts.append("lpft")
+    if config.selection_metric != "accuracy":  # another selection is another protocol: its own folder and row
+        parts.append(f"select_{config.selection_metric}")
     return "-".join(parts)
 
 
