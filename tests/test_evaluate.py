@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import TINY_BACKBONE
 
+from fgssl_tf.config import BackboneConfig
 from fgssl_tf.errors import FgsslError
 from fgssl_tf.evaluation import EvalConfig, evaluate, markdown_report
 from fgssl_tf.evaluation.metrics import classification_metrics
@@ -201,7 +202,7 @@ def test_random_init_of_an_exports_own_architecture(trained_encoder, elpv_small,
     config = EvalConfig(baseline="random_init", architecture_from=path, protocol="knn")
     report = evaluate(config, splits=elpv_small)
     assert report["output_dir"] == os.path.join(
-        os.path.dirname(path), "evaluations", "v1-random_init-elpv-knn-labels100"
+        os.path.dirname(path), "evaluations", "v1-random_init-elpv-knn-labels100-seeds0"
     )
     assert report["encoder_metadata"]["architecture_from"] == path and report["image_size"] == 32
     assert "the architecture of" in open(os.path.join(report["output_dir"], "report.md")).read()
@@ -335,6 +336,19 @@ def test_weights_and_selection_name_the_protocol_and_its_folder():
     assert protocol_label(plain) == "knn"
     assert protocol_label(balanced) == "knn-inverseweights-select_balanced_accuracy"
     assert default_output_dir(plain, 64) != default_output_dir(balanced, 64)
+    # A baseline is another network for another width, stem or seed.
+    folders = {
+        default_output_dir(
+            EvalConfig(baseline="random_init", backbone=BackboneConfig(width=w, small_stem=stem), seeds=s), 64
+        )
+        for w in (16, 32)
+        for stem in (False, True)
+        for s in ((0,), (1,), (0, 1))
+    }
+    assert len(folders) == 12
+    assert default_output_dir(EvalConfig(baseline="random_init", backbone=BackboneConfig(width=16)), 128) == (
+        "reports/random_init-resnet18-w16-128px-elpv-linear-labels100-seeds0"
+    )
 
 
 def test_architecture_from_needs_a_baseline_and_the_exports_own_image_size(trained_encoder):

@@ -168,12 +168,18 @@ def default_output_dir(config: EvalConfig, image_size: int) -> str:
         model_root, version = os.path.split(version_dir)
         # Non-numeric folders beside the versions are ignored by TF Serving.
         return os.path.join(model_root, "evaluations", f"v{version}-{dataset}-{protocol}-{labels}")
+    # A baseline's network is drawn from its seeds: another seed is another network, so another folder.
+    seeds = "seeds" + "_".join(str(seed) for seed in config.seeds)
+    if config.init_seed is not None:
+        seeds += f"-init{config.init_seed}"
     if config.architecture_from:  # beside the export whose architecture it is, next to that encoder's reports
         model_root, version = os.path.split(os.path.normpath(config.architecture_from))
-        return os.path.join(model_root, "evaluations", f"v{version}-{config.baseline}-{dataset}-{protocol}-{labels}")
-    return os.path.join(
-        "reports", f"{config.baseline}-{config.backbone.name}-{image_size}px-{dataset}-{protocol}-{labels}"
-    )
+        return os.path.join(
+            model_root, "evaluations", f"v{version}-{config.baseline}-{dataset}-{protocol}-{labels}-{seeds}"
+        )
+    backbone = config.backbone
+    network = f"{backbone.name}-w{backbone.width}{'-smallstem' if backbone.resolved_small_stem(image_size) else ''}"
+    return os.path.join("reports", f"{config.baseline}-{network}-{image_size}px-{dataset}-{protocol}-{labels}-{seeds}")
 
 
 def _random_encoder(config: EvalConfig, image_size: int, seed: int) -> keras.Model:
