@@ -1,5 +1,6 @@
 """The evaluation tool: protocols, seeds, reports, baselines and bad flags."""
 
+import dataclasses
 import json
 import os
 
@@ -303,7 +304,8 @@ def test_a_probe_of_two_classes_becomes_a_head_over_all_four():
 
 
 @pytest.mark.parametrize("protocol", ["linear", "knn"])
-def test_inverse_class_weights_lift_a_rare_class_on_the_frozen_protocols(protocol):
+@pytest.mark.parametrize("classes", [(0, 1), (2, 0)])
+def test_inverse_class_weights_lift_a_rare_class_on_the_frozen_protocols(protocol, classes):
     """Two overlapping classes, 9 to 1, apart in direction (kNN reads cosines): unweighted, the rare class is
     mostly out-voted; weighted by N / (K n_c), its recall and the balanced accuracy rise, and the common
     class's recall falls (the trade it makes)."""
@@ -314,17 +316,19 @@ def test_inverse_class_weights_lift_a_rare_class_on_the_frozen_protocols(protoco
     def draw(n_common, n_rare):
         angles = np.concatenate([rng.normal(0.0, 0.5, n_common), rng.normal(0.5, 0.5, n_rare)])
         features = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype("float32")
-        return features, np.repeat([0, 1], [n_common, n_rare])
+        return features, np.repeat(classes, [n_common, n_rare])  # two of 4 classes
 
     train, val, test = draw(900, 100), draw(450, 50), draw(900, 100)
     run = protocols.linear_probe if protocol == "linear" else protocols.knn
+    common, rare = classes
     recalls = {}
     for weights in ("none", "inverse"):
-        result = run(train, val, test, 2, 0, "balanced_accuracy", weights)
-        recalls[weights] = classification_metrics(test[1], result.test_predictions, 2)["per_class_recall"]
-    assert recalls["inverse"][1] > recalls["none"][1] + 0.1
-    assert recalls["inverse"][0] < recalls["none"][0]
-    assert np.mean(recalls["inverse"]) > np.mean(recalls["none"])
+        result = run(train, val, test, 4, 0, "balanced_accuracy", weights)
+        assert set(result.test_predictions) <= set(classes)
+        recalls[weights] = classification_metrics(test[1], result.test_predictions, 4)["per_class_recall"]
+    assert recalls["inverse"][rare] > recalls["none"][rare] + 0.1
+    assert recalls["inverse"][common] < recalls["none"][common]
+    assert recalls["inverse"][common] + recalls["inverse"][rare] > recalls["none"][common] + recalls["none"][rare]
 
 
 def test_weights_and_selection_name_the_protocol_and_its_folder():
@@ -335,20 +339,48 @@ def test_weights_and_selection_name_the_protocol_and_its_folder():
     balanced = EvalConfig(encoder="/e/1", protocol="knn", class_weights="inverse", selection_metric="balanced_accuracy")
     assert protocol_label(plain) == "knn"
     assert protocol_label(balanced) == "knn-inverseweights-select_balanced_accuracy"
-    assert default_output_dir(plain, 64) != default_output_dir(balanced, 64)
-    # A baseline is another network for another width, stem or seed.
+    # A baseline is another network for another width, stem, pooling or seed.
+    baseline = EvalConfig(baseline="random_init")
     folders = {
         default_output_dir(
-            EvalConfig(baseline="random_init", backbone=BackboneConfig(width=w, small_stem=stem), seeds=s), 64
+            dataclasses.replace(baseline, backbone=BackboneConfig(width=w, small_stem=stem), seeds=s, pool_grid=g), 64
         )
         for w in (16, 32)
         for stem in (False, True)
         for s in ((0,), (1,), (0, 1))
+        for g in (1, 2)
     }
-    assert len(folders) == 12
+    assert len(folders) == 24
     assert default_output_dir(EvalConfig(baseline="random_init", backbone=BackboneConfig(width=16)), 128) == (
         "reports/random_init-resnet18-w16-128px-elpv-linear-labels100-seeds0"
     )
+    assert default_output_dir(dataclasses.replace(baseline, seeds=tuple(range(9)), init_seed=2), 64).endswith(
+        "-seeds0to8-init2"
+    )
+
+
+def test_class_weights_reach_the_frozen_protocols_through_evaluate(elpv_small, tmp_path):
+    """evaluate() hands --class_weights to the linear probe and kNN, and the report names it."""
+    reports = {
+        (protocol, weights): evaluate(
+            EvalConfig(
+                baseline="random_init",
+                image_size=32,
+                backbone=TINY_BACKBONE,
+                protocol=protocol,
+                class_weights=weights,
+                selection_metric="balanced_accuracy",
+                output_dir=str(tmp_path / f"{protocol}-{weights}"),
+            ),
+            splits=elpv_small,
+        )
+        for protocol in ("linear", "knn")
+        for weights in ("none", "inverse")
+    }
+    for protocol in ("linear", "knn"):
+        plain, weighted = reports[(protocol, "none")], reports[(protocol, "inverse")]
+        assert weighted["protocol"] == f"{protocol}-inverseweights-select_balanced_accuracy"
+        assert weighted["confusion_matrix"] != plain["confusion_matrix"]
 
 
 def test_architecture_from_needs_a_baseline_and_the_exports_own_image_size(trained_encoder):

@@ -170,6 +170,8 @@ def default_output_dir(config: EvalConfig, image_size: int) -> str:
         return os.path.join(model_root, "evaluations", f"v{version}-{dataset}-{protocol}-{labels}")
     # A baseline's network is drawn from its seeds: another seed is another network, so another folder.
     seeds = "seeds" + "_".join(str(seed) for seed in config.seeds)
+    if len(config.seeds) > 2 and list(config.seeds) == list(range(config.seeds[0], config.seeds[-1] + 1)):
+        seeds = f"seeds{config.seeds[0]}to{config.seeds[-1]}"  # a long run of seeds stays a short name
     if config.init_seed is not None:
         seeds += f"-init{config.init_seed}"
     if config.architecture_from:  # beside the export whose architecture it is, next to that encoder's reports
@@ -179,6 +181,8 @@ def default_output_dir(config: EvalConfig, image_size: int) -> str:
         )
     backbone = config.backbone
     network = f"{backbone.name}-w{backbone.width}{'-smallstem' if backbone.resolved_small_stem(image_size) else ''}"
+    if config.pool_grid != 1:
+        network += f"-grid{config.pool_grid}"
     return os.path.join("reports", f"{config.baseline}-{network}-{image_size}px-{dataset}-{protocol}-{labels}-{seeds}")
 
 

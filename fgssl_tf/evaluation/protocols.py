@@ -306,8 +306,8 @@ def fit_head_on_frozen_features(head, encoder, preprocess, train, val, num_class
     trains. A random head's first gradients are noise that fine-tuning spends the encoder's features
     on; with few labels that is most of the run. Selection on val then also weighs the fitted probe
     itself, before any step (reported as epoch 0), so fine-tuning is kept only where it helps on val.
-    The probe is fitted without class weights, as the linear protocol fits it, also under
-    --class_weights=inverse (which then weighs the fine-tuning loss only)."""
+    The probe is fitted without class weights even under --class_weights=inverse (which then weighs the
+    fine-tuning loss only), unlike --protocol=linear, which weighs it."""
     train_features, val_features = (keras_features(encoder, x, preprocess, batch_size) for x, _ in (train, val))
     fitted = linear_probe(
         (train_features, train[1]), (val_features, val[1]), (val_features, val[1]), num_classes, seed, metric
