@@ -137,3 +137,40 @@ def test_a_network_other_than_the_resnet_is_also_compared_with_itself_at_random_
     assert report["config"]["init_seed"] == 1
     table = reproduce.results_markdown(budget, "elpv", rows, str(tmp_path), "reproduce", "a test machine")
     assert re.search(r"\| srgan_generator_random_init \|\s+\| [0-9.]+ ± [0-9.]+ \|\s+\|", table), table
+
+
+def test_the_table_says_where_pretraining_beats_no_pretraining(tmp_path):
+    """The lead section judges each encoder against its yardstick (its own random network where there is one,
+    else the ResNet's; from scratch for fine-tuning) by the bar: 3 points ahead and separated by a std."""
+    from fgssl_tf import reproduce
+
+    def reports(name, column, figures):
+        path = tmp_path / name / column / "report.json"
+        path.parent.mkdir(parents=True)
+        per_seed = [{"accuracy": f, "balanced_accuracy": f, "macro_f1": f} for f in figures]
+        sample = {"split_fingerprint": "f", "split_sizes": {}, "majority_class_rate": 0.5}
+        path.write_text(json.dumps({"per_seed": per_seed, **sample}))
+        return [str(path)]
+
+    rows = {
+        "simclr_tuned": {
+            "linear@100%": reports("t", "l", [0.45, 0.46, 0.47]),  # +5, separated: met
+            "knn@100%": reports("t", "k", [0.43, 0.44, 0.45]),  # level with a wide random spread
+            "finetune@10%": reports("t", "f", [0.31, 0.32, 0.33]),  # +2, separated: under the 3 points
+        },
+        "srgan_generator": {"linear@100%": reports("g", "l", [0.36, 0.37, 0.38])},
+        "srgan_generator_random_init": {"linear@100%": reports("gr", "l", [0.30, 0.31, 0.32])},
+        "random_init": {
+            "linear@100%": reports("r", "l", [0.40, 0.41, 0.42]),
+            "knn@100%": reports("r", "k", [0.40, 0.44, 0.48]),
+        },
+        "supervised": {"finetune@10%": reports("s", "f", [0.29, 0.30, 0.30])},
+    }
+    budget = reproduce.BUDGETS["medium"]
+    table = reproduce.results_markdown(budget, "elpv", rows, str(tmp_path), "reproduce", "a test machine")
+    section = table.split("## Against no pretraining")[1].split("\n## ")[0]
+    lines = {line.split(" | ")[0][2:]: line for line in section.splitlines() if line.startswith("| ")}
+    assert lines["method"] == "| method | linear@100% | finetune@10% | knn@100% |"
+    assert lines["simclr_tuned"] == "| simclr_tuned | **+5.0, met** | +2.3, separated | +0.0 |"
+    assert lines["srgan_generator"] == "| srgan_generator | **+6.0, met** |  |  |"  # its own network, not the ResNet
+    assert not {"random_init", "supervised", "srgan_generator_random_init"} & set(lines)
