@@ -426,8 +426,8 @@ def results_markdown(
             paper = _paper_figure(row) if metric == "accuracy" else ""
             lines.append(f"| {row} | " + " | ".join(values) + f" | {paper} |")
         lines.append("")
-    leads = [(row, [(c, yardstick(row, c, rows)) for c in columns]) for row in rows if row not in BASELINE_ROWS]
-    leads = [(row, cells) for row, cells in leads if any(reference for _, reference in cells)]
+    leads = [(row, [(c, yardstick(row, c, rows)) for c in columns]) for row in rows]
+    leads = [(row, cells) for row, cells in leads if any(reference for _, reference in cells)]  # no baseline rows
     if leads:
         lines += [
             "## Against no pretraining (test balanced accuracy)",

@@ -65,11 +65,12 @@ def knn(train, val, test, num_classes: int, seed: int, metric: str, class_weight
     def normalise(x):
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
+    weights = inverse_class_weights(train[1], num_classes) if class_weights == "inverse" else None
+
     def predict(model, features):
-        if class_weights != "inverse":
+        if weights is None:
             return model.predict(normalise(features))
         votes = model.predict_proba(normalise(features))  # distance-weighted vote shares, per model.classes_
-        weights = inverse_class_weights(train[1], num_classes)
         return model.classes_[np.argmax(votes * np.array([weights[c] for c in model.classes_]), axis=1)]
 
     best = None
